@@ -1,0 +1,208 @@
+"""Model configuration: small dataclasses and a registry of named presets.
+
+Every size in the model (input resolution, channel widths, token grid, head counts) is derived
+from one :class:`ModelConfig`, so ``nano``, ``tiny-parity`` and ``paper`` run the same code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+BHFM_MODES = ("bi", "uni", "linear", "off")
+
+
+@dataclass
+class HieraConfig:
+    """SAM2 Hiera trunk + FPN neck."""
+
+    embed_dim: int = 144
+    num_heads: int = 2
+    stages: tuple[int, ...] = (2, 6, 36, 4)
+    global_att_blocks: tuple[int, ...] = (23, 33, 43)
+    window_spec: tuple[int, ...] = (8, 4, 16, 8)
+    window_pos_embed_bkg_spatial_size: tuple[int, int] = (7, 7)
+    q_pool: int = 3
+    dim_mul: float = 2.0
+    head_mul: float = 2.0
+    drop_path_rate: float = 0.0
+    fpn_top_down_levels: tuple[int, ...] = (2, 3)
+    # the lowest-resolution FPN level is computed (it feeds the top-down path) but not returned
+    scalp: int = 1
+
+    @property
+    def stage_dims(self) -> list[int]:
+        return [int(self.embed_dim * self.dim_mul**i) for i in range(len(self.stages))]
+
+
+@dataclass
+class Beit3Config:
+    """BEiT-3 multiway transformer (the union encoder)."""
+
+    embed_dim: int = 1024
+    depth: int = 24
+    num_heads: int = 16
+    ffn_dim: int = 4096
+    vocab_size: int = 64010
+    img_size: int = 224
+    patch_size: int = 16
+    max_text_positions: int = 1024
+    layernorm_eps: float = 1e-5
+    drop_path_rate: float = 0.0
+
+    @property
+    def grid_size(self) -> int:
+        return self.img_size // self.patch_size
+
+    @property
+    def num_vision_tokens(self) -> int:  # CLS + patches
+        return self.grid_size**2 + 1
+
+    @property
+    def max_text_len(self) -> int:
+        # the published position tables are indexed from 2 (fairseq style)
+        return self.max_text_positions - 2
+
+
+@dataclass
+class FusionConfig:
+    """The RS2-SAM2 additions and their ablation switches (paper tables)."""
+
+    bhfm: str = "bi"  # bi | uni (vision attends text only) | linear (adapters without text) | off
+    adapter_ratio: float = 0.25
+    adapter_heads: int = 4
+    alpha_t: float = 0.2  # text-state update rate inside the space adapter
+    alpha_i: float = 0.5  # scale of the MLP adapter
+    mpg: bool = True  # Mask Prompt Generator (dense prompt); off -> SAM2's no-mask embedding
+    mpg_heads: int = 8
+    text_guidance: bool = True  # post-encoding text guidance in the mask decoder
+    guidance_heads: int = 8
+    sparse_prompt: bool = True  # CLS token as a sparse prompt token
+
+    def __post_init__(self) -> None:
+        if self.bhfm not in BHFM_MODES:
+            raise ValueError(f"FusionConfig.bhfm must be one of {BHFM_MODES}, got {self.bhfm!r}")
+
+
+@dataclass
+class ModelConfig:
+    image_size: int = 1024  # SAM2 branch input (square)
+    hidden_dim: int = 256  # SAM2 prompt / decoder width
+    decoder_depth: int = 2
+    decoder_heads: int = 8
+    decoder_mlp_dim: int = 2048
+    mask_in_chans: int = 16
+    num_multimask_outputs: int = 3
+    hiera: HieraConfig = field(default_factory=HieraConfig)
+    beit3: Beit3Config = field(default_factory=Beit3Config)
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+    name: str = "custom"
+
+    backbone_stride: int = 16
+
+    def __post_init__(self) -> None:
+        if isinstance(self.hiera, dict):
+            self.hiera = _from_dict(HieraConfig, self.hiera)
+        if isinstance(self.beit3, dict):
+            self.beit3 = _from_dict(Beit3Config, self.beit3)
+        if isinstance(self.fusion, dict):
+            self.fusion = _from_dict(FusionConfig, self.fusion)
+        if self.image_size % self.backbone_stride:
+            raise ValueError(f"image_size must be a multiple of {self.backbone_stride}, got {self.image_size}")
+        first = self.image_size // 4
+        if first % self.hiera.window_spec[0]:
+            raise ValueError(
+                f"image_size/4 = {first} must be a multiple of the first window size {self.hiera.window_spec[0]}"
+            )
+
+    @property
+    def embed_size(self) -> int:
+        """Side of the lowest-resolution image embedding entering the decoder."""
+        return self.image_size // self.backbone_stride
+
+    @property
+    def mask_size(self) -> int:
+        """Side of the decoder's mask logits and of the dense mask prompt (image_size / 4)."""
+        return 4 * self.embed_size
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+        return _from_dict(cls, d)
+
+
+def _from_dict(cls, d: dict[str, Any]):
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(d) - names
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name in d:
+            v = d[f.name]
+            kwargs[f.name] = tuple(v) if isinstance(v, list) else v
+    return cls(**kwargs)
+
+
+# --- registries of the official backbone sizes ---------------------------------------------------
+
+HIERA_SIZES: dict[str, HieraConfig] = {
+    "tiny": HieraConfig(96, 1, (1, 2, 7, 2), (5, 7, 9), (8, 4, 14, 7), (7, 7)),
+    "small": HieraConfig(96, 1, (1, 2, 11, 2), (7, 10, 13), (8, 4, 14, 7), (7, 7)),
+    "base_plus": HieraConfig(112, 2, (2, 3, 16, 3), (12, 16, 20), (8, 4, 14, 7), (14, 14)),
+    "large": HieraConfig(144, 2, (2, 6, 36, 4), (23, 33, 43), (8, 4, 16, 8), (7, 7)),
+}
+
+BEIT3_SIZES: dict[str, Beit3Config] = {
+    "base": Beit3Config(embed_dim=768, depth=12, num_heads=12, ffn_dim=3072),
+    "large": Beit3Config(),
+}
+
+
+def _preset(name: str) -> ModelConfig:
+    if name == "paper":
+        return ModelConfig(name=name, hiera=HIERA_SIZES["large"], beit3=BEIT3_SIZES["large"])
+    if name == "base":
+        return ModelConfig(name=name, hiera=HIERA_SIZES["base_plus"], beit3=BEIT3_SIZES["base"])
+    if name == "tiny-parity":
+        # SAM2-Hiera-T trunk + BEiT-3-L cut to 2 layers: the configuration of tiny_golden.npz
+        return ModelConfig(
+            name=name,
+            hiera=HIERA_SIZES["tiny"],
+            beit3=dataclasses.replace(BEIT3_SIZES["large"], depth=2),
+        )
+    if name == "nano":
+        # a few million parameters at 256x256, trainable from scratch on a CPU (tests and the demo)
+        return ModelConfig(
+            name=name,
+            image_size=256,
+            hidden_dim=64,
+            decoder_heads=4,
+            decoder_mlp_dim=256,
+            hiera=HieraConfig(
+                embed_dim=32,
+                num_heads=1,
+                stages=(1, 2, 3, 1),
+                global_att_blocks=(5, 6),
+                window_spec=(8, 4, 8, 4),
+                window_pos_embed_bkg_spatial_size=(8, 8),
+            ),
+            beit3=Beit3Config(
+                embed_dim=128, depth=3, num_heads=4, ffn_dim=512, vocab_size=8192, img_size=128,
+                max_text_positions=66,
+            ),
+            fusion=FusionConfig(adapter_heads=2, mpg_heads=4, guidance_heads=4),
+        )
+    raise KeyError(f"unknown preset {name!r}; choose one of {PRESET_NAMES}")
+
+
+PRESET_NAMES = ("paper", "base", "tiny-parity", "nano")
+
+
+def get_config(name: str, **overrides: Any) -> ModelConfig:
+    """A preset's config with top-level overrides (``fusion=FusionConfig(bhfm="uni")``, ...)."""
+    cfg = _preset(name)
+    return dataclasses.replace(cfg, **overrides) if overrides else cfg

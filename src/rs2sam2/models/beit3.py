@@ -1,0 +1,113 @@
+"""BEiT-3 multiway transformer: the union (image + text) encoder of RS2-SAM2.
+
+Tokens are ``[CLS, patch tokens, text tokens]``. Attention is joint over all tokens, while layer
+norms, projections and FFNs are per modality ("experts"): image tokens use the ``vision`` expert,
+text tokens the ``text`` expert. Pre-LN with sub-LN inside attention and FFN.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..config import Beit3Config
+
+
+class Multiway(nn.Module):
+    """Apply ``vision`` to the first ``split`` tokens and ``text`` to the rest."""
+
+    def __init__(self, vision: nn.Module, text: nn.Module):
+        super().__init__()
+        self.vision = vision
+        self.text = text
+
+    def forward(self, x: Tensor, split: int) -> Tensor:
+        return torch.cat([self.vision(x[:, :split]), self.text(x[:, split:])], dim=1)
+
+
+def _multiway(make) -> Multiway:
+    return Multiway(make(), make())
+
+
+class FeedForward(nn.Module):
+    def __init__(self, dim: int, hidden: int, eps: float):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.norm = nn.LayerNorm(hidden, eps=eps)  # sub-LN
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.norm(F.gelu(self.fc1(x))))
+
+
+class Beit3Layer(nn.Module):
+    def __init__(self, cfg: Beit3Config):
+        super().__init__()
+        d, eps = cfg.embed_dim, cfg.layernorm_eps
+        self.num_heads = cfg.num_heads
+        self.attn_norm = _multiway(lambda: nn.LayerNorm(d, eps=eps))
+        self.q_proj = _multiway(lambda: nn.Linear(d, d))
+        self.k_proj = _multiway(lambda: nn.Linear(d, d))
+        self.v_proj = _multiway(lambda: nn.Linear(d, d))
+        self.inner_norm = _multiway(lambda: nn.LayerNorm(d, eps=eps))  # sub-LN before out-proj
+        self.out_proj = _multiway(lambda: nn.Linear(d, d))
+        self.ffn_norm = _multiway(lambda: nn.LayerNorm(d, eps=eps))
+        self.ffn = _multiway(lambda: FeedForward(d, cfg.ffn_dim, eps))
+
+    def forward(self, x: Tensor, split: int, key_mask: Tensor) -> Tensor:
+        b, n, d = x.shape
+        hd = d // self.num_heads
+        h = self.attn_norm(x, split)
+        q, k, v = (p(h, split).view(b, n, self.num_heads, hd).transpose(1, 2) for p in (self.q_proj, self.k_proj, self.v_proj))
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask[:, None, None, :])
+        a = a.transpose(1, 2).reshape(b, n, d)
+        x = x + self.out_proj(self.inner_norm(a, split), split)
+        return x + self.ffn(self.ffn_norm(x, split), split)
+
+
+class VisionEmbed(nn.Module):
+    def __init__(self, cfg: Beit3Config):
+        super().__init__()
+        self.proj = nn.Conv2d(3, cfg.embed_dim, kernel_size=cfg.patch_size, stride=cfg.patch_size)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.proj(x).flatten(2).transpose(1, 2)
+        return torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+
+
+class Beit3Encoder(nn.Module):
+    """Union encoder. ``forward`` returns (B, 1 + grid^2 + L, embed_dim): [CLS, patches, text]."""
+
+    POS_OFFSET = 2  # both position tables are indexed from 2 (fairseq convention)
+
+    def __init__(self, cfg: Beit3Config):
+        super().__init__()
+        self.cfg = cfg
+        self.text_embed = nn.Embedding(cfg.vocab_size, cfg.embed_dim)
+        self.vision_embed = VisionEmbed(cfg)
+        self.pos_embed_vision = nn.Embedding(cfg.num_vision_tokens + self.POS_OFFSET, cfg.embed_dim)
+        self.pos_embed_text = nn.Embedding(cfg.max_text_positions, cfg.embed_dim)
+        self.layers = nn.ModuleList(Beit3Layer(cfg) for _ in range(cfg.depth))
+        self.final_norm = _multiway(lambda: nn.LayerNorm(cfg.embed_dim, eps=cfg.layernorm_eps))
+
+    def forward(self, images: Tensor, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        cfg = self.cfg
+        if images.shape[-2:] != (cfg.img_size, cfg.img_size):
+            raise ValueError(f"images_evf must be {cfg.img_size}x{cfg.img_size}, got {tuple(images.shape[-2:])}")
+        length = input_ids.shape[1]
+        if length > cfg.max_text_len:
+            raise ValueError(f"text has {length} tokens; the position table allows at most {cfg.max_text_len}")
+        if int(input_ids.max()) >= cfg.vocab_size or int(input_ids.min()) < 0:
+            raise ValueError(f"input_ids must lie in [0, {cfg.vocab_size}) for this model's vocabulary")
+        o = self.POS_OFFSET
+        v = self.vision_embed(images) + self.pos_embed_vision.weight[o : o + cfg.num_vision_tokens]
+        t = self.text_embed(input_ids) + self.pos_embed_text.weight[o : o + length]
+        x = torch.cat([v, t], dim=1)
+        split = v.shape[1]
+        key_mask = torch.cat([attention_mask.new_ones(x.shape[0], split), attention_mask], dim=1).bool()
+        x = x * key_mask.unsqueeze(-1).to(x.dtype)  # masked tokens start from zero, as published
+        for layer in self.layers:
+            x = layer(x, split, key_mask)
+        return self.final_norm(x, split)

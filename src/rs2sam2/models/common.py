@@ -1,0 +1,82 @@
+"""Small building blocks shared by the SAM2 heads, BHFM, the MPG and the decoder guidance."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class Attention(nn.Module):
+    """Multi-head attention with separate q/k/v projections (SAM's layout).
+
+    ``internal_dim = embed_dim // downsample_rate``. It also stands in for the published
+    ``nn.MultiheadAttention`` layers (their ``in_proj_weight`` is split into q/k/v by the
+    checkpoint loader): the arithmetic is the same.
+
+    ``key_padding_mask`` (B, Nk) is True where a key is *valid* (the SDPA convention).
+    """
+
+    def __init__(self, embed_dim: int, num_heads: int, downsample_rate: int = 1, kv_in_dim: int | None = None):
+        super().__init__()
+        self.num_heads = num_heads
+        internal = embed_dim // downsample_rate
+        if internal % num_heads:
+            raise ValueError(f"num_heads={num_heads} must divide the attention width {internal}")
+        kv_in_dim = kv_in_dim or embed_dim
+        self.q_proj = nn.Linear(embed_dim, internal)
+        self.k_proj = nn.Linear(kv_in_dim, internal)
+        self.v_proj = nn.Linear(kv_in_dim, internal)
+        self.out_proj = nn.Linear(internal, embed_dim)
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
+        b, nq, _ = q.shape
+        nk = k.shape[1]
+        h = self.num_heads
+        q = self.q_proj(q).view(b, nq, h, -1).transpose(1, 2)
+        k = self.k_proj(k).view(b, nk, h, -1).transpose(1, 2)
+        v = self.v_proj(v).view(b, nk, h, -1).transpose(1, 2)
+        mask = None if key_padding_mask is None else key_padding_mask[:, None, None, :]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.out_proj(out.transpose(1, 2).reshape(b, nq, -1))
+
+
+class MLP(nn.Module):
+    """``num_layers`` linear layers with an activation between them (SAM's ``MLP``)."""
+
+    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, num_layers: int, act: type[nn.Module] = nn.ReLU):
+        super().__init__()
+        dims = [in_dim] + [hidden_dim] * (num_layers - 1) + [out_dim]
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+        self.act = act()
+
+    def forward(self, x: Tensor) -> Tensor:
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i < len(self.layers) - 1:
+                x = self.act(x)
+        return x
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """LayerNorm over the channel axis of an NCHW tensor (eps 1e-6 as in SAM)."""
+
+    def __init__(self, num_channels: int, eps: float = 1e-6):
+        super().__init__(num_channels, eps=eps)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+def valid_text_mask(attention_mask: Tensor) -> Tensor:
+    """Which text positions are real tokens rather than batch padding.
+
+    The published rule masks unknown tokens in BEiT-3 (``ids != pad`` with pad == unk) but lets
+    BHFM and the decoder attend to every position. We mask only trailing padding there: every
+    position up to the last unmasked one (the EOS) counts as text. At batch size 1 this is exactly
+    the published behaviour; in a batch it stops padding from leaking into the other modules.
+    """
+    length = attention_mask.shape[1]
+    pos = torch.arange(length, device=attention_mask.device)
+    last = torch.where(attention_mask.bool(), pos, -1).amax(dim=1, keepdim=True)
+    return pos[None, :] <= last
