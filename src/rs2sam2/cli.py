@@ -1,0 +1,42 @@
+"""``rs2sam2`` command line. Each subcommand lives in its own module, which provides
+``add_arguments(parser)`` and ``run(args) -> int``; modules are imported only when used."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMANDS = {
+    "demo": ("rs2sam2.demo", "generate data, train the nano preset on the CPU, evaluate, write a report"),
+    "train": ("rs2sam2.train", "train a model (single process or torchrun)"),
+    "evaluate": ("rs2sam2.evaluate", "evaluate a checkpoint or a folder of predicted masks"),
+    "predict": ("rs2sam2.predict", "segment the object a sentence describes in an image / GeoTIFF"),
+    "serve": ("rs2sam2.app", "web demo (Gradio)"),
+    "synth": ("rs2sam2.data.synth", "write a generated dataset in the RRSIS-D / RefSegRS / JSONL layout"),
+    "benchmark": ("rs2sam2.benchmark", "time a forward pass and report the ratio to the matmul floor"),
+}
+
+
+def build_parser(argv: list[str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rs2sam2", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    # only the chosen subcommand's module is imported, so a missing optional dependency of one
+    # command (gradio for `serve`) does not break the others
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == chosen:
+            importlib.import_module(module).add_arguments(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv).parse_args(argv)
+    module = importlib.import_module(COMMANDS[args.command][0])
+    return int(module.run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
