@@ -75,6 +75,19 @@ class RS2SAM2(nn.Module):
         # without memory; a still image is such a frame
         self.no_mem_embed = nn.Parameter(torch.zeros(1, 1, c))
 
+    @classmethod
+    def from_pretrained(cls, path, image_size: int | None = None) -> "RS2SAM2":
+        """Load from our ``save_pretrained`` folder, a released RS2-SAM2 folder, or a weights file."""
+        from ..checkpoints import load_pretrained
+
+        return load_pretrained(path, image_size=image_size)
+
+    def save_pretrained(self, folder, tokenizer_path=None):
+        """Write ``config.json`` + ``model.safetensors`` (+ ``tokenizer.model``) atomically."""
+        from ..checkpoints import save_pretrained
+
+        return save_pretrained(self, folder, tokenizer_path)
+
     @property
     def device(self) -> torch.device:
         return self.no_mem_embed.device

@@ -1,0 +1,625 @@
+"""Pictures for the demo and the reports, drawn with PIL and numpy only (no matplotlib).
+
+* :func:`overlay` -- a mask tinted over an image, with its boundary in a brighter colour.
+* :func:`heatmap` / :func:`overlay_heatmap` -- a probability map through a small colormap.
+* :func:`gallery` -- a grid "image | prediction | ground truth", one row per sample, with the
+  referring expression and the IoU written above each row.
+* :func:`plot_curves` -- a small line chart (training loss per step, val mIoU per epoch ...).
+
+Files are written through :func:`rs2sam2.geo.atomic_write`, so a crash never leaves a partial PNG.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from rs2sam2.geo import atomic_write
+
+__all__ = [
+    "PRED_COLOR",
+    "TARGET_COLOR",
+    "as_rgb_uint8",
+    "mask_boundary",
+    "overlay",
+    "colormap",
+    "heatmap",
+    "overlay_heatmap",
+    "gallery",
+    "plot_curves",
+]
+
+Color = tuple[int, int, int]
+
+#: Default colour of predicted masks.
+PRED_COLOR: Color = (255, 40, 40)
+#: Default colour of ground-truth masks.
+TARGET_COLOR: Color = (40, 220, 80)
+
+_BACKGROUND: Color = (255, 255, 255)
+_TEXT: Color = (20, 20, 20)
+_MUTED: Color = (110, 110, 110)
+
+# A sequential colormap written for this project: dark navy -> blue -> teal -> green -> yellow.
+# Monotonic in lightness, so it stays readable in greyscale print.
+_CMAP_ANCHORS: tuple[tuple[float, Color], ...] = (
+    (0.00, (18, 16, 82)),
+    (0.25, (36, 82, 178)),
+    (0.50, (30, 160, 168)),
+    (0.75, (120, 208, 88)),
+    (1.00, (252, 236, 40)),
+)
+
+# Distinct, colour-blind-friendly-ish line colours for :func:`plot_curves`.
+_PALETTE: tuple[Color, ...] = (
+    (31, 119, 180),
+    (230, 100, 20),
+    (44, 160, 44),
+    (200, 40, 40),
+    (140, 90, 190),
+    (120, 80, 60),
+    (220, 100, 180),
+    (100, 100, 100),
+    (170, 170, 30),
+    (20, 170, 190),
+)
+
+
+# --------------------------------------------------------------------------------------------
+# Small helpers
+# --------------------------------------------------------------------------------------------
+
+
+def as_rgb_uint8(image: np.ndarray | Image.Image) -> np.ndarray:
+    """Return ``image`` as a contiguous ``(H, W, 3) uint8`` array.
+
+    Accepts a PIL image, or an array that is ``(H, W)`` grey, ``(H, W, 1)``, ``(H, W, 3)`` or
+    ``(H, W, 4)`` (alpha dropped); ``uint8`` as is, ``bool`` as 0/255, other integer types
+    clipped to 0..255, floats taken as ``[0, 1]`` and scaled.
+    """
+    if isinstance(image, Image.Image):
+        return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
+    arr = np.asarray(image)
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    if arr.ndim != 3 or arr.shape[2] not in (1, 3, 4):
+        raise ValueError(f"expected an (H, W), (H, W, 3) or (H, W, 4) image, got shape {arr.shape}")
+    if arr.shape[2] == 1:
+        arr = np.repeat(arr, 3, axis=2)
+    elif arr.shape[2] == 4:
+        arr = arr[:, :, :3]
+    if arr.dtype == np.uint8:
+        pass
+    elif arr.dtype == bool:
+        arr = arr.astype(np.uint8) * 255
+    elif np.issubdtype(arr.dtype, np.floating):
+        arr = np.round(np.clip(np.nan_to_num(arr, nan=0.0), 0.0, 1.0) * 255.0).astype(np.uint8)
+    elif np.issubdtype(arr.dtype, np.integer):
+        arr = np.clip(arr, 0, 255).astype(np.uint8)
+    else:
+        raise ValueError(f"unsupported image dtype {arr.dtype}")
+    return np.ascontiguousarray(arr)
+
+
+def _as_mask(mask: np.ndarray, shape: tuple[int, int], what: str = "mask") -> np.ndarray:
+    m = np.asarray(mask)
+    if m.ndim == 3 and m.shape[0] == 1:
+        m = m[0]
+    if m.shape != shape:
+        raise ValueError(f"{what} shape {m.shape} does not match the image (H, W) = {shape}")
+    return m != 0 if m.dtype != bool else m
+
+
+def mask_boundary(mask: np.ndarray, width: int = 1) -> np.ndarray:
+    """Inner boundary of a boolean mask: mask pixels within ``width`` px of a background pixel.
+
+    4-neighbourhood; pixels outside the image count as background, so a mask touching the
+    border is outlined there too.  The boundary is always a subset of ``mask``.
+    """
+    m = np.asarray(mask, dtype=bool)
+    eroded = m.copy()
+    for _ in range(max(1, int(width))):
+        padded = np.pad(eroded, 1, constant_values=False)
+        eroded = (
+            eroded
+            & padded[:-2, 1:-1]
+            & padded[2:, 1:-1]
+            & padded[1:-1, :-2]
+            & padded[1:-1, 2:]
+        )
+    return m & ~eroded
+
+
+def _brighter(color: Color, amount: float = 0.55) -> Color:
+    """Move ``color`` towards white by ``amount`` (0..1)."""
+    return tuple(int(round(c + (255 - c) * amount)) for c in color)  # type: ignore[return-value]
+
+
+def _check_color(color: Sequence[int]) -> Color:
+    if len(color) != 3:
+        raise ValueError(f"colour must be an (R, G, B) triple, got {color!r}")
+    return tuple(int(np.clip(c, 0, 255)) for c in color)  # type: ignore[return-value]
+
+
+# --------------------------------------------------------------------------------------------
+# Overlays and heatmaps
+# --------------------------------------------------------------------------------------------
+
+
+def overlay(
+    rgb: np.ndarray | Image.Image,
+    mask: np.ndarray,
+    color: Sequence[int] = PRED_COLOR,
+    alpha: float = 0.5,
+    outline: bool = True,
+    outline_width: int | None = None,
+) -> Image.Image:
+    """Tint the ``mask`` pixels of ``rgb`` with ``color`` and draw the mask's boundary.
+
+    Only pixels inside the mask change: ``(1 - alpha) * rgb + alpha * color`` in the interior,
+    and a solid, brighter version of ``color`` on the mask's inner boundary when ``outline``.
+
+    Args:
+        rgb: ``(H, W, 3) uint8`` image (see :func:`as_rgb_uint8` for other accepted inputs).
+        mask: ``(H, W)`` mask, non-zero = foreground.
+        color: tint colour.
+        alpha: tint opacity in ``[0, 1]``.
+        outline: draw the boundary.
+        outline_width: boundary thickness in pixels; default ``max(1, min(H, W) // 256)``.
+
+    Returns:
+        An RGB PIL image of size ``(W, H)``.
+    """
+    img = as_rgb_uint8(rgb)
+    h, w = img.shape[:2]
+    m = _as_mask(mask, (h, w))
+    col = np.array(_check_color(color), dtype=np.float32)
+    a = float(np.clip(alpha, 0.0, 1.0))
+    out = img.copy()
+    if m.any():
+        blended = (1.0 - a) * img[m].astype(np.float32) + a * col
+        out[m] = np.round(blended).astype(np.uint8)
+        if outline:
+            width = outline_width if outline_width is not None else max(1, min(h, w) // 256)
+            edge = mask_boundary(m, width)
+            out[edge] = np.array(_brighter(_check_color(color)), dtype=np.uint8)
+    return Image.fromarray(out)
+
+
+def colormap(values: np.ndarray) -> np.ndarray:
+    """Map values in ``[0, 1]`` to ``uint8`` RGB with the module's navy→yellow colormap.
+
+    Values are clipped to ``[0, 1]``; NaN maps to mid grey.  Returns ``values.shape + (3,)``.
+    """
+    v = np.asarray(values, dtype=np.float64)
+    nan = np.isnan(v)
+    v = np.clip(np.where(nan, 0.0, v), 0.0, 1.0)
+    stops = np.array([s for s, _ in _CMAP_ANCHORS])
+    colors = np.array([c for _, c in _CMAP_ANCHORS], dtype=np.float64)
+    out = np.stack([np.interp(v, stops, colors[:, k]) for k in range(3)], axis=-1)
+    out = np.round(out).astype(np.uint8)
+    out[nan] = (128, 128, 128)
+    return out
+
+
+def heatmap(prob: np.ndarray) -> Image.Image:
+    """Render a probability map ``(H, W)`` in ``[0, 1]`` as an RGB image of the same size."""
+    p = np.asarray(prob)
+    if p.ndim == 3 and p.shape[0] == 1:
+        p = p[0]
+    if p.ndim != 2:
+        raise ValueError(f"probability map must be (H, W), got shape {p.shape}")
+    return Image.fromarray(colormap(p.astype(np.float64)))
+
+
+def overlay_heatmap(
+    rgb: np.ndarray | Image.Image,
+    prob: np.ndarray,
+    alpha: float = 0.5,
+    *,
+    scale_by_prob: bool = False,
+) -> Image.Image:
+    """Blend :func:`heatmap` of ``prob`` over ``rgb``.
+
+    Args:
+        rgb: ``(H, W, 3)`` image.
+        prob: ``(H, W)`` probabilities in ``[0, 1]``.
+        alpha: heatmap opacity in ``[0, 1]``.
+        scale_by_prob: if true the opacity is ``alpha * prob`` per pixel, so confident regions
+            are coloured and the rest of the image stays visible.
+
+    Returns:
+        An RGB PIL image of the input size.
+    """
+    img = as_rgb_uint8(rgb)
+    h, w = img.shape[:2]
+    p = np.asarray(prob, dtype=np.float64)
+    if p.ndim == 3 and p.shape[0] == 1:
+        p = p[0]
+    if p.shape != (h, w):
+        raise ValueError(f"probability map shape {p.shape} does not match the image {(h, w)}")
+    heat = colormap(p).astype(np.float32)
+    a = float(np.clip(alpha, 0.0, 1.0))
+    weight: np.ndarray | float = a
+    if scale_by_prob:
+        weight = (a * np.clip(np.nan_to_num(p, nan=0.0), 0.0, 1.0)).astype(np.float32)[..., None]
+    out = (1.0 - weight) * img.astype(np.float32) + weight * heat
+    return Image.fromarray(np.round(out).astype(np.uint8))
+
+
+# --------------------------------------------------------------------------------------------
+# Text
+# --------------------------------------------------------------------------------------------
+
+_FontT = ImageFont.ImageFont | ImageFont.FreeTypeFont
+
+
+def _font(size: int = 13) -> _FontT:
+    """PIL's default font (a scalable FreeType font on Pillow >= 10.1, else the bitmap one)."""
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # pragma: no cover - very old Pillow
+        return ImageFont.load_default()
+
+
+def _text_size(draw: ImageDraw.ImageDraw, text: str, font: _FontT) -> tuple[int, int]:
+    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+    return int(math.ceil(right - left)), int(math.ceil(bottom - top))
+
+
+def _line_height(draw: ImageDraw.ImageDraw, font: _FontT) -> int:
+    _, top, _, bottom = draw.textbbox((0, 0), "Ag|", font=font)
+    return int(math.ceil(bottom - top)) + 3
+
+
+def _wrap(draw: ImageDraw.ImageDraw, text: str, font: _FontT, max_width: int) -> list[str]:
+    """Greedy word wrap to ``max_width`` pixels; words longer than a line are hard-split."""
+    lines: list[str] = []
+    for paragraph in str(text).splitlines() or [""]:
+        current = ""
+        for word in paragraph.split():
+            candidate = f"{current} {word}" if current else word
+            if draw.textlength(candidate, font=font) <= max_width:
+                current = candidate
+                continue
+            if current:
+                lines.append(current)
+            # hard-split a word wider than the line
+            while draw.textlength(word, font=font) > max_width and len(word) > 1:
+                cut = len(word)
+                while cut > 1 and draw.textlength(word[:cut], font=font) > max_width:
+                    cut -= 1
+                lines.append(word[:cut])
+                word = word[cut:]
+            current = word
+        lines.append(current)
+    return lines
+
+
+# --------------------------------------------------------------------------------------------
+# Gallery
+# --------------------------------------------------------------------------------------------
+
+
+def _fit(img: Image.Image, tile: int, resample: Image.Resampling) -> Image.Image:
+    """Resize so the longer side equals ``tile`` (keeping the aspect ratio)."""
+    w, h = img.size
+    scale = tile / max(w, h)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return img if size == (w, h) else img.resize(size, resample)
+
+
+def _tile_overlay(
+    image: np.ndarray, mask: np.ndarray | None, color: Color, tile: int
+) -> Image.Image:
+    """Downscale image (bilinear) and mask (nearest) to the tile, then overlay at tile size.
+
+    Drawing at tile size keeps the outline visible and avoids full-resolution work on big scenes.
+    """
+    base = _fit(Image.fromarray(image), tile, Image.Resampling.BILINEAR)
+    if mask is None:
+        return base
+    small = _fit(Image.fromarray(mask.astype(np.uint8) * 255), tile, Image.Resampling.NEAREST)
+    small_mask = np.asarray(small) > 127
+    return overlay(np.asarray(base), small_mask, color=color, alpha=0.45, outline_width=1)
+
+
+def _placeholder(tile: int, text: str, font: _FontT) -> Image.Image:
+    img = Image.new("RGB", (tile, tile), (235, 235, 235))
+    d = ImageDraw.Draw(img)
+    tw, th = _text_size(d, text, font)
+    d.text(((tile - tw) // 2, (tile - th) // 2), text, fill=_MUTED, font=font)
+    return img
+
+
+def gallery(
+    rows: Sequence[Mapping[str, Any]],
+    path: str | os.PathLike[str],
+    tile: int = 192,
+    *,
+    pred_color: Sequence[int] = PRED_COLOR,
+    target_color: Sequence[int] = TARGET_COLOR,
+) -> Path:
+    """Save a grid: one row per sample, columns ``image | prediction | ground truth``.
+
+    Each row is a mapping with keys ``image`` (``(H, W, 3)`` uint8), ``text`` (the referring
+    expression), ``pred`` (``(H, W)`` bool mask), and optionally ``target`` (bool mask or
+    ``None`` -- a grey "no ground truth" tile is drawn) and ``iou`` (float or ``None``).
+    The expression and IoU are written above the row, wrapped to the grid width.  Images are
+    fitted into ``tile x tile`` cells keeping their aspect ratio.
+
+    The canvas is ``3 * tile + 4 * pad`` wide (``pad = 8``); its height depends on the text.
+    Written atomically; the suffix of ``path`` picks the format (PNG recommended).
+
+    Returns:
+        ``Path(path)``.
+    """
+    if tile < 16:
+        raise ValueError(f"tile must be >= 16 px, got {tile}")
+    pad = 8
+    font = _font(13)
+    small_font = _font(11)
+    width = 3 * tile + 4 * pad
+    scratch = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    line_h = _line_height(scratch, font)
+    header_h = _line_height(scratch, small_font) + pad
+    pc, tc = _check_color(pred_color), _check_color(target_color)
+
+    # lay out every row first so the canvas can be sized exactly
+    layouts: list[tuple[list[str], list[Image.Image]]] = []
+    for i, row in enumerate(rows):
+        try:
+            image = as_rgb_uint8(row["image"])
+            pred_raw = row["pred"]
+        except KeyError as exc:
+            raise ValueError(f"gallery row {i} lacks the key {exc.args[0]!r}") from None
+        shape = image.shape[:2]
+        pred = _as_mask(pred_raw, shape, f"row {i} pred")
+        target_raw = row.get("target")
+        target = None if target_raw is None else _as_mask(target_raw, shape, f"row {i} target")
+        iou = row.get("iou")
+        iou_val = math.nan if iou is None else float(iou)
+        iou_txt = f"IoU {iou_val:.3f}" if math.isfinite(iou_val) else "IoU n/a"
+        text = " ".join(str(row.get("text", "") or "").split())
+        caption = f"{i + 1}. {iou_txt}  |  \u201c{text}\u201d" if text else f"{i + 1}. {iou_txt}"
+        lines = _wrap(scratch, caption, font, width - 2 * pad)
+        cells = [
+            _tile_overlay(image, None, pc, tile),
+            _tile_overlay(image, pred, pc, tile),
+            _tile_overlay(image, target, tc, tile)
+            if target is not None
+            else _placeholder(tile, "no ground truth", small_font),
+        ]
+        layouts.append((lines, cells))
+
+    height = header_h + sum(len(lines) * line_h + tile + 2 * pad for lines, _ in layouts) + pad
+    canvas = Image.new("RGB", (width, height), _BACKGROUND)
+    draw = ImageDraw.Draw(canvas)
+
+    for col, name in enumerate(("image", "prediction", "ground truth")):
+        x0 = pad + col * (tile + pad)
+        tw, _ = _text_size(draw, name, small_font)
+        draw.text((x0 + (tile - tw) // 2, pad // 2), name, fill=_MUTED, font=small_font)
+
+    y = header_h
+    for lines, cells in layouts:
+        for line in lines:
+            draw.text((pad, y), line, fill=_TEXT, font=font)
+            y += line_h
+        y += pad // 2
+        for col, cell in enumerate(cells):
+            x0 = pad + col * (tile + pad)
+            cw, ch = cell.size
+            canvas.paste(cell, (x0 + (tile - cw) // 2, y + (tile - ch) // 2))
+            draw.rectangle([x0 - 1, y - 1, x0 + tile, y + tile], outline=(200, 200, 200))
+        y += tile + pad + pad // 2
+
+    dest = Path(path)
+    with atomic_write(dest) as tmp:
+        canvas.save(tmp, format=_format_for(dest))
+    return dest
+
+
+def _format_for(path: Path) -> str:
+    ext = path.suffix.lower()
+    fmt = Image.registered_extensions().get(ext)
+    if fmt is None:
+        raise ValueError(f"unknown image suffix {path.suffix!r}; use .png")
+    return fmt
+
+
+# --------------------------------------------------------------------------------------------
+# Line charts
+# --------------------------------------------------------------------------------------------
+
+
+def _nice_ticks(lo: float, hi: float, target: int = 5) -> list[float]:
+    """About ``target`` round tick values (steps of 1, 2, 2.5 or 5 x 10^k) covering [lo, hi]."""
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return [0.0, 1.0]
+    if hi < lo:
+        lo, hi = hi, lo
+    if hi == lo:
+        delta = abs(lo) * 0.1 or 1.0
+        lo, hi = lo - delta, hi + delta
+    raw = (hi - lo) / max(1, target - 1)
+    mag = 10.0 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1.0, 2.0, 2.5, 5.0, 10.0) if m * mag >= raw * 0.999)
+    start = math.floor(lo / step + 1e-9) * step
+    stop = math.ceil(hi / step - 1e-9) * step
+    n = int(round((stop - start) / step))
+    return [round(start + k * step, 12) for k in range(n + 1)]
+
+
+def _fmt_tick(v: float, step: float) -> str:
+    if v == 0:
+        return "0"
+    av = abs(v)
+    if av >= 1e5 or av < 1e-3:
+        return f"{v:.2g}"
+    decimals = max(0, -int(math.floor(math.log10(step)))) if step > 0 else 0
+    scaled = step * 10**decimals
+    if step > 0 and abs(scaled - round(scaled)) > 1e-6:
+        decimals += 1  # e.g. a step of 0.25
+    return f"{v:.{min(decimals, 6)}f}"
+
+
+def _clean_points(points: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Sort by step; a value that is ``None``, NaN or inf becomes NaN (a gap in the line)."""
+    xs: list[float] = []
+    ys: list[float] = []
+    for p in points:
+        x, y = p[0], p[1]
+        try:
+            xf = float(x)
+        except (TypeError, ValueError):
+            continue
+        if not math.isfinite(xf):
+            continue
+        try:
+            yf = float(y) if y is not None else math.nan
+        except (TypeError, ValueError):
+            yf = math.nan
+        xs.append(xf)
+        ys.append(yf if math.isfinite(yf) else math.nan)
+    order = np.argsort(np.asarray(xs, dtype=np.float64), kind="stable")
+    return np.asarray(xs, dtype=np.float64)[order], np.asarray(ys, dtype=np.float64)[order]
+
+
+def plot_curves(
+    series: Mapping[str, Sequence[tuple[float, float]]],
+    path: str | os.PathLike[str],
+    title: str = "training curves",
+    *,
+    size: tuple[int, int] = (640, 400),
+    xlabel: str = "step",
+    ylabel: str = "",
+) -> Path:
+    """Draw a line chart of one or more ``(step, value)`` series and save it (PNG).
+
+    One colour per series, with a legend; axes with numbered ticks and a light grid.  Points
+    are sorted by step; ``None``/NaN/inf values break the line, and isolated points (a single
+    epoch, or a point between gaps) are drawn as dots.  With no finite data the axes are drawn
+    with a "no data" note.
+
+    Args:
+        series: name -> list of ``(step, value)``.
+        path: destination (``.png``); written atomically.
+        title: chart title.
+        size: ``(width, height)`` of the image in pixels.
+        xlabel: x-axis label.
+        ylabel: y-axis label (drawn above the y axis).
+
+    Returns:
+        ``Path(path)``.
+    """
+    width, height = int(size[0]), int(size[1])
+    if width < 200 or height < 150:
+        raise ValueError(f"plot size must be at least 200x150, got {size}")
+    font = _font(12)
+    title_font = _font(15)
+    img = Image.new("RGB", (width, height), _BACKGROUND)
+    draw = ImageDraw.Draw(img)
+
+    data = {str(name): _clean_points(points) for name, points in series.items()}
+    all_x = np.concatenate([x for x, _ in data.values()]) if data else np.zeros(0)
+    all_y = np.concatenate([y for _, y in data.values()]) if data else np.zeros(0)
+    finite_y = all_y[np.isfinite(all_y)]
+    has_data = finite_y.size > 0
+    if has_data:
+        xs_f = np.concatenate([x[np.isfinite(y)] for x, y in data.values()])
+        x_lo, x_hi = float(xs_f.min()), float(xs_f.max())
+        y_lo, y_hi = float(finite_y.min()), float(finite_y.max())
+    elif all_x.size:
+        x_lo, x_hi, y_lo, y_hi = float(all_x.min()), float(all_x.max()), 0.0, 1.0
+    else:
+        x_lo, x_hi, y_lo, y_hi = 0.0, 1.0, 0.0, 1.0
+    xticks = _nice_ticks(x_lo, x_hi, 6)
+    yticks = _nice_ticks(y_lo, y_hi, 5)
+    x_min, x_max = xticks[0], xticks[-1]
+    y_min, y_max = yticks[0], yticks[-1]
+    xstep = xticks[1] - xticks[0] if len(xticks) > 1 else 1.0
+    ystep = yticks[1] - yticks[0] if len(yticks) > 1 else 1.0
+    ylabels = [_fmt_tick(v, ystep) for v in yticks]
+    xlabels = [_fmt_tick(v, xstep) for v in xticks]
+
+    line_h = _line_height(draw, font)
+    left = 12 + max(_text_size(draw, s, font)[0] for s in ylabels)
+    top = 14 + _line_height(draw, title_font) + (line_h if ylabel else 0)
+    right = width - 16
+    bottom = height - (10 + 2 * line_h)
+    pw, ph = right - left, bottom - top
+
+    def px(x: float) -> float:
+        return left + (x - x_min) / (x_max - x_min) * pw
+
+    def py(y: float) -> float:
+        return bottom - (y - y_min) / (y_max - y_min) * ph
+
+    # title and axis labels
+    tw, _ = _text_size(draw, title, title_font)
+    draw.text(((width - tw) // 2, 6), title, fill=_TEXT, font=title_font)
+    if ylabel:
+        draw.text((4, top - line_h - 2), ylabel, fill=_MUTED, font=font)
+    xw, _ = _text_size(draw, xlabel, font)
+    draw.text((left + (pw - xw) // 2, height - line_h - 4), xlabel, fill=_MUTED, font=font)
+
+    # grid, ticks and tick labels
+    for v, s in zip(yticks, ylabels, strict=True):
+        yy = round(py(v))
+        draw.line([(left, yy), (right, yy)], fill=(232, 232, 232))
+        draw.line([(left - 4, yy), (left, yy)], fill=_TEXT)
+        sw, sh = _text_size(draw, s, font)
+        draw.text((left - 6 - sw, yy - sh // 2 - 2), s, fill=_TEXT, font=font)
+    for v, s in zip(xticks, xlabels, strict=True):
+        xx = round(px(v))
+        draw.line([(xx, top), (xx, bottom)], fill=(232, 232, 232))
+        draw.line([(xx, bottom), (xx, bottom + 4)], fill=_TEXT)
+        sw, _ = _text_size(draw, s, font)
+        draw.text((xx - sw // 2, bottom + 6), s, fill=_TEXT, font=font)
+    draw.rectangle([left, top, right, bottom], outline=_TEXT)
+
+    # the series
+    for k, (x, y) in enumerate(data.values()):
+        color = _PALETTE[k % len(_PALETTE)]
+        ok = np.isfinite(y)
+        segment: list[tuple[float, float]] = []
+        for i in range(len(x) + 1):
+            if i < len(x) and ok[i]:
+                segment.append((px(x[i]), py(y[i])))
+                continue
+            if len(segment) == 1:
+                cx, cy = segment[0]
+                draw.ellipse([cx - 3, cy - 3, cx + 3, cy + 3], fill=color)
+            elif len(segment) > 1:
+                draw.line(segment, fill=color, width=2, joint="curve")
+            segment = []
+
+    if not has_data:
+        msg = "no data"
+        mw, mh = _text_size(draw, msg, font)
+        draw.text((left + (pw - mw) // 2, top + (ph - mh) // 2), msg, fill=_MUTED, font=font)
+
+    # legend, top-right inside the plot area
+    if data:
+        names = list(data)
+        lw = max(_text_size(draw, n, font)[0] for n in names) + 34
+        lh = len(names) * line_h + 8
+        x0, y0 = right - lw - 8, top + 8
+        draw.rectangle([x0, y0, x0 + lw, y0 + lh], fill=(255, 255, 255), outline=(190, 190, 190))
+        for k, name in enumerate(names):
+            color = _PALETTE[k % len(_PALETTE)]
+            yy = y0 + 4 + k * line_h + line_h // 2
+            draw.line([(x0 + 6, yy), (x0 + 24, yy)], fill=color, width=3)
+            draw.text((x0 + 30, yy - line_h // 2), name, fill=_TEXT, font=font)
+
+    dest = Path(path)
+    with atomic_write(dest) as tmp:
+        img.save(tmp, format=_format_for(dest))
+    return dest
