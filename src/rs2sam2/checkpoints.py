@@ -130,12 +130,11 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
             sd.update(read_state_dict(path.parent / shard))
         return sd
     if path.suffix == ".safetensors":
-        from safetensors import SafetensorsError
         from safetensors.torch import load_file
 
         try:
             return load_file(str(path))
-        except (SafetensorsError, OSError, ValueError) as e:
+        except Exception as e:  # safetensors raises its own error type for malformed headers
             raise CheckpointError(f"{path}: cannot read safetensors file ({e}); is it truncated?") from e
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)

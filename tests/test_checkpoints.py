@@ -1,0 +1,159 @@
+"""Loading released / official / our checkpoints, and every way loading must fail loudly."""
+
+import json
+import os
+import pickle
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import rs2sam2
+from rs2sam2.checkpoints import (
+    IGNORED_PUBLISHED_PREFIXES,
+    CheckpointError,
+    infer_config,
+    load_beit3_checkpoint,
+    load_pretrained,
+    load_sam2_checkpoint,
+    read_state_dict,
+)
+from parity_weights import FIXTURES
+
+
+def _outputs(model, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    cfg = model.config
+    ids = torch.tensor([[0, 17, 23, 9, 2]])
+    with torch.no_grad():
+        return model(
+            torch.randn(1, 3, cfg.image_size, cfg.image_size, generator=g),
+            torch.randn(1, 3, cfg.beit3.img_size, cfg.beit3.img_size, generator=g),
+            ids,
+            ids != 3,
+        ).logits
+
+
+def test_save_and_from_pretrained_roundtrip(tmp_path):
+    torch.manual_seed(0)
+    model = rs2sam2.build_model("nano").eval()
+    spm = FIXTURES / "tokenizer" / "test_xlmr.model"
+    model.save_pretrained(tmp_path / "ckpt", tokenizer_path=spm)
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["config.json", "model.safetensors", "tokenizer.model"]
+    again = rs2sam2.RS2SAM2.from_pretrained(tmp_path / "ckpt").eval()
+    assert again.config == model.config
+    torch.testing.assert_close(_outputs(again), _outputs(model), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "bin"])
+def test_released_folder_infers_preset(tmp_path, tiny_published_state_dict, tiny_parity_model, fmt):
+    """A released folder (HF config.json without the SAM2 size, weights, sentencepiece model)."""
+    folder = tmp_path / "released"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "evf", "hidden_size": 1024, "out_dim": 256}))
+    (folder / "sentencepiece.bpe.model").write_bytes((FIXTURES / "tokenizer" / "test_xlmr.model").read_bytes())
+    if fmt == "safetensors":
+        save_file(tiny_published_state_dict, str(folder / "model.safetensors"))
+    else:
+        torch.save(tiny_published_state_dict, folder / "pytorch_model.bin")
+    model = load_pretrained(folder).eval()
+    assert model.config.name == "tiny-parity"
+    assert model.config.hiera == rs2sam2.get_config("tiny-parity").hiera
+    for (k, v), (k2, v2) in zip(model.state_dict().items(), tiny_parity_model.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2), k
+    assert rs2sam2.checkpoints.find_tokenizer(folder).name == "sentencepiece.bpe.model"
+
+
+def test_infer_paper_config_from_manifest_shapes():
+    entries = json.loads((FIXTURES / "paper_manifest.json").read_text())
+    shapes = {e["key"]: torch.empty(e["shape"], device="meta") for e in entries}
+    cfg = infer_config(shapes)
+    assert cfg.name == "paper"
+    assert cfg.hiera == rs2sam2.get_config("paper").hiera and cfg.beit3 == rs2sam2.get_config("paper").beit3
+    assert len(entries) == 2853
+
+
+def test_ignored_keys_are_exactly_the_documented_ones(tiny_published_state_dict):
+    model = rs2sam2.build_model("tiny-parity")
+    report = rs2sam2.load_official_state_dict(model, tiny_published_state_dict)
+    assert report.ignored and all(k.startswith(IGNORED_PUBLISHED_PREFIXES) for k in report.ignored)
+    assert {k.split(".")[1] if k.startswith("visual_model.") else k.split(".")[0] for k in report.ignored} == {
+        "memory_attention", "memory_encoder", "maskmem_tpos_enc", "no_mem_pos_enc", "no_obj_ptr",
+        "mask_downsample", "obj_ptr_proj", "meo_linear", "mm_extractor",
+    }
+
+
+def test_official_sam2_and_beit3_initialise_their_parts(tmp_path, tiny_published_state_dict):
+    sd = tiny_published_state_dict
+    # an official SAM2 checkpoint has no RS2-SAM2 additions (adapters, decoder text guidance)
+    sam2 = {
+        k[len("visual_model."):]: v for k, v in sd.items()
+        if k.startswith("visual_model.") and "Adapter" not in k and "vlfusion" not in k
+    }
+    beit3 = {k[len("mm_extractor."):]: v for k, v in sd.items() if k.startswith("mm_extractor.")}
+    beit3["head.weight"] = torch.zeros(3, 1024)  # a fine-tuned task head: reported, not loaded
+    torch.save({"model": sam2}, tmp_path / "sam2_hiera_t.pt")
+    torch.save({"model": beit3}, tmp_path / "beit3.pth")
+
+    model, (r_sam, r_beit) = rs2sam2.init_from_official(
+        "tiny-parity", sam2=tmp_path / "sam2_hiera_t.pt", beit3=tmp_path / "beit3.pth"
+    )
+    ours = model.state_dict()
+    torch.testing.assert_close(ours["image_encoder.trunk.blocks.3.attn.qkv.weight"],
+                               sd["visual_model.image_encoder.trunk.blocks.3.attn.qkv.weight"])
+    torch.testing.assert_close(ours["union_encoder.layers.1.ffn.text.fc2.weight"],
+                               sd["mm_extractor.beit3.encoder.layers.1.ffn.B.fc2.weight"])
+    new_sam = set(r_sam.newly_initialised)
+    assert any("space_adapter" in k for k in new_sam) and any("text_guidance" in k for k in new_sam)
+    assert not any(k.startswith(("image_encoder.neck", "prompt_encoder")) for k in new_sam)
+    assert "head.weight" in r_beit.ignored
+    assert not any(k.startswith("union_encoder.") for k in r_beit.newly_initialised)
+    with pytest.raises(CheckpointError, match="not a SAM2 checkpoint"):
+        load_sam2_checkpoint(model, tmp_path / "beit3.pth")
+    with pytest.raises(CheckpointError, match="not a BEiT-3 checkpoint"):
+        load_beit3_checkpoint(model, tmp_path / "sam2_hiera_t.pt")
+
+
+def test_errors_name_the_keys(tiny_published_state_dict):
+    model = rs2sam2.build_model("tiny-parity")
+    extra = dict(tiny_published_state_dict, **{"visual_model.surprise": torch.zeros(1)})
+    with pytest.raises(CheckpointError, match="unexpected keys.*visual_model.surprise|unexpected keys.*surprise"):
+        rs2sam2.load_official_state_dict(model, extra)
+    missing = {k: v for k, v in tiny_published_state_dict.items() if k != "text2one_linear.bias"}
+    with pytest.raises(CheckpointError, match=r"missing keys \(1\): boundary_head.bias"):
+        rs2sam2.load_official_state_dict(model, missing)
+    # wrong preset: tiny-parity weights into the paper-sized SAM2 / nano model
+    with pytest.raises(CheckpointError, match="wrongly shaped keys"):
+        rs2sam2.load_official_state_dict(rs2sam2.build_model("nano"), tiny_published_state_dict)
+
+
+def test_truncated_files(tmp_path):
+    sd = rs2sam2.build_model("nano").state_dict()
+    save_file(sd, str(tmp_path / "m.safetensors"))
+    torch.save(sd, tmp_path / "m.bin")
+    for name in ("m.safetensors", "m.bin"):
+        data = (tmp_path / name).read_bytes()
+        (tmp_path / f"cut_{name}").write_bytes(data[: len(data) // 2])
+        with pytest.raises(CheckpointError, match=f"cut_{name}"):
+            read_state_dict(tmp_path / f"cut_{name}")
+    with pytest.raises(CheckpointError, match="not found"):
+        read_state_dict(tmp_path / "nope.bin")
+    with pytest.raises(CheckpointError, match="no weights found"):
+        load_pretrained(tmp_path)
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, (f"touch {os.environ.get('EVIL_MARKER', '/tmp/rs2sam2_evil_marker')}",))
+
+
+def test_pickle_that_would_run_code_is_refused(tmp_path, monkeypatch):
+    marker = tmp_path / "ran"
+    monkeypatch.setenv("EVIL_MARKER", str(marker))
+    with open(tmp_path / "evil.bin", "wb") as f:
+        pickle.dump({"model": {"w": _Evil()}}, f)
+    torch.save({"model": {"w": _Evil()}}, tmp_path / "evil2.pt")
+    for name in ("evil.bin", "evil2.pt"):
+        with pytest.raises(CheckpointError, match="weights_only"):
+            read_state_dict(tmp_path / name)
+    assert not marker.exists()

@@ -1,0 +1,106 @@
+"""Model behaviour beyond parity: batch invariance, ablation switches, configuration errors."""
+
+import dataclasses
+
+import pytest
+import torch
+
+import rs2sam2
+from rs2sam2.config import FusionConfig
+
+
+def nano(seed=0, **fusion):
+    torch.manual_seed(seed)
+    cfg = rs2sam2.get_config("nano", fusion=FusionConfig(adapter_heads=2, mpg_heads=4, guidance_heads=4, **fusion))
+    return rs2sam2.build_model(cfg)
+
+
+def inputs(model, texts_lengths, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    cfg = model.config
+    b = len(texts_lengths)
+    images = torch.randn(b, 3, cfg.image_size, cfg.image_size, generator=g)
+    evf = torch.randn(b, 3, cfg.beit3.img_size, cfg.beit3.img_size, generator=g)
+    L = max(texts_lengths)
+    ids = torch.full((b, L), 3, dtype=torch.long)
+    for i, n in enumerate(texts_lengths):
+        ids[i, :n] = torch.randint(4, cfg.beit3.vocab_size, (n,), generator=g)
+        ids[i, 0], ids[i, n - 1] = 0, 2
+    return images, evf, ids, ids != 3
+
+
+def test_batch_invariance():
+    """Each sample of a padded batch gets the outputs it gets alone (padding masked everywhere)."""
+    model = nano().eval()
+    images, evf, ids, mask = inputs(model, [5, 11, 8])
+    with torch.no_grad():
+        batched = model(images, evf, ids, mask)
+        for i, n in enumerate([5, 11, 8]):
+            alone = model(images[i : i + 1], evf[i : i + 1], ids[i : i + 1, :n], mask[i : i + 1, :n])
+            for key in ("logits", "low_res_logits", "mask_prompt", "boundary_weight", "iou_scores"):
+                torch.testing.assert_close(batched[key][i : i + 1], alone[key], atol=1e-4, rtol=0, msg=key)
+
+
+def test_unknown_tokens_masked_only_in_union_encoder():
+    """Published rule: an unknown token (id 3) inside the text is masked in BEiT-3 only; BHFM and the
+    decoder still see its position, so the output differs from dropping the token."""
+    model = nano().eval()
+    images, evf, ids, _ = inputs(model, [9])
+    ids[0, 4] = 3
+    with torch.no_grad():
+        out = model(images, evf, ids, ids != 3)
+        dropped = model(images, evf, torch.cat([ids[:, :4], ids[:, 5:]], 1), torch.cat([ids[:, :4], ids[:, 5:]], 1) != 3)
+    assert not torch.allclose(out.logits, dropped.logits)
+
+
+ABLATIONS = {
+    "bi": ({}, set()),
+    "uni": ({"bhfm": "uni"}, {"attend_image", "text_out"}),
+    "linear": ({"bhfm": "linear"}, {"attend_image", "text_out", "attend_text", "text_in"}),
+    "off": ({"bhfm": "off"}, {"space_adapter", "mlp_adapter"}),
+    "no-mpg": ({"mpg": False}, {"mpg"}),
+    "no-guidance": ({"text_guidance": False}, {"text_guidance"}),
+    "no-sparse": ({"sparse_prompt": False}, {"sparse_prompt"}),
+}
+
+
+@pytest.mark.parametrize("name", list(ABLATIONS))
+def test_ablation_switch(name):
+    fusion, removed = ABLATIONS[name]
+    full = {k for k, _ in nano().named_parameters()}
+    model = nano(**fusion).train()
+    names = {k for k, _ in model.named_parameters()}
+    gone = full - names
+    assert names <= full
+    assert {part for k in gone for part in k.split(".")} >= removed
+    assert all(any(r in k.split(".") for r in removed) for k in gone)
+    assert bool(gone) == bool(removed)
+    images, evf, ids, mask = inputs(model, [6, 4])
+    out = model(images, evf, ids, mask)
+    (out.logits.mean() + out.boundary_weight.mean()).backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+    assert (out.mask_prompt is None) == (name == "no-mpg")
+
+
+def test_presets_and_sizes():
+    for name in rs2sam2.PRESET_NAMES:
+        cfg = rs2sam2.get_config(name)
+        assert cfg.mask_size == cfg.image_size // 4
+    with pytest.raises(KeyError, match="unknown preset"):
+        rs2sam2.get_config("huge")
+    with pytest.raises(ValueError, match="bhfm"):
+        FusionConfig(bhfm="sideways")
+    with pytest.raises(ValueError, match="image_size"):
+        dataclasses.replace(rs2sam2.get_config("nano"), image_size=250)
+
+
+def test_input_errors():
+    model = nano().eval()
+    images, evf, ids, mask = inputs(model, [5])
+    with pytest.raises(ValueError, match="images must be 256x256"):
+        model(images[..., :128, :128], evf, ids, mask)
+    with pytest.raises(ValueError, match="position table"):
+        model(images, evf, torch.zeros(1, 80, dtype=torch.long), torch.ones(1, 80, dtype=torch.bool))
+    with pytest.raises(ValueError, match="vocabulary"):
+        model(images, evf, torch.full((1, 4), 10**6), mask[:, :4])
