@@ -45,11 +45,12 @@ class SpaceAdapter(nn.Module):
         b, h, w, _ = x.shape
         z = self.act(self.fc1(x)).reshape(b, h * w, -1)
         if self.mode in ("bi", "uni"):
-            t = self.text_in(text)
+            t = self.text_in(text.to(z.dtype))
             z = z + self.attend_text(z, t, t, text_mask)
             if self.mode == "bi":
                 t = t + self.attend_image(t, z, z)
-                text = (1.0 - self.alpha_t) * text + self.alpha_t * self.text_out(t)
+                # the text state keeps its own (float32) precision across blocks
+                text = (1.0 - self.alpha_t) * text + self.alpha_t * self.text_out(t).to(text.dtype)
         return x + self.fc2(z).reshape(b, h, w, -1), text
 
 

@@ -108,10 +108,14 @@ class HieraBlock(nn.Module):
             self.mlp_adapter = MLPAdapter(dim_out, fusion.adapter_ratio)
 
     def forward(self, x: Tensor, text: Tensor, text_mask: Tensor) -> tuple[Tensor, Tensor]:
-        shortcut = x  # (B, H, W, C)
-        x = self.norm1(x)
+        # x: (B, H, W, C) residual stream. In the bf16 path (``RS2SAM2.set_precision``) the linear
+        # layers hold bfloat16 weights while the residual stream, the norms and the text state stay
+        # float32: only matmul inputs are rounded, so errors do not pile up over 48 blocks.
+        compute = self.attn.qkv.weight.dtype
+        shortcut = x
+        x = self.norm1(x).to(compute)
         if self.dim != self.dim_out:
-            shortcut = _pool(self.proj(x), self.pool)
+            shortcut = _pool(self.proj(x), self.pool).to(shortcut.dtype)
         ws = self.window_size
         if ws > 0:
             hw = x.shape[1:3]
@@ -126,11 +130,11 @@ class HieraBlock(nn.Module):
             x = window_unpartition(x, ws, pad_hw, hw)
         if self.space_adapter is not None:
             x, text = self.space_adapter(x, text, text_mask)
-        x = shortcut + self.drop_path(x)
-        h = self.norm2(x)
-        x = x + self.drop_path(self.mlp(h))
+        x = shortcut + self.drop_path(x).to(shortcut.dtype)
+        h = self.norm2(x).to(compute)
+        x = x + self.drop_path(self.mlp(h)).to(x.dtype)
         if self.mlp_adapter is not None:
-            x = x + self.alpha_i * self.mlp_adapter(h)
+            x = x + self.alpha_i * self.mlp_adapter(h).to(x.dtype)
         return x, text
 
 
@@ -178,7 +182,7 @@ class Hiera(nn.Module):
         return (pos + self.pos_embed_window.tile(reps)).permute(0, 2, 3, 1)
 
     def forward(self, x: Tensor, text: Tensor, text_mask: Tensor) -> list[Tensor]:
-        x = self.patch_embed(x)
+        x = self.patch_embed(x.to(self.patch_embed.proj.weight.dtype)).to(self.pos_embed.dtype)
         x = x + self._pos_embed(x.shape[1:3])
         outputs = []
         for i, blk in enumerate(self.blocks):
@@ -222,3 +226,11 @@ class ImageEncoder(nn.Module):
 
     def forward(self, images: Tensor, text: Tensor, text_mask: Tensor) -> list[Tensor]:
         return self.neck(self.trunk(images, text, text_mask))
+
+    def set_compute_dtype(self, dtype: torch.dtype) -> None:
+        """Linear layers and convolutions of the trunk in ``dtype``; norms, position embeddings,
+        the residual stream, the text state and the neck stay float32."""
+        self.float()
+        for module in self.trunk.modules():
+            if isinstance(module, (nn.Linear, nn.Conv2d)):
+                module.to(dtype)

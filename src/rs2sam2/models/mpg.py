@@ -27,7 +27,8 @@ class MaskPromptGenerator(nn.Module):
         prior = torch.sigmoid(self.score(patches * token))  # (B, N, 1)
         prior = prior.transpose(1, 2).reshape(-1, 1, self.grid, self.grid)
         if self.out_size != self.grid:
+            # the antialiased kernel has no bfloat16 CPU implementation; the map is tiny, resize in fp32
             prior = F.interpolate(
-                prior, size=(self.out_size, self.out_size), mode="bilinear", align_corners=False, antialias=True
-            )
+                prior.float(), size=(self.out_size, self.out_size), mode="bilinear", align_corners=False, antialias=True
+            ).to(prior.dtype)
         return prior

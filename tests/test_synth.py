@@ -1,0 +1,215 @@
+"""rs2sam2.data.synth: scenes are deterministic, masks exact, sentences true and unambiguous."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+
+from rs2sam2.data import build_dataset, synth
+from rs2sam2.data.synth import CLASSES, COLOURS
+
+
+@pytest.fixture(scope="module")
+def scenes():
+    return list(synth.iter_scenes(120, seed=4))
+
+
+def test_objects_are_disjoint_whole_and_painted(scenes):
+    for scene in scenes:
+        assert scene.image.shape == (256, 256, 3) and scene.image.dtype == np.uint8
+        assert 1 <= len(scene.targets) <= 3
+        union = np.zeros((256, 256), int)
+        for obj in scene.objects:
+            assert obj.mask.any() and obj.area == obj.mask.sum()
+            union += obj.mask
+            # wholly inside the image (nothing cut at the border)
+            assert not (obj.mask[0].any() or obj.mask[-1].any() or obj.mask[:, 0].any() or obj.mask[:, -1].any())
+            # the object's pixels carry its colour: the learning signal is real
+            nominal = np.asarray(CLASSES[obj.cls].rgb_override.get(obj.colour, COLOURS[obj.colour]), float)
+            # (median: rims, lids and roof details are a minority of the pixels)
+            typical = np.median(scene.image[obj.mask].astype(float), axis=0)
+            assert np.linalg.norm(typical - nominal) < 40, (obj.cls, obj.colour, typical)
+        assert union.max() <= 1  # no overlaps, so each mask is exactly its object's pixels
+
+
+# --------------------------------------------------------------------------------------------
+# an independent reading of the sentences
+# --------------------------------------------------------------------------------------------
+
+_NOUNS = sorted(((n, c) for c, spec in CLASSES.items() for n in spec.nouns), key=lambda x: -len(x[0]))
+_REGIONS = {
+    "at the top left": ("top", "left"), "in the top left corner": ("top", "left"),
+    "at the top center": ("top", "center"), "at the top in the middle": ("top", "center"),
+    "at the top right": ("top", "right"), "in the top right corner": ("top", "right"),
+    "at the middle left": ("middle", "left"), "at the middle right": ("middle", "right"),
+    "in the center of the image": ("middle", "center"), "in the middle of the image": ("middle", "center"),
+    "at the bottom left": ("bottom", "left"), "in the bottom left corner": ("bottom", "left"),
+    "at the bottom center": ("bottom", "center"), "at the bottom in the middle": ("bottom", "center"),
+    "at the bottom right": ("bottom", "right"), "in the bottom right corner": ("bottom", "right"),
+    "on the left side of the image": (None, "left"), "in the left part of the image": (None, "left"),
+    "on the right side of the image": (None, "right"), "in the right part of the image": (None, "right"),
+    "at the top of the image": ("top", None), "in the upper part of the image": ("top", None),
+    "at the bottom of the image": ("bottom", None), "in the lower part of the image": ("bottom", None),
+}
+_THIRDS = {"left": 0, "center": 1, "right": 2, "top": 0, "middle": 1, "bottom": 2}
+# selector word -> (attribute, target must be the minimum?, group size: "pair" or "many")
+_SELECTORS = {
+    "leftmost": ("cx", True, "many"), "rightmost": ("cx", False, "many"),
+    "topmost": ("cy", True, "many"), "bottommost": ("cy", False, "many"),
+    "upper": ("cy", True, "pair"), "lower": ("cy", False, "pair"),
+    "larger": ("area", False, "pair"), "smaller": ("area", True, "pair"),
+    "largest": ("area", False, "many"), "smallest": ("area", True, "many"),
+    "on the left": ("cx", True, "pair"), "on the right": ("cx", False, "pair"),
+    "closest to the road": ("road_distance", True, "any"), "closest to a road": ("road_distance", True, "any"),
+    "farthest from the road": ("road_distance", False, "any"),
+    "farthest from a road": ("road_distance", False, "any"),
+}
+
+
+def _parse(text: str) -> dict:
+    words = text.split()
+    if words[0] == "the":
+        words = words[1:]
+    text = " ".join(words)
+    for noun, cls in _NOUNS:
+        if f" {noun} " in f" {text} ":
+            before, after = f" {text} ".split(f" {noun} ", 1)
+            break
+    else:
+        raise AssertionError(f"no class noun in {text!r}")
+    parsed = {"cls": cls, "colour": None, "size": None, "selector": None, "region": None}
+    for word in before.split():
+        if word in COLOURS:
+            parsed["colour"] = word
+        elif word in ("large", "small"):
+            parsed["size"] = word
+        else:
+            assert word in _SELECTORS, f"unexpected word {word!r} in {text!r}"
+            parsed["selector"] = word
+    after = after.strip()
+    for phrase in (p for p in _SELECTORS if " " in p):  # a trailing selector, then maybe a region
+        rest = after[len(phrase):].strip()
+        if after.startswith(phrase) and (not rest or rest in _REGIONS):
+            parsed["selector"], after = phrase, rest
+            break
+    if after:
+        assert after in _REGIONS, f"unexpected phrase {after!r} in {text!r}"
+        parsed["region"] = _REGIONS[after]
+    return parsed
+
+
+def _in_third(coord: float, name: str, margin: float) -> bool:
+    k = _THIRDS[name]
+    return k * 256 / 3 - margin <= coord <= (k + 1) * 256 / 3 + margin
+
+
+def _check_sentence(scene, target_index: int, text: str) -> None:
+    t = scene.objects[target_index]
+    p = _parse(text)
+    assert p["cls"] == t.cls, text
+    if p["colour"]:
+        assert p["colour"] == t.colour, text
+    same = [o for o in scene.objects if o.cls == t.cls]
+    others = [o for o in same if o is not t]
+    if p["size"] == "large":
+        assert others and all(t.area >= 1.5 * o.area for o in others), text
+    if p["size"] == "small":
+        assert others and all(1.5 * t.area <= o.area for o in others), text
+    group = [o for o in same if p["colour"] is None or o.colour == p["colour"]]
+    if p["region"]:
+        v, h = p["region"]
+        # the target is clearly in the named thirds; any object that might be read as being there counts
+        assert (v is None or _in_third(t.cy, v, -5)) and (h is None or _in_third(t.cx, h, -5)), text
+        group = [o for o in group if (v is None or _in_third(o.cy, v, 6)) and (h is None or _in_third(o.cx, h, 6))]
+    if p["selector"] is None:
+        assert group == [t] or p["size"] is not None, f"{text!r} is ambiguous"
+        return
+    key, smallest, arity = _SELECTORS[p["selector"]]
+    rest = [getattr(o, key) for o in group if o is not t]
+    assert rest, text
+    assert arity == "any" or (len(group) == 2) == (arity == "pair"), text
+    mine = getattr(t, key)
+    assert (mine < min(rest)) if smallest else (mine > max(rest)), text
+
+
+def test_sentences_are_true_and_unambiguous(scenes):
+    checked = 0
+    for scene in scenes:
+        for obj_index, texts in scene.targets:
+            assert 1 <= len(texts) <= 2
+            for text in texts:
+                _check_sentence(scene, obj_index, text)
+                checked += 1
+    assert checked > 150
+
+
+def test_expression_variety(scenes):
+    texts = [t for s in scenes for _, ts in s.targets for t in ts]
+    parsed = [_parse(t) for t in texts]
+    assert len(set(texts)) > 0.5 * len(texts)
+    assert any(p["colour"] for p in parsed) and any(p["size"] for p in parsed)
+    assert any(p["region"] for p in parsed) and any(p["selector"] for p in parsed)
+    assert any(p["selector"] and "road" in p["selector"] for p in parsed)
+    assert len({p["cls"] for p in parsed}) == len(CLASSES)
+
+
+# --------------------------------------------------------------------------------------------
+# files
+# --------------------------------------------------------------------------------------------
+
+
+def _files(root):
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("fmt", ["rrsisd", "refsegrs", "jsonl"])
+def test_same_seed_same_files(tmp_path, fmt):
+    a = synth.generate(fmt, tmp_path / "a", 8, seed=21)
+    b = synth.generate(fmt, tmp_path / "b", 8, seed=21)
+    assert a["splits"] == b["splits"]
+    assert _files(tmp_path / "a") == _files(tmp_path / "b")
+    synth.generate(fmt, tmp_path / "c", 8, seed=22)
+    assert _files(tmp_path / "a") != _files(tmp_path / "c")
+
+
+def test_summary_matches_files(tmp_path):
+    summary = synth.generate("refsegrs", tmp_path, 20, seed=1)
+    assert sum(c["images"] for c in summary["splits"].values()) == 20
+    assert [summary["splits"][s]["images"] for s in ("train", "val", "test")] == [14, 3, 3]
+    for split, counts in summary["splits"].items():
+        lines = (tmp_path / f"output_phrase_{split}.txt").read_text().splitlines()
+        assert len(lines) == counts["expressions"]
+        assert len({line.split()[0] for line in lines}) == counts["refs"]
+    masks = list((tmp_path / "masks").glob("*.tif"))
+    assert len(masks) == sum(c["refs"] for c in summary["splits"].values())
+
+
+def test_splits_argument(tmp_path):
+    only_train = synth.generate("jsonl", tmp_path / "t", 5, seed=0, splits=(1, 0, 0))
+    assert only_train["splits"]["val"]["images"] == only_train["splits"]["test"]["images"] == 0
+    three = synth.generate("jsonl", tmp_path / "s", 3, seed=0)
+    assert [three["splits"][s]["images"] for s in ("train", "val", "test")] == [1, 1, 1]
+    with pytest.raises(ValueError, match="fractions"):
+        synth.generate("jsonl", tmp_path / "x", 3, seed=0, splits=(1, -1, 0))
+    with pytest.raises(ValueError, match="unknown synthetic format"):
+        synth.generate("coco", tmp_path / "y", 3, seed=0)
+
+
+def test_other_image_size_and_cli(tmp_path, capsys):
+    summary = synth.main(["jsonl", str(tmp_path), "--num-images", "4", "--seed", "2", "--image-size", "128"])
+    assert json.loads(capsys.readouterr().out)["num_images"] == 4
+    ds = build_dataset("jsonl", tmp_path, None)
+    sample = ds.load(0)
+    assert sample["image"].shape == (128, 128, 3) and sample["mask"].any()
+    assert summary["image_size"] == 128
+
+
+def test_two_hundred_images_are_fast(tmp_path):
+    start = time.perf_counter()
+    summary = synth.generate("rrsisd", tmp_path, 200, seed=0)
+    elapsed = time.perf_counter() - start
+    assert summary["splits"]["train"]["images"] == 140
+    assert elapsed < 20, f"200 images took {elapsed:.1f}s"
