@@ -56,14 +56,16 @@ class Beit3Layer(nn.Module):
         self.ffn = _multiway(lambda: FeedForward(d, cfg.ffn_dim, eps))
 
     def forward(self, x: Tensor, split: int, key_mask: Tensor) -> Tensor:
+        # x: residual stream (float32); the projections may hold bfloat16 weights (set_compute_dtype)
         b, n, d = x.shape
         hd = d // self.num_heads
-        h = self.attn_norm(x, split)
+        compute = self.q_proj.vision.weight.dtype
+        h = self.attn_norm(x, split).to(compute)
         q, k, v = (p(h, split).view(b, n, self.num_heads, hd).transpose(1, 2) for p in (self.q_proj, self.k_proj, self.v_proj))
         a = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask[:, None, None, :])
         a = a.transpose(1, 2).reshape(b, n, d)
-        x = x + self.out_proj(self.inner_norm(a, split), split)
-        return x + self.ffn(self.ffn_norm(x, split), split)
+        x = x + self.out_proj(self.inner_norm(a, split), split).to(x.dtype)
+        return x + self.ffn(self.ffn_norm(x, split).to(compute), split).to(x.dtype)
 
 
 class VisionEmbed(nn.Module):
@@ -74,7 +76,7 @@ class VisionEmbed(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.proj(x).flatten(2).transpose(1, 2)
-        return torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        return torch.cat([self.cls_token.to(x.dtype).expand(x.shape[0], -1, -1), x], dim=1)
 
 
 class Beit3Encoder(nn.Module):
@@ -99,11 +101,13 @@ class Beit3Encoder(nn.Module):
         length = input_ids.shape[1]
         if length > cfg.max_text_len:
             raise ValueError(f"text has {length} tokens; the position table allows at most {cfg.max_text_len}")
-        if int(input_ids.max()) >= cfg.vocab_size or int(input_ids.min()) < 0:
+        if not input_ids.is_meta and (int(input_ids.max()) >= cfg.vocab_size or int(input_ids.min()) < 0):
             raise ValueError(f"input_ids must lie in [0, {cfg.vocab_size}) for this model's vocabulary")
         o = self.POS_OFFSET
-        v = self.vision_embed(images) + self.pos_embed_vision.weight[o : o + cfg.num_vision_tokens]
-        t = self.text_embed(input_ids) + self.pos_embed_text.weight[o : o + length]
+        dtype = self.pos_embed_vision.weight.dtype
+        v = self.vision_embed(images.to(self.vision_embed.proj.weight.dtype)).to(dtype)
+        v = v + self.pos_embed_vision.weight[o : o + cfg.num_vision_tokens]
+        t = self.text_embed(input_ids).to(dtype) + self.pos_embed_text.weight[o : o + length]
         x = torch.cat([v, t], dim=1)
         split = v.shape[1]
         key_mask = torch.cat([attention_mask.new_ones(x.shape[0], split), attention_mask], dim=1).bool()
@@ -111,3 +115,13 @@ class Beit3Encoder(nn.Module):
         for layer in self.layers:
             x = layer(x, split, key_mask)
         return self.final_norm(x, split)
+
+    def set_compute_dtype(self, dtype: torch.dtype) -> None:
+        """Projections, FFNs, the sub-LNs between them and the token embeddings in ``dtype``; the
+        residual stream, its pre-norms, the position tables and the final norm stay float32."""
+        self.float()
+        self.text_embed.to(dtype)
+        self.vision_embed.proj.to(dtype)
+        for layer in self.layers:
+            for part in (layer.q_proj, layer.k_proj, layer.v_proj, layer.inner_norm, layer.out_proj, layer.ffn):
+                part.to(dtype)

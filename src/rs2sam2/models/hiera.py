@@ -159,7 +159,7 @@ class Hiera(nn.Module):
         self.patch_embed = PatchEmbed(dim)
         self.pos_embed = nn.Parameter(torch.zeros(1, dim, *cfg.window_pos_embed_bkg_spatial_size))
         self.pos_embed_window = nn.Parameter(torch.zeros(1, dim, cfg.window_spec[0], cfg.window_spec[0]))
-        dpr = torch.linspace(0, cfg.drop_path_rate, depth).tolist()
+        dpr = [cfg.drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # stochastic depth ramp
         self.blocks = nn.ModuleList()
         stage = 0
         for i in range(depth):

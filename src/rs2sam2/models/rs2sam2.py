@@ -90,14 +90,15 @@ class RS2SAM2(nn.Module):
 
     def set_precision(self, precision: str) -> "RS2SAM2":
         """Cast weights once for inference: ``fp32``, or ``bf16``: the linear layers and convolutions
-        of the Hiera trunk (over 90% of the FLOPs) hold bfloat16 weights; the residual stream, norms,
-        union encoder, prompt path and mask decoder stay float32, where bfloat16 rounding would flip
-        mask pixels near the threshold."""
+        of the Hiera trunk and of BEiT-3 (over 99% of the FLOPs and of the weights) hold bfloat16
+        weights, while residual streams, their norms, the text state, the prompt path and the mask
+        decoder stay float32 (rounding those flips mask pixels near the threshold)."""
         if precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
         self.float()
         if precision == "bf16":
             self.image_encoder.set_compute_dtype(torch.bfloat16)
+            self.union_encoder.set_compute_dtype(torch.bfloat16)
         return self
 
     @property
@@ -124,7 +125,7 @@ class RS2SAM2(nn.Module):
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids, dtype=torch.bool)
         b = images.shape[0]
-        union = self.union_encoder(images_evf.to(self.dtype), input_ids, attention_mask)
+        union = self.union_encoder(images_evf, input_ids, attention_mask)
         nv = cfg.beit3.num_vision_tokens
         cls, patches, text = union[:, :1], union[:, 1:nv], union[:, nv:]
         text_feat = self.text_proj(text)

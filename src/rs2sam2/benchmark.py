@@ -1,0 +1,151 @@
+"""``rs2sam2 benchmark``: forward-pass timing against the machine's matrix-multiply floor.
+
+The floor is ``FLOPs of one forward / measured matmul rate`` in the same precision; the ratio to
+it says how much time goes to anything but multiplying matrices at full speed. The last printed
+line is a JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import time
+
+import torch
+
+from .config import PRESET_NAMES, get_config
+from .models import RS2SAM2
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="paper", choices=PRESET_NAMES)
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--batch", type=int, default=1, help="images per forward, one expression each")
+    p.add_argument("--texts", type=int, default=1, help="expressions per image, batched in one pass")
+    p.add_argument("--text-len", type=int, default=12, help="tokens per expression")
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--compile", action="store_true", help="torch.compile the model first")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--json", action="store_true", help="print only the JSON line")
+
+
+def build_random_model(preset: str, precision: str, device: str) -> RS2SAM2:
+    """The preset with random weights, materialised directly in its inference precision (built on
+    the meta device first, so the float32 copy of a bf16 model never exists)."""
+    with torch.device("meta"):
+        model = RS2SAM2(get_config(preset))
+    model.set_precision(precision)
+    model = model.to_empty(device=device).eval()
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    with torch.no_grad():
+        for p in list(model.parameters()) + list(model.buffers()):
+            p.copy_((torch.randn(p.shape, generator=gen) * 0.02).to(p.dtype))
+    return model
+
+
+def matmul_gflops(dtype: torch.dtype, device: str, n: int = 2048, reps: int = 8) -> float:
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    best = float("inf")
+    for _ in range(3):
+        _sync(device)
+        t = time.perf_counter()
+        for _ in range(reps):
+            a @ b
+        _sync(device)
+        best = min(best, (time.perf_counter() - t) / reps)
+    return 2 * n**3 / best / 1e9
+
+
+def forward_tflop(preset: str, batch: int, text_len: int) -> float:
+    """FLOPs of one forward, counted on the meta device (no arithmetic runs)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"):
+        model = RS2SAM2(get_config(preset)).eval()
+        inputs = _inputs(model, batch, text_len, "meta")
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(*inputs)
+    return counter.get_total_flops() / 1e12
+
+
+def _inputs(model: RS2SAM2, batch: int, text_len: int, device):
+    cfg = model.config
+    images = torch.randn(batch, 3, cfg.image_size, cfg.image_size, device=device)
+    evf = torch.randn(batch, 3, cfg.beit3.img_size, cfg.beit3.img_size, device=device)
+    ids = torch.randint(4, min(cfg.beit3.vocab_size, 1000), (batch, text_len), device=device)
+    ids[:, 0], ids[:, -1] = 0, 2
+    return images, evf, ids, torch.ones_like(ids, dtype=torch.bool)
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def run_benchmark(preset="paper", precision="fp32", device="cpu", batch=1, texts=1, text_len=12, runs=3,
+                  warmup=1, compile=False, threads=None) -> dict:
+    if threads:
+        torch.set_num_threads(threads)
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is available")
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    n = batch * texts  # BHFM conditions the image encoder on the text: every expression is a full pass
+    model = build_random_model(preset, precision, device)
+    if compile:
+        model = torch.compile(model)
+    images, evf, ids, mask = _inputs(model if not compile else model._orig_mod, batch, text_len, device)
+    if texts > 1:  # one image, several expressions: the image tensors are repeated along the batch
+        images, evf = images.repeat_interleave(texts, 0), evf.repeat_interleave(texts, 0)
+        ids, mask = ids.repeat_interleave(texts, 0), mask.repeat_interleave(texts, 0)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    with torch.inference_mode():
+        for i in range(warmup + runs):
+            _sync(device)
+            t = time.perf_counter()
+            model(images, evf, ids, mask)
+            _sync(device)
+            if i >= warmup:
+                times.append(time.perf_counter() - t)
+    per_forward = statistics.median(times)
+    tflop = forward_tflop(preset, n, text_len)
+    rate = matmul_gflops(dtype, device)
+    floor = tflop * 1e3 / rate
+    return {
+        "preset": preset,
+        "precision": precision,
+        "device": device if device == "cpu" else torch.cuda.get_device_name(),
+        "batch": batch,
+        "texts": texts,
+        "seconds_per_forward": round(per_forward, 4),
+        "seconds_per_image": round(per_forward / batch, 4),
+        "seconds_per_expression": round(per_forward / n, 4),
+        "runs": [round(t, 4) for t in times],
+        "tflop_per_forward": round(tflop, 4),
+        "matmul_gflops": round(rate, 1),
+        "floor_seconds": round(floor, 4),
+        "ratio_to_floor": round(per_forward / floor, 3),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "cuda_peak_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if device == "cuda" else None,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "cpu": platform.processor() or platform.machine(),
+        "compile": compile,
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    result = run_benchmark(args.preset, args.precision, args.device, args.batch, args.texts, args.text_len,
+                           args.runs, args.warmup, args.compile, args.threads)
+    if not args.json:
+        for k, v in result.items():
+            print(f"{k:>22}: {v}")
+    print(json.dumps(result))
+    return 0
