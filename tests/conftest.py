@@ -1,3 +1,4 @@
+import os
 import sys
 from pathlib import Path
 
@@ -6,7 +7,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests/parity_weights.py
 
-torch.set_num_threads(max(1, torch.get_num_threads()))
+# parity and precision tests also run on a GPU (benchmarks/gpu.sh sets RS2SAM2_TEST_DEVICE=cuda)
+DEVICE = os.environ.get("RS2SAM2_TEST_DEVICE", "cpu")
+if DEVICE == "cuda":
+    # fp32 parity means real fp32: no TF32 in convolutions or matmuls
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
 
 
 @pytest.fixture(scope="session")
@@ -22,4 +28,4 @@ def tiny_parity_model(tiny_published_state_dict):
 
     model = rs2sam2.build_model("tiny-parity").eval()
     rs2sam2.load_official_state_dict(model, tiny_published_state_dict)
-    return model
+    return model.to(DEVICE)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import rs2sam2
+from conftest import DEVICE
 from parity_weights import FIXTURES, manifest_state_dict
 
 # golden field -> how to read ours off the output object
@@ -25,10 +26,18 @@ STAGES = {
 
 def run_case(model, golden, case):
     g = lambda k: torch.from_numpy(golden[f"{case}_{k}"])  # noqa: E731
-    ids = g("input_ids")
+    ids = g("input_ids").to(DEVICE)
     with torch.no_grad():
-        out = model(g("images").float(), g("images_evf").float(), ids, ids != 3, return_intermediates=True)
-    return out, g
+        out = model(g("images").float().to(DEVICE), g("images_evf").float().to(DEVICE), ids, ids != 3,
+                    return_intermediates=True)
+    return _to_cpu(out), g
+
+
+def _to_cpu(out):
+    for name in out.keys():
+        value = getattr(out, name)
+        setattr(out, name, tuple(v.cpu() for v in value) if isinstance(value, tuple) else value.cpu())
+    return out
 
 
 def check_case(model, golden, case):
@@ -57,4 +66,4 @@ def test_paper_parity():
     model = rs2sam2.build_model("paper").eval()
     report = rs2sam2.load_official_state_dict(model, manifest_state_dict("paper"))
     assert not report.newly_initialised
-    check_case(model, np.load(FIXTURES / "paper_golden.npz"), "case0")
+    check_case(model.to(DEVICE), np.load(FIXTURES / "paper_golden.npz"), "case0")

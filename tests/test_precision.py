@@ -1,0 +1,37 @@
+"""bf16 inference keeps the masks: agreement with the published fp32 masks on the parity fixtures."""
+
+import numpy as np
+import pytest
+import torch
+
+import rs2sam2
+from conftest import DEVICE
+from parity_weights import FIXTURES
+
+
+@pytest.fixture(scope="module")
+def bf16_tiny(tiny_published_state_dict):
+    model = rs2sam2.build_model("tiny-parity").eval()
+    rs2sam2.load_official_state_dict(model, tiny_published_state_dict)
+    return model.set_precision("bf16").to(DEVICE)
+
+
+def test_bf16_weights_are_cast_once(bf16_tiny):
+    trunk = bf16_tiny.image_encoder.trunk
+    assert trunk.blocks[0].attn.qkv.weight.dtype == torch.bfloat16
+    assert trunk.blocks[0].norm1.weight.dtype == torch.float32  # norms stay fp32
+    assert bf16_tiny.union_encoder.layers[0].ffn.text.fc1.weight.dtype == torch.bfloat16
+    assert bf16_tiny.mask_decoder.transformer.layers[0].self_attn.q_proj.weight.dtype == torch.float32
+
+
+@pytest.mark.parametrize("case", ["case0", "case1"])
+def test_bf16_mask_agreement(bf16_tiny, case):
+    golden = np.load(FIXTURES / "tiny_golden.npz")
+    g = lambda k: torch.from_numpy(golden[f"{case}_{k}"]).to(DEVICE)  # noqa: E731
+    ids = g("input_ids")
+    with torch.inference_mode():
+        out = bf16_tiny(g("images").float(), g("images_evf").float(), ids, ids != 3)
+    assert out.logits.dtype == torch.float32
+    agree = ((out.logits > 0.5) == (g("pred_masks") > 0.5)).float().mean().item()
+    print(f"{case}: bf16 masks agree with fp32 on {agree:.4%} of pixels")
+    assert agree >= 0.995
