@@ -15,11 +15,24 @@ from .text import load_tokenizer
 
 __version__ = "0.1.0"
 
+_LAZY = {"Predictor": "predict", "Prediction": "predict"}
+
+
+def __getattr__(name: str):
+    # the predictor pulls in raster I/O; import it only when asked for
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'rs2sam2' has no attribute {name!r}")
+
 __all__ = [
     "CheckpointError",
     "FusionConfig",
     "ModelConfig",
     "PRESET_NAMES",
+    "Prediction",
+    "Predictor",
     "RS2SAM2",
     "RS2SAM2Output",
     "build_model",

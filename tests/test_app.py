@@ -1,0 +1,157 @@
+"""The Gradio demo: its handler directly, and end to end in headless Chromium (``-m browser``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+from urllib.parse import urljoin
+
+import helpers_ckpt as h
+import pytest
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+CHROMIUM = Path("/usr/bin/chromium")
+SCREENSHOT = Path("/tmp/rs2sam2_app.png")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """The nano model is too small to gain from intra-op threads, and on a shared 2-core machine
+    spinning OpenMP workers make each forward pass ~10x slower; restored afterwards."""
+    yield from h.single_thread()
+
+
+@pytest.fixture(scope="module")
+def predictor(tmp_path_factory):
+    from rs2sam2.predict import Predictor
+
+    ckpt = h.build_checkpoint(tmp_path_factory.mktemp("ckpt") / "nano")
+    # threshold 0 so that the untrained model's mask is neither empty nor full
+    return Predictor.from_pretrained(ckpt, threshold=0.0)
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory) -> Path:
+    return h.write_geotiff(tmp_path_factory.mktemp("img") / "scene.tif")
+
+
+def test_make_examples(tmp_path):
+    from PIL import Image
+
+    from rs2sam2.app import make_examples
+
+    examples = make_examples(tmp_path, count=3)
+    assert len(examples) == 3
+    for e in examples:
+        assert Path(e.image).is_file() and e.text.strip()
+        assert Image.open(e.image).size == (256, 256)
+
+
+def test_segment_handler(predictor, scene, tmp_path):
+    import gradio as gr
+    import rasterio
+    from PIL import Image
+
+    from rs2sam2.app import segment
+
+    overlay, prior, mask_file, geojson_file, summary = segment(predictor, str(scene), "the red building", None,
+                                                               tmp_path)
+    assert isinstance(overlay, Image.Image) and overlay.size == (300, 200)
+    assert isinstance(prior, Image.Image) and prior.size == (300, 200)
+    assert mask_file.endswith("scene_mask.tif") and geojson_file.endswith("scene_mask.geojson")
+    with rasterio.open(scene) as src, rasterio.open(mask_file) as m:
+        assert (m.crs, m.transform, m.shape) == (src.crs, src.transform, src.shape)
+        assert 0 < (m.read(1) == 255).sum() < m.width * m.height
+    assert "EPSG:32633" in summary
+
+    png = h.write_png(tmp_path / "photo.png")
+    _, _, mask_png, _, summary = segment(predictor, str(png), "a ship", 0.5, tmp_path)
+    assert mask_png.endswith("photo_mask.png") and "not georeferenced" in summary
+
+    with pytest.raises(gr.Error, match="Upload an image"):
+        segment(predictor, None, "a ship", None, tmp_path)
+    with pytest.raises(gr.Error, match="Type an expression"):
+        segment(predictor, str(png), "   ", None, tmp_path)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    with pytest.raises(gr.Error, match="Could not read broken.png"):
+        segment(predictor, str(broken), "a ship", None, tmp_path)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("hi")
+    with pytest.raises(gr.Error, match="unsupported file type"):
+        segment(predictor, str(notes), "a ship", None, tmp_path)
+    with pytest.raises(gr.Error, match="up to 0.001 MB"):
+        segment(predictor, str(png), "a ship", None, tmp_path, max_upload_mb=0.001)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.browser
+@pytest.mark.filterwarnings("ignore::Warning:gradio")  # gradio's own pandas deprecations
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium "
+                    "(apt-get install chromium chromium-driver; CI installs it)")
+def test_browser_upload_and_segment(predictor, scene, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    from rs2sam2.app import build_app, launch
+
+    demo = build_app(predictor, examples_dir=tmp_path / "app")
+    _, url, _ = launch(demo, "127.0.0.1", _free_port(), block=False, quiet=True)
+    assert url.startswith("http://127.0.0.1:")
+    external: list[str] = []
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True)
+            try:
+                page = browser.new_page(viewport={"width": 1280, "height": 1000})
+                page.on("request", lambda r: external.append(r.url)
+                        if not r.url.startswith(("http://127.0.0.1", "data:", "blob:")) else None)
+                page.goto(url)
+                page.wait_for_selector("#submit", timeout=60_000)
+                # the generated examples are listed
+                assert page.get_by_text("Generated example scenes").count() >= 1
+
+                page.set_input_files("#image-file input[type=file]", str(scene))
+                page.wait_for_selector("#preview img[src]", timeout=60_000)
+                page.fill("#expression textarea", "the red building on the left")
+                page.click("#submit")
+                page.wait_for_selector("#overlay img[src]", timeout=60_000)
+                page.wait_for_selector("#prior img[src]", timeout=60_000)
+                page.wait_for_function("document.querySelector('#summary').innerText.includes('EPSG:32633')",
+                                       timeout=60_000)
+                assert page.locator("#overlay img").get_attribute("src")
+                # the downloads are served: a GeoTIFF mask and GeoJSON in the scene's CRS
+                mask_href = page.locator("#mask-file a[href]").first.get_attribute("href")
+                geojson_href = page.locator("#geojson-file a[href]").first.get_attribute("href")
+                assert mask_href.endswith("scene_mask.tif") and geojson_href.endswith("scene_mask.geojson")
+                mask_bytes = page.request.get(urljoin(url, mask_href)).body()
+                assert mask_bytes[:4] in (b"II*\x00", b"MM\x00*")
+                fc = json.loads(page.request.get(urljoin(url, geojson_href)).body())
+                assert fc["crs"]["properties"]["name"] == "EPSG:32633"
+                page.wait_for_timeout(300)
+                page.screenshot(path=str(SCREENSHOT), full_page=True)
+
+                # an empty expression gives a readable error, not a crash
+                page.fill("#expression textarea", "")
+                page.click("#submit")
+                page.get_by_text("Type an expression").first.wait_for(timeout=30_000)
+
+                # a bundled example fills in the image and the expression
+                page.get_by_text(demo.rs2sam2_examples[0].text).first.click()
+                page.wait_for_function(
+                    "document.querySelector('#expression textarea').value.length > 0", timeout=30_000)
+                page.click("#submit")
+                page.wait_for_function("document.querySelector('#summary').innerText.includes('00000.png')",
+                                       timeout=60_000)
+            finally:
+                browser.close()
+    finally:
+        demo.close()
+    assert external == [], f"the page tried to load from the network: {external}"

@@ -1,0 +1,349 @@
+"""The Predictor API and the ``rs2sam2 predict`` command, on a tiny seeded nano checkpoint."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+from pathlib import Path
+
+import helpers_ckpt as h
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from rs2sam2 import CheckpointError
+from rs2sam2.cli import main as cli_main
+from rs2sam2.imageio import ImageReadError, read_image
+from rs2sam2.predict import InputError, Prediction, Predictor, parse_bands, read_jobs, write_outputs
+
+TEXTS = ["the red building on the left", "ship", "the small gray vehicle near the road at the bottom", "tank"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """The nano model is too small to gain from intra-op threads, and on a shared 2-core machine
+    spinning OpenMP workers make each forward pass ~10x slower; restored afterwards."""
+    yield from h.single_thread()
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    return h.build_checkpoint(tmp_path_factory.mktemp("ckpt") / "nano")
+
+
+@pytest.fixture(scope="module")
+def predictor(ckpt) -> Predictor:
+    return Predictor.from_pretrained(ckpt)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("images")
+    return {"geo": h.write_geotiff(d / "scene.tif"), "png": h.write_png(d / "photo.png")}
+
+
+def _files(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.rglob("*") if p.is_file())
+
+
+# --------------------------------------------------------------------------------------------
+# API
+# --------------------------------------------------------------------------------------------
+
+
+def test_path_pil_and_numpy_inputs_agree(predictor, images):
+    path = images["png"]
+    arr = np.asarray(Image.open(path).convert("RGB"))
+    a = predictor.predict(path, TEXTS[0])
+    b = predictor.predict(Image.open(path), TEXTS[0])
+    c = predictor.predict(arr, TEXTS[0])
+    assert isinstance(a, Prediction) and a.text == TEXTS[0]
+    np.testing.assert_array_equal(a.logits, b.logits)
+    np.testing.assert_array_equal(a.logits, c.logits)
+
+
+def test_outputs_at_original_resolution(predictor, images):
+    pred = predictor.predict(images["png"], TEXTS[1])  # 300 x 200 image, 256 x 256 model input
+    assert pred.shape == (200, 300)
+    for a in (pred.logits, pred.probability, pred.prior):
+        assert a.shape == (200, 300) and a.dtype == np.float32
+    assert pred.mask.dtype == bool
+    np.testing.assert_allclose(pred.probability, 1 / (1 + np.exp(-pred.logits.astype(np.float64))), atol=1e-6)
+    np.testing.assert_array_equal(pred.mask, pred.logits > 0.5)
+    assert 0.0 <= pred.prior.min() and pred.prior.max() <= 1.0
+
+    # the full-resolution logits are the model's logits resized bilinearly (what evaluate scores)
+    rgb, _ = read_image(images["png"])
+    image, evf = predictor.preprocess(rgb)
+    ids, mask = predictor.tokenize([TEXTS[1]])
+    with torch.inference_mode():
+        out = predictor.model(images=image, images_evf=evf, input_ids=ids, attention_mask=mask)
+    expected = F.interpolate(out.logits, size=(200, 300), mode="bilinear", align_corners=False)[0, 0].numpy()
+    np.testing.assert_allclose(pred.logits, expected, atol=1e-6)
+
+
+def test_several_texts_batched_equal_one_by_one(predictor, images):
+    batched = predictor.predict(images["geo"], TEXTS, batch_size=4)
+    chunked = predictor.predict(images["geo"], TEXTS, batch_size=3)
+    assert [p.text for p in batched] == TEXTS
+    for i, text in enumerate(TEXTS):
+        single = predictor.predict(images["geo"], text)
+        np.testing.assert_allclose(batched[i].logits, single.logits, atol=1e-4)
+        np.testing.assert_allclose(chunked[i].logits, single.logits, atol=1e-4)
+        np.testing.assert_allclose(batched[i].prior, single.prior, atol=1e-4)
+    # different texts give different answers (the text reaches the model)
+    assert not np.allclose(batched[0].logits, batched[1].logits)
+
+
+def test_threshold(ckpt, images, predictor):
+    base = predictor.predict(images["png"], TEXTS[0])
+    t = float(np.median(base.logits))
+    pred = predictor.predict(images["png"], TEXTS[0], threshold=t)
+    assert pred.threshold == t
+    np.testing.assert_array_equal(pred.mask, base.logits > t)
+    assert 0.3 < pred.foreground_fraction < 0.7
+    other = Predictor.from_pretrained(ckpt, threshold=t)
+    np.testing.assert_array_equal(other.predict(images["png"], TEXTS[0]).mask, pred.mask)
+
+
+def test_bands_choice(predictor, images):
+    assert parse_bands("4,3,2") == (4, 3, 2) and parse_bands(" 1 ") == (1,) and parse_bands(None) is None
+    for bad in ("4,3", "0,1,2", "a,b,c"):
+        with pytest.raises(InputError):
+            parse_bands(bad)
+    a = predictor.predict(images["geo"], TEXTS[0], bands="4,3,2")
+    c = predictor.predict(images["geo"], TEXTS[0])
+    assert not np.array_equal(a.logits, c.logits)
+
+
+def test_bf16_runs_and_agrees_with_fp32(ckpt, images, predictor):
+    bf = Predictor.from_pretrained(ckpt, precision="bf16")
+    assert next(bf.model.parameters()).dtype == torch.bfloat16
+    ref = predictor.predict(images["png"], TEXTS[:2], threshold=0.0)
+    got = bf.predict(images["png"], TEXTS[:2], threshold=0.0)
+    for r, g in zip(ref, got, strict=True):
+        assert g.logits.dtype == np.float32 and g.probability.dtype == np.float32 and g.prior.dtype == np.float32
+        assert np.abs(g.logits - r.logits).max() < 0.05
+        assert (g.mask == r.mask).mean() > 0.97
+
+
+def test_api_errors(ckpt, predictor, images, tmp_path):
+    with pytest.raises(InputError, match="empty"):
+        predictor.predict(images["png"], "   ")
+    with pytest.raises(InputError, match="expression 1 is empty"):
+        predictor.predict(images["png"], ["a tank", ""])
+    with pytest.raises(InputError, match="no expression"):
+        predictor.predict(images["png"], [])
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"not an image")
+    with pytest.raises(ImageReadError, match="broken.png"):
+        predictor.predict(bad, "a tank")
+    with pytest.raises(FileNotFoundError, match="nothere.tif"):
+        predictor.predict(tmp_path / "nothere.tif", "a tank")
+    with pytest.raises(InputError, match="torch tensor"):
+        predictor.predict(torch.zeros(3, 8, 8), "a tank")
+    with pytest.raises(CheckpointError, match="checkpoint not found"):
+        Predictor.from_pretrained(tmp_path / "missing")
+    no_tok = tmp_path / "no_tok"
+    no_tok.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(ckpt / name, no_tok / name)
+    with pytest.raises(CheckpointError, match=r"looked for tokenizer\.model.*in .*no_tok"):
+        Predictor.from_pretrained(no_tok)
+    # an explicit tokenizer works
+    Predictor.from_pretrained(no_tok, tokenizer=ckpt / "tokenizer.model")
+    with pytest.raises(CheckpointError, match="tokenizer not found"):
+        Predictor.from_pretrained(no_tok, tokenizer=tmp_path / "nope.model")
+
+
+def test_write_outputs_all_or_nothing(predictor, images, tmp_path, monkeypatch):
+    rgb, info = read_image(images["geo"])
+    pred = predictor.predict(rgb, TEXTS[0])
+    out = tmp_path / "out"
+
+    def boom(*a, **k):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr("rs2sam2.viz.overlay", boom)
+    with pytest.raises(RuntimeError, match="disk full"):
+        write_outputs(pred, rgb, info, out=out / "m.tif", geojson=out / "m.geojson", overlay=out / "o.png")
+    assert _files(out) == []  # the mask and GeoJSON were not renamed into place, no temporaries left
+
+
+# --------------------------------------------------------------------------------------------
+# command line
+# --------------------------------------------------------------------------------------------
+
+
+def _run(*argv) -> int:
+    return cli_main(["predict", *map(str, argv)])
+
+
+def test_cli_geotiff_keeps_the_grid(ckpt, images, predictor, tmp_path, capsys):
+    import rasterio
+
+    out = tmp_path / "out"
+    rc = _run("--checkpoint", ckpt, "--image", images["geo"], "--text", TEXTS[0], "--out", out / "mask.tif",
+              "--geojson", out / "mask.geojson", "--overlay", out / "overlay.png", "--prob", out / "prob.tif",
+              "--bands", "4,3,2", "--threshold", "0", "--device", "cpu")
+    assert rc == 0, capsys.readouterr().err
+    assert _files(out) == ["mask.geojson", "mask.tif", "overlay.png", "prob.tif"]
+    with rasterio.open(images["geo"]) as src, rasterio.open(out / "mask.tif") as m, \
+            rasterio.open(out / "prob.tif") as p:
+        assert src.count == 4 and src.dtypes[0] == "uint16"
+        for dst in (m, p):
+            assert dst.crs == src.crs and dst.crs.to_epsg() == 32633
+            assert dst.transform == src.transform
+            assert (dst.width, dst.height) == (src.width, src.height) == (300, 200)
+            assert dst.count == 1
+        assert m.dtypes[0] == "uint8" and p.dtypes[0] == "float32"
+        mask = m.read(1)
+        bounds = src.bounds
+    assert set(np.unique(mask)) <= {0, 255}
+    expected = predictor.predict(images["geo"], TEXTS[0], bands=(4, 3, 2), threshold=0.0)
+    np.testing.assert_array_equal(mask == 255, expected.mask)
+    assert 0 < expected.foreground_pixels < mask.size
+
+    fc = json.loads((out / "mask.geojson").read_text())
+    assert fc["crs"]["properties"]["name"] == "EPSG:32633"
+    assert fc["properties"]["foreground_px"] == expected.foreground_pixels and fc["features"]
+    xy = np.array([pt for f in fc["features"] for pt in f["geometry"]["coordinates"][0]])
+    assert bounds.left <= xy[:, 0].min() and xy[:, 0].max() <= bounds.right
+    assert bounds.bottom <= xy[:, 1].min() and xy[:, 1].max() <= bounds.top
+    assert sum(f["properties"]["area_px"] for f in fc["features"]) == expected.foreground_pixels
+
+    with Image.open(out / "overlay.png") as ov:
+        assert ov.size == (300, 200) and ov.format == "PNG"
+
+
+def test_cli_png_input_gives_png_mask(ckpt, images, tmp_path, capsys):
+    out = tmp_path / "out"
+    rc = _run("--checkpoint", ckpt, "--image", images["png"], "--text", TEXTS[1], "--out", out / "mask.png",
+              "--geojson", out / "mask.geojson", "--threshold", "0")
+    assert rc == 0, capsys.readouterr().err
+    with Image.open(out / "mask.png") as m:
+        assert m.format == "PNG" and m.mode == "L" and m.size == (300, 200)
+        assert set(np.unique(np.asarray(m))) <= {0, 255}
+    fc = json.loads((out / "mask.geojson").read_text())
+    assert "crs" not in fc and fc["properties"]["coordinate_space"] == "pixel"
+
+    # a .tif output of an image without georeference is a plain TIFF
+    import rasterio
+
+    assert _run("--checkpoint", ckpt, "--image", images["png"], "--text", TEXTS[1], "--out", out / "plain.tif") == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        with rasterio.open(out / "plain.tif") as t:
+            assert t.crs is None and t.transform.is_identity and (t.width, t.height) == (300, 200)
+
+
+def test_cli_batch_csv_and_jsonl(ckpt, images, predictor, tmp_path, capsys):
+    work = tmp_path / "work"
+    work.mkdir()
+    shutil.copy(images["geo"], work / "scene.tif")
+    shutil.copy(images["png"], work / "photo.png")
+    rows = [("scene.tif", TEXTS[0], "out/a.tif", "out/a.geojson", ""),
+            ("photo.png", TEXTS[1], "out/b.png", "", "out/b_overlay.png"),
+            ("scene.tif", "the ship, at the top", "out/c.tif", "", "")]
+    csv_text = "image,text,out,geojson,overlay\n" + "".join(
+        f'{i},"{t}",{o},{g},{ov}\n' for i, t, o, g, ov in rows)
+    (work / "jobs.csv").write_text(csv_text)
+    assert [j.text for j in read_jobs(work / "jobs.csv")] == [r[1] for r in rows]
+    rc = _run("--checkpoint", ckpt, "--batch", work / "jobs.csv", "--threshold", "0")
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert _files(work / "out") == ["a.geojson", "a.tif", "b.png", "b_overlay.png", "c.tif"]
+    assert "predict" in captured.err  # the tqdm bar
+    import rasterio
+
+    scene_preds = predictor.predict(work / "scene.tif", [rows[0][1], rows[2][1]], threshold=0.0)
+    photo_pred = predictor.predict(work / "photo.png", rows[1][1], threshold=0.0)
+    for (_image, text, out, *_rest), pred in zip(rows, [scene_preds[0], photo_pred, scene_preds[1]], strict=True):
+        assert pred.text == text
+        expected = pred.mask
+        if out.endswith(".tif"):
+            with rasterio.open(work / out) as m:
+                got = m.read(1) == 255
+                assert m.crs.to_epsg() == 32633
+        else:
+            got = np.asarray(Image.open(work / out)) == 255
+        np.testing.assert_array_equal(got, expected)
+
+    jsonl = work / "jobs.jsonl"
+    jsonl.write_text("".join(json.dumps({"image": i, "text": t, "out": o.replace("out/", "out2/")}) + "\n"
+                             for i, t, o, *_ in rows))
+    assert _run("--checkpoint", ckpt, "--batch", jsonl, "--quiet") == 0
+    assert _files(work / "out2") == ["a.tif", "b.png", "c.tif"]
+
+
+@pytest.mark.parametrize("case", ["unreadable", "missing_image", "empty_text", "missing_checkpoint",
+                                  "missing_tokenizer", "bad_suffix", "batch_bad_row", "bad_bands"])
+def test_cli_errors_exit_2_and_write_nothing(case, ckpt, images, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    checkpoint, image, text, mask = ckpt, images["png"], "a tank", out / "mask.tif"
+    extra: list = []
+    expect = ""
+    if case == "unreadable":
+        image = tmp_path / "broken.png"
+        image.write_bytes(b"\x89PNG but not really")
+        expect = "broken.png"
+    elif case == "missing_image":
+        image, expect = tmp_path / "nothere.tif", "image file not found"
+    elif case == "empty_text":
+        text, expect = "  ", "text is empty"
+    elif case == "missing_checkpoint":
+        checkpoint, expect = tmp_path / "nockpt", "checkpoint not found"
+    elif case == "missing_tokenizer":
+        checkpoint = tmp_path / "ck"
+        checkpoint.mkdir()
+        for name in ("config.json", "model.safetensors"):
+            shutil.copy(ckpt / name, checkpoint / name)
+        expect = "looked for tokenizer.model"
+    elif case == "bad_suffix":
+        mask, expect = out / "mask.jpg", "unsupported suffix"
+    elif case == "bad_bands":
+        extra, expect = ["--bands", "4,3"], "bands"
+    if case == "batch_bad_row":
+        (tmp_path / "jobs.csv").write_text(f"image,text,out\n{images['png']},a tank,{out}/a.tif\n"
+                                           f"{images['png']},,{out}/b.tif\n")
+        rc = _run("--checkpoint", checkpoint, "--batch", tmp_path / "jobs.csv")
+        expect = "jobs.csv line 3: the text is empty"
+    else:
+        rc = _run("--checkpoint", checkpoint, "--image", image, "--text", text, "--out", mask,
+                  "--geojson", out / "m.geojson", "--overlay", out / "o.png", *extra)
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "error" in err and expect in err, err
+    assert "Traceback" not in err
+    assert _files(out) == []
+
+
+def test_cli_batch_stops_at_a_bad_image_and_keeps_going_on_request(ckpt, images, tmp_path, capsys):
+    broken = tmp_path / "broken.tif"
+    broken.write_bytes(b"this is not a raster")
+    out = tmp_path / "out"
+    jobs = tmp_path / "jobs.csv"
+    jobs.write_text(f"image,text,out\n{images['png']},a tank,{out}/a.png\n{broken},a ship,{out}/b.png\n"
+                    f"{images['geo']},a car,{out}/c.tif\n")
+    assert _run("--checkpoint", ckpt, "--batch", jobs, "--quiet") == 2
+    assert "broken.tif" in capsys.readouterr().err
+    assert _files(out) == ["a.png"]  # complete files of the jobs before the failure, nothing partial
+    assert _run("--checkpoint", ckpt, "--batch", jobs, "--quiet", "--keep-going") == 2
+    assert _files(out) == ["a.png", "c.tif"]
+
+
+def test_cli_subprocess_entry_point(ckpt, images, tmp_path):
+    """The installed ``rs2sam2`` script dispatches to predict (exit status 2 on a missing image)."""
+    import subprocess
+    import sys
+
+    exe = Path(sys.executable).with_name("rs2sam2")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "rs2sam2"]
+    r = subprocess.run([*cmd, "predict", "--checkpoint", str(ckpt), "--image", str(tmp_path / "x.png"),
+                        "--text", "a", "--out", str(tmp_path / "m.png")], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 2 and "image file not found" in r.stderr
