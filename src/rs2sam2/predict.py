@@ -207,26 +207,6 @@ def _resolve_device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
-def _keep_module_fp32(module: torch.nn.Module, dtype: torch.dtype) -> None:
-    """Run ``module`` in float32 inside a ``dtype`` model: cast its inputs up and its output back.
-
-    Used for the Mask Prompt Generator, whose antialiased bilinear resize has no bfloat16 kernel on
-    the CPU; it is a few small layers, so running it in fp32 costs nothing measurable."""
-    module.float()
-    if getattr(module, "_rs2sam2_fp32_hooks", False):  # a second Predictor on the same model
-        return
-    module._rs2sam2_fp32_hooks = True
-
-    def pre(_mod, args):
-        return tuple(a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
-
-    def post(_mod, _args, out):
-        return out.to(dtype)
-
-    module.register_forward_pre_hook(pre)
-    module.register_forward_hook(post)
-
-
 # --------------------------------------------------------------------------------------------
 # the predictor
 # --------------------------------------------------------------------------------------------
@@ -239,7 +219,8 @@ class Predictor:
         model: an :class:`~rs2sam2.RS2SAM2` (its weights are cast/moved in place).
         tokenizer: a :class:`~rs2sam2.text.Tokenizer` or the path of a SentencePiece model.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` ... or ``"auto"`` (CUDA when available).
-        precision: ``"fp32"`` or ``"bf16"`` (weights and inputs in bfloat16; outputs are float32).
+        precision: ``"fp32"`` or ``"bf16"`` (``RS2SAM2.set_precision``: the heavy linear layers hold
+            bfloat16 weights, cast once; outputs are float32).
         threshold: default logit threshold of the masks (0.5 = the published rule).
         max_len: token limit per expression, BOS/EOS included (default: the model's position table).
         mask_rule: the tokenizer's attention-mask rule (``"published"``: unknown tokens are hidden
@@ -265,18 +246,13 @@ class Predictor:
                 f"only {cfg.beit3.vocab_size}: use the tokenizer the model was trained with")
         self.device = _resolve_device(device)
         self.precision = precision
-        self.dtype = torch.bfloat16 if precision == "bf16" else torch.float32
         self.threshold = float(threshold)
         self.tokenizer = tokenizer
         self.mask_rule = mask_rule
         self.max_len = cfg.beit3.max_text_len if max_len is None else min(int(max_len), cfg.beit3.max_text_len)
         model.eval()
         model.requires_grad_(False)
-        model.to(self.device)
-        if self.dtype != torch.float32:
-            model.to(self.dtype)
-            if getattr(model, "mpg", None) is not None:
-                _keep_module_fp32(model.mpg, self.dtype)
+        model.set_precision(precision).to(self.device)
         self.model = model
 
     @classmethod
@@ -325,7 +301,7 @@ class Predictor:
         cfg = self.config
         image = image_to_tensor(rgb, cfg.image_size).unsqueeze(0)
         evf = image_to_tensor(rgb, cfg.beit3.img_size).unsqueeze(0)
-        return (image.to(self.device, self.dtype), evf.to(self.device, self.dtype))
+        return (image.to(self.device), evf.to(self.device))
 
     def tokenize(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         ids, mask = self.tokenizer.batch(list(texts), max_len=self.max_len, mask_rule=self.mask_rule)
