@@ -1,0 +1,142 @@
+"""``rs2sam2 demo``: the whole method end to end on a CPU, with nothing to download.
+
+1. generate a synthetic RRSIS-D-layout dataset (aerial-like scenes + referring expressions);
+2. build a small SentencePiece vocabulary from its training sentences (no ``beit3.spm`` needed);
+3. train the ``nano`` preset from scratch with the published losses;
+4. evaluate the best checkpoint on the held-out test scenes with the published protocol;
+5. write ``report.json``, ``training_curve.png`` and ``gallery.png`` into ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# The demo's recipe (not a published one): found by a small sweep on the 2-core development CPU so
+# that held-out mIoU clears 50 in well under 15 minutes. Everything is trained from scratch, so
+# nothing is frozen and one learning rate serves both parameter groups.
+DEMO_RECIPE: dict[str, Any] = {
+    "preset": "nano",
+    "dataset": "rrsisd",
+    "train_tokenizer": True,
+    "tokenizer_vocab_size": 200,
+    "epochs": 8,
+    "batch_size": 4,
+    "lr": 2e-3,
+    "lr_fusion": 2e-3,
+    "weight_decay": 0.01,
+    "lr_milestones": [6],
+    "freeze": "none",
+    "random_boxes": False,
+    "precision": "fp32",
+    "device": "cpu",
+    "num_workers": 0,
+    "eval_every_epochs": 2,
+    "eval_batch_size": 8,
+    "log_every_steps": 5,
+}
+DEMO_NUM_IMAGES = 300
+QUICK = {"num_images": 24, "max_steps": 6}  # --quick: a smoke run for tests (minutes -> seconds)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="rs2sam2-demo", help="output folder (default: ./rs2sam2-demo)")
+    p.add_argument("--num-images", type=int, default=None, help=f"generated scenes (default {DEMO_NUM_IMAGES})")
+    p.add_argument("--epochs", type=int, default=None, help=f"training epochs (default {DEMO_RECIPE['epochs']})")
+    p.add_argument("--max-steps", type=int, default=None, help="stop training after this many steps")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quick", action="store_true", help="a tiny smoke run (seconds; metrics meaningless)")
+    p.add_argument("--gallery-size", type=int, default=6)
+
+
+def run_demo(out: str | Path = "rs2sam2-demo", num_images: int | None = None, epochs: int | None = None,
+             max_steps: int | None = None, seed: int = 0, quick: bool = False, gallery_size: int = 6) -> dict:
+    from .data import build_dataset
+    from .data.synth import generate
+    from .evaluate import evaluate_model
+    from .predict import Predictor
+    from .train import TrainConfig, train
+    from .viz import gallery, plot_curves
+
+    t0 = time.perf_counter()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if quick:
+        num_images = num_images or QUICK["num_images"]
+        max_steps = max_steps or QUICK["max_steps"]
+    num_images = num_images or DEMO_NUM_IMAGES
+
+    data = out / "data"
+    print(f"[1/4] generating {num_images} synthetic scenes -> {data}")
+    generate("rrsisd", data, num_images=num_images, seed=seed, image_size=256)
+
+    print("[2/4] training the nano preset from scratch on the CPU")
+    recipe = dict(DEMO_RECIPE, data=str(data), out=str(out / "run"), seed=seed)
+    if max_steps is not None:
+        recipe.update(max_steps=max_steps, epochs=None)
+    elif epochs is not None:
+        recipe["epochs"] = epochs
+    if quick:
+        recipe.update(val_limit=8, eval_every_epochs=1)
+    summary = train(TrainConfig.from_dict(recipe))
+    t_train = time.perf_counter() - t0
+
+    print("[3/4] evaluating the best checkpoint on the held-out test scenes")
+    best = Path(summary["checkpoints"]["best"] or summary["checkpoints"]["last"])
+    predictor = Predictor.from_pretrained(best, device="cpu")
+    test = build_dataset("rrsisd", data, "test")
+    report = evaluate_model(predictor.model, test, predictor.tokenizer, batch_size=8, device="cpu")
+
+    print("[4/4] writing the report, the training curve and the gallery")
+    curve = plot_curves(_curves(out / "run" / "logs"), out / "training_curve.png", title="nano on synthetic RRSIS-D")
+    rows = []
+    for i in np.linspace(0, len(test) - 1, num=min(gallery_size, len(test))).astype(int):
+        sample = test.load(int(i))
+        pred = predictor.predict(sample["image"], sample["text"])
+        inter = np.logical_and(pred.mask, sample["mask"]).sum()
+        union = np.logical_or(pred.mask, sample["mask"]).sum()
+        rows.append(dict(image=sample["image"], text=sample["text"], pred=pred.mask, target=sample["mask"],
+                         iou=float(inter / union) if union else 0.0))
+    gallery_path = gallery(rows, out / "gallery.png")
+
+    elapsed = time.perf_counter() - t0
+    result = {
+        "split": "test",
+        **{k: report[k] for k in ("Pr@0.5", "Pr@0.6", "Pr@0.7", "Pr@0.8", "Pr@0.9", "oIoU", "mIoU", "num_expressions")},
+        "original_resolution": report.get("original_resolution"),
+        "train": {"global_step": summary.get("global_step"), "best": summary.get("best"),
+                  "seconds": round(t_train, 1)},
+        "num_images": num_images,
+        "seconds_total": round(elapsed, 1),
+        "checkpoint": str(best),
+        "files": {"training_curve": str(curve), "gallery": str(gallery_path)},
+    }
+    from .geo import atomic_write_text
+
+    atomic_write_text(out / "report.json", json.dumps(result, indent=2))
+    print(f"held-out test: mIoU {result['mIoU']:.2f}  oIoU {result['oIoU']:.2f}  Pr@0.5 {result['Pr@0.5']:.2f} "
+          f"({result['num_expressions']} expressions) in {elapsed / 60:.1f} min -> {out / 'report.json'}")
+    return result
+
+
+def _curves(logs: Path) -> dict[str, list[tuple[float, float]]]:
+    series: dict[str, list[tuple[float, float]]] = {"train loss": [], "val mIoU / 100": []}
+    for name, column, key, scale in (("train.csv", "loss", "train loss", 1.0), ("val.csv", "mIoU", "val mIoU / 100", 0.01)):
+        path = logs / name
+        if path.exists():
+            with open(path, newline="") as f:
+                for row in csv.DictReader(f):
+                    if row.get(column) not in (None, ""):
+                        series[key].append((float(row["step"]), float(row[column]) * scale))
+    return series
+
+
+def run(args: argparse.Namespace) -> int:
+    run_demo(args.out, args.num_images, args.epochs, args.max_steps, args.seed, args.quick, args.gallery_size)
+    return 0
