@@ -18,6 +18,7 @@ import torch
 
 from .config import PRESET_NAMES, get_config
 from .models import RS2SAM2
+from .runtime import tune_cpu_allocator
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -30,7 +31,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--compile", action="store_true", help="torch.compile the model first")
+    p.add_argument("--train", action="store_true",
+                   help="time a training step (published freeze policy, AdamW, published loss) instead")
+    p.add_argument("--grad-checkpointing", action="store_true", help="with --train: recompute blocks in backward")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--no-malloc-tuning", action="store_true", help="leave glibc's malloc thresholds at their defaults")
     p.add_argument("--json", action="store_true", help="print only the JSON line")
 
 
@@ -141,9 +146,64 @@ def run_benchmark(preset="paper", precision="fp32", device="cpu", batch=1, texts
     }
 
 
+def run_train_benchmark(preset="nano", device="cpu", batch=1, text_len=12, runs=3, warmup=1,
+                        grad_checkpointing=False, threads=None) -> dict:
+    """Seconds and peak memory of one optimizer step (forward, published loss, backward, AdamW), with
+    the published freeze policy; bf16 autocast on CUDA as in training."""
+    from .losses import RS2SAM2Loss
+    from .train import enable_activation_checkpointing, freeze_published, param_groups, per_sample_loss
+
+    if threads:
+        torch.set_num_threads(threads)
+    model = build_random_model(preset, "fp32", device).train()
+    counts = freeze_published(model)
+    if grad_checkpointing:
+        enable_activation_checkpointing(model)
+    optimizer = torch.optim.AdamW(param_groups(model, 5e-5, 1e-4, 0.01))
+    loss_fn = RS2SAM2Loss()
+    images, evf, ids, mask = _inputs(model, batch, text_len, device)
+    size = model.config.image_size
+    target = (torch.rand(batch, size, size, device=device) > 0.7).float()
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for i in range(warmup + runs):
+        _sync(device)
+        t = time.perf_counter()
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device == "cuda"):
+            out = model(images, evf, ids, mask)
+        loss = per_sample_loss(loss_fn, out.logits.float(), target, out.boundary_weight.float()).total
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        _sync(device)
+        if i >= warmup:
+            times.append(time.perf_counter() - t)
+    return {
+        "preset": preset,
+        "mode": "train",
+        "device": device if device == "cpu" else torch.cuda.get_device_name(),
+        "batch": batch,
+        "grad_checkpointing": grad_checkpointing,
+        "seconds_per_step": round(statistics.median(times), 4),
+        "runs": [round(t, 4) for t in times],
+        "trainable_params": counts["total"]["trainable"],
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "cuda_peak_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if device == "cuda" else None,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
+
+
 def run(args: argparse.Namespace) -> int:
-    result = run_benchmark(args.preset, args.precision, args.device, args.batch, args.texts, args.text_len,
-                           args.runs, args.warmup, args.compile, args.threads)
+    tuned = False if args.no_malloc_tuning else tune_cpu_allocator()
+    if args.train:
+        result = run_train_benchmark(args.preset, args.device, args.batch, args.text_len, args.runs, args.warmup,
+                                     args.grad_checkpointing, args.threads)
+    else:
+        result = run_benchmark(args.preset, args.precision, args.device, args.batch, args.texts, args.text_len,
+                               args.runs, args.warmup, args.compile, args.threads)
+    result["malloc_tuned"] = tuned
     if not args.json:
         for k, v in result.items():
             print(f"{k:>22}: {v}")

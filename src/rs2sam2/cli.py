@@ -34,6 +34,10 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(argv).parse_args(argv)
+    if args.command != "benchmark":  # benchmark decides itself (it can compare both settings)
+        from .runtime import tune_cpu_allocator
+
+        tune_cpu_allocator()
     module = importlib.import_module(COMMANDS[args.command][0])
     return int(module.run(args) or 0)
 
