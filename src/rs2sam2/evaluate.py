@@ -1,0 +1,511 @@
+"""Evaluation with the published protocol (``rs2sam2 evaluate``).
+
+Two sources of masks:
+
+* ``--checkpoint CKPT``: a model (our ``save_pretrained`` folder, a training run folder -- its
+  ``checkpoints/best``, else ``checkpoints/last`` --, or a released RS2-SAM2 folder / file) predicts
+  every expression of the split;
+* ``--predictions DIR``: mask images named ``<expression id>.png`` from any method, non-zero =
+  foreground (for multi-band PNGs: non-zero in any band). A missing file is an error naming it.
+
+Published protocol ("model resolution", the top-level keys of the report): every expression;
+prediction and target at the model's input size S x S (1024 for the paper models); the target is
+resized from the original mask with nearest neighbour (pixel centres, :func:`metrics.resize_target_nearest`);
+a pixel is foreground when its logit is > ``threshold`` (0.5, the published argmax rule); IoU is 0
+when the union is empty. ``Pr@0.5`` .. ``Pr@0.9``, ``oIoU`` and ``mIoU`` in percent, and
+``num_expressions``.
+
+The same metrics at each image's original resolution are reported under ``"original_resolution"``:
+the S x S logits are resized to the image size with bilinear interpolation (align_corners=False) and
+then thresholded; for ``--predictions``, a mask whose size differs from the image is resized with
+nearest neighbour. A per-expression CSV (``id, text, I, U, IoU`` at model resolution, then
+``I_original, U_original, IoU_original``) is written next to the report as ``<report stem>_per_expression.csv``.
+
+Python use::
+
+    report = evaluate_model(model, build_dataset("rrsisd", root, "test"), tokenizer)
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .metrics import PUBLISHED_THRESHOLD, ReferringMetrics, intersection_union, resize_target_nearest
+
+__all__ = [
+    "evaluate_model",
+    "evaluate_predictions",
+    "resolve_checkpoint",
+    "write_report",
+    "add_arguments",
+    "run",
+]
+
+CSV_FIELDS = ("id", "text", "I", "U", "IoU", "I_original", "U_original", "IoU_original")
+
+
+# --- helpers ---------------------------------------------------------------------------------------
+
+
+def _dist_info() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _shard(indices: Sequence[int], rank: int, world_size: int) -> list[int]:
+    """``indices[rank::world_size]``, padded (by repeating from the start) so that every rank gets the
+    same count: under FSDP every rank must run the same number of forward passes. Repeated expressions
+    are dropped again when the ranks' metrics are merged."""
+    indices = list(indices)
+    if world_size <= 1:
+        return indices
+    per_rank = math.ceil(len(indices) / world_size)
+    padded = indices + indices[: per_rank * world_size - len(indices)]
+    return padded[rank::world_size]
+
+
+def _resolve_device(device: str | torch.device | None, model: torch.nn.Module | None = None) -> torch.device:
+    if device is None or str(device) == "auto":
+        if model is not None:
+            try:
+                return next(model.parameters()).device
+            except StopIteration:
+                pass
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _autocast(device: torch.device, precision: str):
+    use_bf16 = device.type == "cuda" and precision in ("auto", "bf16")
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16)
+
+
+class _TransformedDataset(torch.utils.data.Dataset):
+    """Expression index -> transformed sample (the original mask kept for both protocols)."""
+
+    def __init__(self, dataset, indices: Sequence[int], transform) -> None:
+        self.dataset, self.indices, self.transform = dataset, list(indices), transform
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, k: int) -> dict[str, Any]:
+        return self.transform(self.dataset.load(self.indices[k]))
+
+
+def _list_collate(samples: list) -> list:
+    return samples
+
+
+def _merge_across_ranks(acc: ReferringMetrics) -> ReferringMetrics:
+    rank, world = _dist_info()
+    if world <= 1:
+        return acc
+    states: list[Any] = [None] * world
+    torch.distributed.all_gather_object(states, acc.state_dict())
+    return ReferringMetrics.from_states(states)
+
+
+def _in_order(acc: ReferringMetrics, ids: Sequence[str]) -> ReferringMetrics:
+    rows = {r["id"]: r for r in acc.rows()}
+    out = ReferringMetrics(acc.thresholds)
+    for eid in ids:
+        r = rows.pop(eid, None)
+        if r is not None:
+            out.update(eid, r["I"], r["U"], text=r["text"])
+    for eid, r in rows.items():  # not expected; keep anything left rather than drop it
+        out.update(eid, r["I"], r["U"], text=r["text"])
+    return out
+
+
+def _report_from(acc_model: ReferringMetrics, acc_orig: ReferringMetrics | None, threshold: float | None,
+                 image_size: int) -> dict[str, Any]:
+    report: dict[str, Any] = dict(acc_model.compute()) if len(acc_model) else {"num_expressions": 0}
+    report["protocol"] = {
+        "resolution": image_size,
+        "target_resize": "nearest (pixel centres)",
+        "threshold": threshold,
+        "empty_union_iou": 0.0,
+    }
+    if acc_orig is not None:
+        report["original_resolution"] = dict(acc_orig.compute()) if len(acc_orig) else {"num_expressions": 0}
+    return report
+
+
+def _write_csv(path: str | os.PathLike, acc_model: ReferringMetrics, acc_orig: ReferringMetrics | None) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    orig_rows = {r["id"]: r for r in acc_orig.rows()} if acc_orig is not None else {}
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(CSV_FIELDS))
+        writer.writeheader()
+        for row in acc_model.rows():
+            o = orig_rows.get(row["id"])
+            writer.writerow({
+                "id": row["id"], "text": row["text"], "I": row["I"], "U": row["U"], "IoU": f"{row['IoU']:.6f}",
+                "I_original": "" if o is None else o["I"],
+                "U_original": "" if o is None else o["U"],
+                "IoU_original": "" if o is None else f"{o['IoU']:.6f}",
+            })
+    return path
+
+
+def _progress(iterable: Iterable, total: int, desc: str, enabled: bool):
+    if not enabled:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, dynamic_ncols=True, leave=False)
+
+
+# --- model evaluation ------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def evaluate_model(
+    model: torch.nn.Module,
+    dataset,
+    tokenizer,
+    *,
+    threshold: float = PUBLISHED_THRESHOLD,
+    batch_size: int = 1,
+    device: str | torch.device | None = None,
+    max_len: int | None = None,
+    mask_rule: str = "published",
+    original_resolution: bool = True,
+    limit: int | None = None,
+    indices: Sequence[int] | None = None,
+    num_workers: int = 0,
+    precision: str = "auto",
+    progress: bool = False,
+    csv_path: str | os.PathLike | None = None,
+    return_metrics: bool = False,
+) -> dict[str, Any]:
+    """Run ``model`` on every expression of ``dataset`` and score it with the published protocol.
+
+    Args:
+        model: an :class:`~rs2sam2.RS2SAM2` (or an FSDP-sharded one: then every rank must call this).
+        dataset: a reader from :func:`rs2sam2.data.build_dataset`.
+        tokenizer: the model's :class:`~rs2sam2.text.Tokenizer`.
+        threshold: logit threshold (0.5 = published argmax rule; 0.0 = probability > 0.5).
+        batch_size: expressions per forward pass.
+        device: where to run (default: where the model is).
+        max_len: token limit per sentence (default: the model's position table).
+        mask_rule: attention-mask rule of the tokenizer (``published`` / ``clean``).
+        original_resolution: also score at each image's own size (``"original_resolution"`` key).
+        limit: only the first ``limit`` expressions (quick checks; the report says so).
+        indices: explicit expression indices (overrides ``limit``).
+        num_workers: DataLoader workers for reading and resizing images.
+        precision: ``auto`` (bf16 autocast on CUDA, fp32 elsewhere), ``bf16`` or ``fp32``.
+        progress: show a tqdm bar (rank 0 only).
+        csv_path: write the per-expression CSV there (rank 0 only).
+        return_metrics: also return the two :class:`ReferringMetrics` under ``"_metrics"``.
+
+    Under ``torch.distributed`` every rank scores a shard and the ranks' counts are merged; every
+    rank returns the full report.
+
+    Returns:
+        ``{"Pr@0.5", ..., "Pr@0.9", "mIoU", "oIoU", "num_expressions", "protocol": {...},
+        "original_resolution": {...}}``.
+    """
+    from .data.collate import check_vocabulary, collate, move_batch
+    from .data.transforms import SampleTransform
+
+    core = getattr(model, "module", model)
+    cfg = core.config
+    check_vocabulary(tokenizer, cfg.beit3.vocab_size)
+    device = _resolve_device(device, model)
+    rank, world = _dist_info()
+    if indices is None:
+        n = len(dataset) if limit is None else min(int(limit), len(dataset))
+        indices = range(n)
+    shard = _shard(indices, rank, world)
+    transform = SampleTransform(cfg.image_size, cfg.beit3.img_size, train=False, keep_original_mask=True)
+    loader = torch.utils.data.DataLoader(
+        _TransformedDataset(dataset, shard, transform), batch_size=batch_size, shuffle=False,
+        num_workers=num_workers, collate_fn=_list_collate,
+    )
+    max_len = cfg.beit3.max_text_len if max_len is None else min(int(max_len), cfg.beit3.max_text_len)
+    acc_model, acc_orig = ReferringMetrics(), (ReferringMetrics() if original_resolution else None)
+    was_training = model.training
+    model.eval()
+    size = cfg.image_size
+    seen: set[str] = set()
+    start = time.perf_counter()
+    try:
+        for samples in _progress(loader, len(loader), "eval", progress and rank == 0):
+            batch = move_batch(collate(samples, tokenizer, max_len=max_len, mask_rule=mask_rule), device)
+            with _autocast(device, precision):
+                out = model(images=batch["images"], images_evf=batch["images_evf"],
+                            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            logits = out.logits.float()
+            for b, eid in enumerate(batch["expression_ids"]):
+                if eid in seen:  # a padding repeat of the distributed shard
+                    continue
+                seen.add(eid)
+                mask_orig = batch["masks_orig"][b]
+                target = resize_target_nearest(mask_orig, size).to(device)
+                pred = logits[b, 0] > threshold
+                i, u = intersection_union(pred, target)
+                acc_model.update(eid, i, u, text=batch["texts"][b])
+                if acc_orig is not None:
+                    h, w = mask_orig.shape
+                    up = logits[b : b + 1]
+                    if (h, w) != (size, size):
+                        up = F.interpolate(up, size=(h, w), mode="bilinear", align_corners=False)
+                    i, u = intersection_union(up[0, 0] > threshold, mask_orig.to(device))
+                    acc_orig.update(eid, i, u, text=batch["texts"][b])
+    finally:
+        model.train(was_training)
+    if world > 1:  # merge the ranks' counts, back in dataset order
+        order = [dataset.expressions[i][2] for i in indices]
+        acc_model = _in_order(_merge_across_ranks(acc_model), order)
+        if acc_orig is not None:
+            acc_orig = _in_order(_merge_across_ranks(acc_orig), order)
+    report = _report_from(acc_model, acc_orig, threshold, size)
+    report["seconds"] = round(time.perf_counter() - start, 3)
+    if limit is not None and indices is not None and len(indices) < len(dataset):
+        report["protocol"]["limited_to_first"] = len(indices)
+    if csv_path is not None and rank == 0:
+        _write_csv(csv_path, acc_model, acc_orig)
+    if return_metrics:
+        report["_metrics"] = (acc_model, acc_orig)
+    return report
+
+
+# --- predictions folder ----------------------------------------------------------------------------
+
+
+def _read_prediction(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as img:
+        arr = np.asarray(img.convert("L") if img.mode in ("P", "1") else img)
+    if arr.ndim == 3:
+        arr = arr[..., :3].max(axis=2) if arr.shape[2] != 2 else arr[..., 0]  # LA: ignore alpha
+    return arr != 0
+
+
+def evaluate_predictions(
+    predictions: str | os.PathLike,
+    dataset,
+    *,
+    image_size: int = 1024,
+    original_resolution: bool = True,
+    limit: int | None = None,
+    progress: bool = False,
+    csv_path: str | os.PathLike | None = None,
+    return_metrics: bool = False,
+) -> dict[str, Any]:
+    """Score mask images ``<expression id>.png`` in ``predictions`` against ``dataset``.
+
+    Model-resolution protocol: prediction and target are both resized to ``image_size`` with nearest
+    neighbour (pixel centres). Original resolution: the prediction is compared with the original mask,
+    nearest-resized to the image size first if it differs. Raises ``FileNotFoundError`` naming the
+    missing files before scoring anything.
+    """
+    folder = Path(predictions)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"predictions folder not found: {folder}")
+    n = len(dataset) if limit is None else min(int(limit), len(dataset))
+    ids = [dataset.expressions[i][2] for i in range(n)]
+    missing = [f"{eid}.png" for eid in ids if not (folder / f"{eid}.png").is_file()]
+    if missing:
+        shown = ", ".join(str(folder / m) for m in missing[:10])
+        more = f" (and {len(missing) - 10} more)" if len(missing) > 10 else ""
+        raise FileNotFoundError(f"{len(missing)} prediction file(s) missing: {shown}{more}")
+    acc_model, acc_orig = ReferringMetrics(), (ReferringMetrics() if original_resolution else None)
+    start = time.perf_counter()
+    for i in _progress(range(n), n, "eval", progress):
+        sample = dataset.load(i)
+        eid, text, target = sample["expression_id"], sample["text"], sample["mask"]
+        path = folder / f"{eid}.png"
+        try:
+            pred = _read_prediction(path)
+        except Exception as exc:  # noqa: BLE001 - name the file whatever PIL raised
+            raise ValueError(f"cannot read prediction {path}: {exc}") from exc
+        i_, u_ = intersection_union(resize_target_nearest(pred, image_size), resize_target_nearest(target, image_size))
+        acc_model.update(eid, i_, u_, text=text)
+        if acc_orig is not None:
+            p = pred if pred.shape == target.shape else resize_target_nearest(pred, target.shape)
+            i_, u_ = intersection_union(p, target)
+            acc_orig.update(eid, i_, u_, text=text)
+    report = _report_from(acc_model, acc_orig, None, image_size)
+    report["protocol"]["prediction_resize"] = "nearest (pixel centres)"
+    report["seconds"] = round(time.perf_counter() - start, 3)
+    if limit is not None and n < len(dataset):
+        report["protocol"]["limited_to_first"] = n
+    if csv_path is not None:
+        _write_csv(csv_path, acc_model, acc_orig)
+    if return_metrics:
+        report["_metrics"] = (acc_model, acc_orig)
+    return report
+
+
+# --- checkpoints and reports -----------------------------------------------------------------------
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """A weights folder / file from what the user gave: a training run folder resolves to its
+    ``checkpoints/best`` (else ``checkpoints/last``); anything else is returned as is."""
+    path = Path(path)
+    if path.is_dir() and (path / "checkpoints").is_dir():
+        for name in ("best", "last"):
+            if (path / "checkpoints" / name / "config.json").exists():
+                return path / "checkpoints" / name
+    return path
+
+
+def find_model_tokenizer(checkpoint: str | os.PathLike) -> Path | None:
+    """The tokenizer saved with a checkpoint (its folder, or the run folder above it)."""
+    from .checkpoints import find_tokenizer
+
+    checkpoint = Path(checkpoint)
+    found = find_tokenizer(checkpoint)
+    if found is None and checkpoint.is_dir() and checkpoint.parent.name == "checkpoints":
+        found = find_tokenizer(checkpoint.parent.parent)
+    return found
+
+
+def per_expression_csv_path(report_path: str | os.PathLike) -> Path:
+    report_path = Path(report_path)
+    return report_path.with_name(f"{report_path.stem}_per_expression.csv")
+
+
+def write_report(report: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Write ``report`` as indented JSON (atomically)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    clean = {k: v for k, v in report.items() if not k.startswith("_")}
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(clean, indent=2, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def format_table(report: dict[str, Any]) -> str:
+    keys = [k for k in report if k.startswith("Pr@")] + ["oIoU", "mIoU"]
+    lines = []
+    for title, block in (("model resolution", report), ("original resolution", report.get("original_resolution"))):
+        if not block or not block.get("num_expressions"):
+            continue
+        vals = "  ".join(f"{k} {block[k]:6.2f}" for k in keys if k in block)
+        lines.append(f"{title:>20}: {vals}  (n={block['num_expressions']})")
+    return "\n".join(lines)
+
+
+# --- command line ----------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", help="model folder/file, or a training run folder (uses checkpoints/best)")
+    src.add_argument("--predictions", help="folder of <expression id>.png masks (non-zero = foreground)")
+    parser.add_argument("--data", required=True, help="dataset root (for jsonl: the .jsonl file or its folder)")
+    parser.add_argument("--dataset", required=True, choices=("rrsisd", "refsegrs", "jsonl"))
+    parser.add_argument("--split", default="test", help="split to evaluate (default: test; jsonl: 'all' = every line)")
+    parser.add_argument("--out", required=True, help="report JSON path; the per-expression CSV goes next to it")
+    parser.add_argument("--threshold", type=float, default=PUBLISHED_THRESHOLD,
+                        help="logit threshold (default 0.5 = the published argmax rule)")
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--tokenizer", help="SentencePiece model (default: the one saved with the checkpoint)")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"),
+                        help="auto = bf16 autocast on CUDA, fp32 on CPU")
+    parser.add_argument("--image-size", type=int, default=None,
+                        help="protocol resolution for --predictions (default 1024); for --checkpoint, run the "
+                             "model at this input size instead of its own")
+    parser.add_argument("--num-workers", type=int, default=0)
+    parser.add_argument("--limit", type=int, default=None, help="only the first N expressions (quick checks)")
+    parser.add_argument("--mask-rule", default="published", choices=("published", "clean"))
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def _init_distributed(device: str) -> tuple[bool, str]:
+    """Under torchrun (WORLD_SIZE > 1): join the process group (NCCL on CUDA, gloo on the CPU) so that
+    the ranks share the expressions. Returns (created, device)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or torch.distributed.is_initialized():
+        return False, device
+    use_cuda = device != "cpu" and torch.cuda.is_available()
+    if use_cuda:
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+        torch.cuda.set_device(torch.device(device))
+    torch.distributed.init_process_group("nccl" if use_cuda else "gloo")
+    return True, device
+
+
+def run(args: argparse.Namespace) -> int:
+    created, args.device = _init_distributed(args.device) if args.checkpoint else (False, args.device)
+    try:
+        return _run(args)
+    finally:
+        if created and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .checkpoints import CheckpointError, load_pretrained
+    from .data import DatasetError, build_dataset
+
+    rank, _ = _dist_info()
+    split = None if (args.dataset == "jsonl" and args.split in ("all", "none")) else args.split
+    try:
+        dataset = build_dataset(args.dataset, args.data, split)
+    except (DatasetError, ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    csv_path = per_expression_csv_path(args.out)
+    source: dict[str, Any]
+    try:
+        if args.predictions:
+            report = evaluate_predictions(
+                args.predictions, dataset, image_size=args.image_size or 1024, limit=args.limit,
+                progress=not args.no_progress, csv_path=csv_path,
+            )
+            source = {"predictions": str(Path(args.predictions).resolve())}
+        else:
+            ckpt = resolve_checkpoint(args.checkpoint)
+            tok_path = args.tokenizer or find_model_tokenizer(ckpt)
+            if tok_path is None:
+                print(f"error: no tokenizer found with checkpoint {ckpt} (looked for tokenizer.model, "
+                      "sentencepiece.bpe.model, beit3.spm); pass --tokenizer PATH (BEiT-3's beit3.spm for the "
+                      "released models)", file=sys.stderr)
+                return 2
+            from .text import load_tokenizer
+
+            tokenizer = load_tokenizer(tok_path)
+            model = load_pretrained(ckpt, image_size=args.image_size)
+            device = _resolve_device(args.device)
+            model.to(device)
+            report = evaluate_model(
+                model, dataset, tokenizer, threshold=args.threshold, batch_size=args.batch_size, device=device,
+                mask_rule=args.mask_rule, limit=args.limit, num_workers=args.num_workers,
+                precision=args.precision, progress=not args.no_progress, csv_path=csv_path,
+            )
+            source = {"checkpoint": str(Path(ckpt).resolve()), "tokenizer": str(Path(tok_path).resolve()),
+                      "model": model.config.name, "device": str(device), "precision": args.precision}
+    except (FileNotFoundError, CheckpointError, DatasetError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    report = {
+        "dataset": args.dataset, "split": args.split, "data": str(Path(args.data).resolve()), **source, **report,
+        "per_expression_csv": csv_path.name,
+    }
+    if rank == 0:
+        write_report(report, args.out)
+        print(format_table(report))
+        print(f"report: {args.out}  per-expression: {csv_path}")
+    return 0
