@@ -104,3 +104,25 @@ def test_input_errors():
         model(images, evf, torch.zeros(1, 80, dtype=torch.long), torch.ones(1, 80, dtype=torch.bool))
     with pytest.raises(ValueError, match="vocabulary"):
         model(images, evf, torch.full((1, 4), 10**6), mask[:, :4])
+
+
+def test_position_embedding_cache_follows_the_weights():
+    """The interpolated Hiera position embedding is cached for inference; editing or loading the
+    weights must invalidate it, and training mode must not use it."""
+    model = nano().eval()
+    images, evf, ids, mask = inputs(model, [5])
+    with torch.inference_mode():
+        first = model(images, evf, ids, mask).logits
+    with torch.no_grad():
+        model.image_encoder.trunk.pos_embed.add_(0.5)
+    with torch.inference_mode():
+        second = model(images, evf, ids, mask).logits
+    assert not torch.allclose(first, second)
+    fresh = nano()
+    fresh.load_state_dict(model.state_dict())
+    with torch.inference_mode():
+        torch.testing.assert_close(fresh.eval()(images, evf, ids, mask).logits, second)
+    model.train()
+    out = model(images, evf, ids, mask)
+    out.logits.mean().backward()
+    assert model.image_encoder.trunk.pos_embed.grad is not None

@@ -159,6 +159,7 @@ class Hiera(nn.Module):
         self.patch_embed = PatchEmbed(dim)
         self.pos_embed = nn.Parameter(torch.zeros(1, dim, *cfg.window_pos_embed_bkg_spatial_size))
         self.pos_embed_window = nn.Parameter(torch.zeros(1, dim, cfg.window_spec[0], cfg.window_spec[0]))
+        self._pos_cache: tuple | None = None
         dpr = [cfg.drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # stochastic depth ramp
         self.blocks = nn.ModuleList()
         stage = 0
@@ -177,6 +178,19 @@ class Hiera(nn.Module):
             dim = dim_out
 
     def _pos_embed(self, hw: tuple[int, int]) -> Tensor:
+        # input-independent: cache it while no gradient can flow into it (inference); the key holds
+        # the parameters' version counters, so loading or editing the weights invalidates it
+        key = (hw, self.pos_embed._version, self.pos_embed_window._version, self.pos_embed.dtype, self.pos_embed.device)
+        cacheable = not (torch.is_grad_enabled() and (self.pos_embed.requires_grad or self.pos_embed_window.requires_grad))
+        if not cacheable:
+            return self._compute_pos_embed(hw)
+        if self._pos_cache is None or self._pos_cache[0] != key:
+            # a normal (non-inference) tensor, so it stays usable outside inference_mode too
+            with torch.inference_mode(False), torch.no_grad():
+                self._pos_cache = (key, self._compute_pos_embed(hw))
+        return self._pos_cache[1]
+
+    def _compute_pos_embed(self, hw: tuple[int, int]) -> Tensor:
         pos = F.interpolate(self.pos_embed, size=hw, mode="bicubic")
         reps = [a // b for a, b in zip(pos.shape, self.pos_embed_window.shape)]
         return (pos + self.pos_embed_window.tile(reps)).permute(0, 2, 3, 1)
