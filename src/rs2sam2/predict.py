@@ -207,6 +207,15 @@ def _resolve_device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
+def _load_tokenizer(path: str | os.PathLike):
+    from .text import load_tokenizer
+
+    try:
+        return load_tokenizer(path)
+    except (FileNotFoundError, ValueError) as exc:
+        raise CheckpointError(f"cannot load the tokenizer: {exc}") from exc
+
+
 # --------------------------------------------------------------------------------------------
 # the predictor
 # --------------------------------------------------------------------------------------------
@@ -233,12 +242,7 @@ class Predictor:
         if precision not in PRECISIONS:
             raise InputError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
         if isinstance(tokenizer, (str, os.PathLike)):
-            from .text import load_tokenizer
-
-            try:
-                tokenizer = load_tokenizer(tokenizer)
-            except (FileNotFoundError, ValueError) as exc:
-                raise CheckpointError(f"cannot load the tokenizer: {exc}") from exc
+            tokenizer = _load_tokenizer(tokenizer)
         cfg = model.config
         if len(tokenizer) > cfg.beit3.vocab_size:
             raise CheckpointError(
@@ -278,14 +282,8 @@ class Predictor:
                     "BEiT-3's beit3.spm for released checkpoints")
         elif isinstance(tokenizer, (str, os.PathLike)) and not Path(tokenizer).is_file():
             raise CheckpointError(f"tokenizer not found: {tokenizer}")
-        # the tokenizer is checked before the (possibly large) weights are read
-        if isinstance(tokenizer, (str, os.PathLike)):
-            from .text import load_tokenizer
-
-            try:
-                tokenizer = load_tokenizer(tokenizer)
-            except (FileNotFoundError, ValueError) as exc:
-                raise CheckpointError(f"cannot load the tokenizer: {exc}") from exc
+        if isinstance(tokenizer, (str, os.PathLike)):  # checked before the (large) weights are read
+            tokenizer = _load_tokenizer(tokenizer)
         model = load_pretrained(path, image_size=image_size)
         return cls(model, tokenizer, device=device, precision=precision, threshold=threshold, **kwargs)
 
