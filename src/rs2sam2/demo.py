@@ -18,30 +18,46 @@ from typing import Any
 
 import numpy as np
 
-# The demo's recipe (not a published one): found by a small sweep on the 2-core development CPU so
-# that held-out mIoU clears 50 in well under 15 minutes. Everything is trained from scratch, so
-# nothing is frozen and one learning rate serves both parameter groups.
+# The demo's recipe (not a published one), from a short sweep on the 2-core development CPU.
+# Everything is trained from scratch, so nothing is frozen and one learning rate serves both
+# parameter groups. Choices: the SAM2 branch at 128x128 and BEiT-3 at 64x64 (~3x more samples per
+# second than 256 / 128 at about the same val mIoU per second); Dice weighted up and CE down (the
+# published 0.9 CE + 0.1 Dice collapses to "predict nothing" from scratch on these mostly-background
+# scenes); gradient clipping at 1.0 in place of a warmup (the trainer has none); the last epoch at
+# 0.1x the learning rate.
+# Measured 2026-11-26, 2-core CPU, `rs2sam2 demo` (seed 0): held-out test mIoU 23.96, oIoU 22.24,
+# Pr@0.5 10.86 (488 expressions), 10.4 min wall in total (data + training + evaluation).
+# This does NOT reach the target of mIoU 50: the model learns to segment every object of the
+# scene but, in this budget, not yet to use the sentence (changing the sentence hardly changes
+# the mask), so mIoU sits at the "all objects" level (~20-24) for every lr / loss / size tried.
 DEMO_RECIPE: dict[str, Any] = {
     "preset": "nano",
     "dataset": "rrsisd",
+    "model": {"image_size": 128, "beit3": {"img_size": 64}},
     "train_tokenizer": True,
     "tokenizer_vocab_size": 200,
-    "epochs": 8,
-    "batch_size": 4,
-    "lr": 2e-3,
-    "lr_fusion": 2e-3,
+    "epochs": 7,
+    "batch_size": 8,
+    "lr": 1e-3,
+    "lr_fusion": 1e-3,
     "weight_decay": 0.01,
     "lr_milestones": [6],
+    "clip_grad_norm": 1.0,
+    "w_ce": 0.5,
+    "w_dice": 1.0,
+    "w_tbl": 0.2,
+    "boundary_loss": "hard",
     "freeze": "none",
     "random_boxes": False,
     "precision": "fp32",
     "device": "cpu",
     "num_workers": 0,
-    "eval_every_epochs": 2,
+    "eval_every_epochs": 1,
+    "val_limit": 150,
     "eval_batch_size": 8,
     "log_every_steps": 5,
 }
-DEMO_NUM_IMAGES = 300
+DEMO_NUM_IMAGES = 1000
 QUICK = {"num_images": 24, "max_steps": 6}  # --quick: a smoke run for tests (minutes -> seconds)
 
 
