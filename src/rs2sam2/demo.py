@@ -25,11 +25,11 @@ import numpy as np
 # published 0.9 CE + 0.1 Dice collapses to "predict nothing" from scratch on these mostly-background
 # scenes); gradient clipping at 1.0 in place of a warmup (the trainer has none); the last epoch at
 # 0.1x the learning rate.
-# Measured 2026-11-26, 2-core CPU, `rs2sam2 demo` (seed 0): held-out test mIoU 23.96, oIoU 22.24,
-# Pr@0.5 10.86 (488 expressions), 10.4 min wall in total (data + training + evaluation).
-# This does NOT reach the target of mIoU 50: the model learns to segment every object of the
-# scene but, in this budget, not yet to use the sentence (changing the sentence hardly changes
-# the mask), so mIoU sits at the "all objects" level (~20-24) for every lr / loss / size tried.
+# Measured 2026-11-26, 2-core CPU, `rs2sam2 demo` (seed 0, BPE demo vocabulary): held-out test
+# mIoU 25.24, oIoU 22.55, Pr@0.5 14.14 (488 expressions), 7.7 min wall in total (data + training +
+# evaluation). This does NOT reach the target of mIoU 50: in this budget the model learns to segment
+# every object of the scene but barely to use the sentence (changing the sentence hardly changes the
+# mask), so mIoU sits near the "all objects" level (~20-25) for every lr / loss / size tried.
 DEMO_RECIPE: dict[str, Any] = {
     "preset": "nano",
     "dataset": "rrsisd",
