@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
@@ -27,6 +26,7 @@ import torch
 from torch import Tensor
 
 from .config import BEIT3_SIZES, HIERA_SIZES, FusionConfig, ModelConfig, get_config
+from .geo import atomic_write, atomic_write_bytes, atomic_write_text
 
 # Published keys that no forward pass of RS2-SAM2 uses. They are dropped on purpose, and only these:
 # the SAM2 video-memory modules, the published model's unused ``meo_linear``, SAM2.1's extra video
@@ -360,24 +360,13 @@ def save_pretrained(model, folder: str | os.PathLike, tokenizer_path: str | os.P
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    _atomic(folder / "model.safetensors", lambda p: save_file(tensors, str(p), metadata={"format": "pt"}))
+    with atomic_write(folder / "model.safetensors") as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
     cfg = {CONFIG_MARKER: model.config.to_dict(), "library": "rs2sam2"}
-    _atomic(folder / "config.json", lambda p: Path(p).write_text(json.dumps(cfg, indent=2)))
+    atomic_write_text(folder / "config.json", json.dumps(cfg, indent=2))
     if tokenizer_path is not None:
-        data = Path(tokenizer_path).read_bytes()
-        _atomic(folder / "tokenizer.model", lambda p: Path(p).write_bytes(data))
+        atomic_write_bytes(folder / "tokenizer.model", Path(tokenizer_path).read_bytes())
     return folder
-
-
-def _atomic(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def find_tokenizer(folder: str | os.PathLike) -> Path | None:

@@ -42,7 +42,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .metrics import PUBLISHED_THRESHOLD, ReferringMetrics, intersection_union, resize_target_nearest
+from .geo import atomic_write_text
+from .metrics import (
+    PUBLISHED_THRESHOLD,
+    ReferringMetrics,
+    intersection_union,
+    resize_target_nearest,
+)
 
 __all__ = [
     "evaluate_model",
@@ -387,13 +393,8 @@ def per_expression_csv_path(report_path: str | os.PathLike) -> Path:
 
 def write_report(report: dict[str, Any], path: str | os.PathLike) -> Path:
     """Write ``report`` as indented JSON (atomically)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     clean = {k: v for k, v in report.items() if not k.startswith("_")}
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(clean, indent=2, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, json.dumps(clean, indent=2, default=str) + "\n")
 
 
 def format_table(report: dict[str, Any]) -> str:

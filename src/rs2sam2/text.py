@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 from pathlib import Path
 from typing import Iterable, Literal, Sequence
 
@@ -268,16 +267,6 @@ def train_tokenizer(
         shuffle_input_sentence=False,
         minloglevel=2,  # quiet
     )
-    data = buffer.getvalue()
-    fd, tmp = tempfile.mkstemp(prefix=out.name + ".", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, out)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return out
+    from .geo import atomic_write_bytes
+
+    return atomic_write_bytes(out, buffer.getvalue())

@@ -82,6 +82,7 @@ import torch.distributed as dist
 from torch import nn
 
 from .config import ModelConfig, get_config
+from .geo import atomic_write, atomic_write_bytes
 from .losses import LossOutput, RS2SAM2Loss
 
 __all__ = [
@@ -295,7 +296,7 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
 def _write_yaml(path: Path, d: dict[str, Any]) -> None:
     import yaml
 
-    _atomic_write_bytes(path, yaml.safe_dump(d, sort_keys=False).encode("utf-8"))
+    atomic_write_bytes(path, yaml.safe_dump(d, sort_keys=False).encode("utf-8"))
 
 
 def _merge_dicts(base: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
@@ -689,22 +690,9 @@ def load_trainer_state(path: str | os.PathLike) -> dict[str, Any]:
     return state
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_write(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _find_last_checkpoint(run: Path) -> Path | None:
@@ -805,7 +793,11 @@ def _resolve_tokenizer(cfg: TrainConfig, run: Path, init_dir: Path | None, train
 
 
 def _build_model(cfg: TrainConfig, tokenizer, trained_tok: bool, resume_dir: Path | None, d: _Dist):
-    from .checkpoints import load_beit3_checkpoint, load_pretrained, load_sam2_checkpoint
+    from .checkpoints import (
+        load_beit3_checkpoint,
+        load_pretrained,
+        load_sam2_checkpoint,
+    )
     from .models import RS2SAM2
 
     notes = []
@@ -891,7 +883,7 @@ class _Trainer:
             init_dir = resolve_checkpoint(cfg.init)
         self.tokenizer, self.tokenizer_path, trained = _resolve_tokenizer(cfg, self.run, init_dir, self.train_ds, d)
         if d.is_main and self.tokenizer_path.resolve() != (self.run / "tokenizer.model").resolve():
-            _atomic_write_bytes(self.run / "tokenizer.model", self.tokenizer_path.read_bytes())
+            atomic_write_bytes(self.run / "tokenizer.model", self.tokenizer_path.read_bytes())
         self.tokenizer_path = self.run / "tokenizer.model"
 
         model, notes = _build_model(cfg, self.tokenizer, trained, resume_dir, d)
@@ -991,7 +983,10 @@ class _Trainer:
         state = load_trainer_state(folder)
         cfg, d = self.cfg, self.d
         if self.fsdp:
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+            from torch.distributed.checkpoint.state_dict import (
+                StateDictOptions,
+                set_optimizer_state_dict,
+            )
 
             set_optimizer_state_dict(self.ddp, self.optimizer, state["optimizer"],
                                      options=StateDictOptions(full_state_dict=True))
@@ -1017,7 +1012,10 @@ class _Trainer:
     # ----------------------------------------------------------------------------------- checkpoints
     def _gather_model_state(self) -> dict[str, torch.Tensor] | None:
         if self.fsdp:
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+            from torch.distributed.checkpoint.state_dict import (
+                StateDictOptions,
+                get_model_state_dict,
+            )
 
             sd = get_model_state_dict(self.ddp, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
             return sd if self.d.is_main else None
@@ -1025,7 +1023,10 @@ class _Trainer:
 
     def _gather_optimizer_state(self) -> dict[str, Any] | None:
         if self.fsdp:
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+            from torch.distributed.checkpoint.state_dict import (
+                StateDictOptions,
+                get_optimizer_state_dict,
+            )
 
             osd = get_optimizer_state_dict(self.ddp, self.optimizer,
                                            options=StateDictOptions(full_state_dict=True, cpu_offload=True))
@@ -1143,7 +1144,7 @@ class _Trainer:
             "config": cfg.to_dict(),
         }
         if d.is_main:
-            _atomic_write_bytes(self.run / "summary.json", (json.dumps(summary, indent=2, default=str) + "\n").encode())
+            atomic_write_bytes(self.run / "summary.json", (json.dumps(summary, indent=2, default=str) + "\n").encode())
         self.summary = summary
         return summary
 
