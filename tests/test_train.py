@@ -32,6 +32,7 @@ from rs2sam2.train import (
     per_sample_loss,
     read_yaml,
     train,
+    train_cpu_processes,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -296,6 +297,31 @@ def _assert_close_weights(ref: dict[str, torch.Tensor], got: dict[str, torch.Ten
         # fp32 summation-order noise; a genuine difference (another batch, unsynchronised gradients)
         # moves weights by ~lr = 1e-3
         assert diff < 3e-5, (k, diff)
+
+
+def test_cpu_processes_match_one_process(synth_data, tmp_path, single_process_reference):
+    """train_cpu_processes (no torchrun: ranks spawned in-process, as `rs2sam2 demo` does),
+    2 ranks x batch 1 == 1 process x batch 2, after 3 steps."""
+    run = tmp_path / "spawned"
+    summary = train_cpu_processes(_config(synth_data["refsegrs"], run, dataset="refsegrs", max_steps=3,
+                                          batch_size=1, random_boxes=True, device="cpu", adam_eps=ADAM_EPS), 2)
+    assert summary["world_size"] == 2 and summary["global_step"] == 3
+    _assert_close_weights(single_process_reference, _weights(run))
+
+
+def test_cli_cpu_processes(synth_data, tmp_path):
+    """`rs2sam2 train --cpu-processes 2`: two ranks, batch per process; a bad rank fails with exit code 2."""
+    data = synth_data["rrsisd"]
+    assert _cli_train(data, tmp_path / "run", "--max-steps", "2", "--batch-size", "1", "--cpu-processes", "2") == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["global_step"] == 2
+    # the same command on a folder that is not a dataset: the ranks fail, the launcher reports it
+    assert _cli_train(tmp_path / "nothing", tmp_path / "bad", "--max-steps", "2", "--cpu-processes", "2") == 2
+
+
+def test_cpu_processes_rejects_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match="processes"):
+        train_cpu_processes(_config(tmp_path, tmp_path / "run"), 0)
 
 
 def test_ddp_two_processes_match_one_process(synth_data, tmp_path, single_process_reference):

@@ -1,11 +1,13 @@
-"""Process-level settings that make CPU inference faster without changing any result."""
+"""Process-level settings: a faster CPU allocator (results unchanged) and worker clean-up."""
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import signal
 import sys
 
+_PR_SET_PDEATHSIG = 1
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 _tuned: bool | None = None
@@ -34,3 +36,16 @@ def tune_cpu_allocator() -> bool:
     except (OSError, AttributeError):  # not glibc (musl, ...): leave the allocator alone
         _tuned = False
     return _tuned
+
+
+def exit_with_parent() -> bool:
+    """Ask Linux to terminate this process (SIGTERM) when its parent dies, so that worker processes
+    started by a launcher that is killed do not keep running on their own. Returns whether it took
+    effect (Linux only)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        return libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM) == 0
+    except (OSError, AttributeError):
+        return False
