@@ -143,12 +143,19 @@ def run_benchmark(preset="paper", precision="fp32", device="cpu", batch=1, texts
         "matmul_gflops": round(rate, 1),
         "floor_seconds": round(floor, 4),
         "ratio_to_floor": round(statistics.median(ratios), 3),
+        **_memory_and_system(device),
+        "cpu": platform.processor() or platform.machine(),
+        "compile": compile,
+    }
+
+
+def _memory_and_system(device: str) -> dict:
+    """Peak memory so far and what the figures were measured with (shared by both benchmarks)."""
+    return {
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "cuda_peak_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if device == "cuda" else None,
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
-        "cpu": platform.processor() or platform.machine(),
-        "compile": compile,
     }
 
 
@@ -194,10 +201,7 @@ def run_train_benchmark(preset="nano", device="cpu", batch=1, text_len=12, runs=
         "seconds_per_step": round(statistics.median(times), 4),
         "runs": [round(t, 4) for t in times],
         "trainable_params": counts["total"]["trainable"],
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "cuda_peak_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if device == "cuda" else None,
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
+        **_memory_and_system(device),
     }
 
 

@@ -49,6 +49,7 @@ from .metrics import (
     intersection_union,
     resize_target_nearest,
 )
+from .predict import resolve_device
 
 __all__ = [
     "evaluate_model",
@@ -81,17 +82,6 @@ def _shard(indices: Sequence[int], rank: int, world_size: int) -> list[int]:
     per_rank = math.ceil(len(indices) / world_size)
     padded = indices + indices[: per_rank * world_size - len(indices)]
     return padded[rank::world_size]
-
-
-def _resolve_device(device: str | torch.device | None, model: torch.nn.Module | None = None) -> torch.device:
-    if device is None or str(device) == "auto":
-        if model is not None:
-            try:
-                return next(model.parameters()).device
-            except StopIteration:
-                pass
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def _autocast(device: torch.device, precision: str):
@@ -233,7 +223,7 @@ def evaluate_model(
     core = getattr(model, "module", model)
     cfg = core.config
     check_vocabulary(tokenizer, cfg.beit3.vocab_size)
-    device = _resolve_device(device, model)
+    device = resolve_device(device, model)
     rank, world = _dist_info()
     if indices is None:
         n = len(dataset) if limit is None else min(int(limit), len(dataset))
@@ -489,7 +479,7 @@ def _run(args: argparse.Namespace) -> int:
 
             tokenizer = load_tokenizer(tok_path)
             model = load_pretrained(ckpt, image_size=args.image_size)
-            device = _resolve_device(args.device)
+            device = resolve_device(args.device)
             model.to(device)
             report = evaluate_model(
                 model, dataset, tokenizer, threshold=args.threshold, batch_size=args.batch_size, device=device,

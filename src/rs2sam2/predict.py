@@ -68,6 +68,7 @@ __all__ = [
     "load_image",
     "parse_bands",
     "read_jobs",
+    "resolve_device",
     "write_outputs",
     "add_arguments",
     "run",
@@ -198,8 +199,14 @@ def _check_texts(texts: Sequence[Any]) -> list[str]:
     return clean
 
 
-def _resolve_device(device: str | torch.device | None) -> torch.device:
+def resolve_device(device: str | torch.device | None, model: torch.nn.Module | None = None) -> torch.device:
+    """``device`` as a ``torch.device``; ``None``/``"auto"``: the model's device when one is given,
+    else CUDA when available, else the CPU. Asking for CUDA without it raises :class:`InputError`."""
     if device is None or str(device) == "auto":
+        if model is not None:
+            param = next(model.parameters(), None)
+            if param is not None:
+                return param.device
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
@@ -248,7 +255,7 @@ class Predictor:
             raise CheckpointError(
                 f"tokenizer {getattr(tokenizer, 'source', '')!r} has {len(tokenizer)} ids but the model embeds "
                 f"only {cfg.beit3.vocab_size}: use the tokenizer the model was trained with")
-        self.device = _resolve_device(device)
+        self.device = resolve_device(device)
         self.precision = precision
         self.threshold = float(threshold)
         self.tokenizer = tokenizer

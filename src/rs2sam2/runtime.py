@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import signal
 import sys
 
@@ -27,14 +28,9 @@ def tune_cpu_allocator() -> bool:
     global _tuned
     if _tuned is not None:
         return _tuned
-    _tuned = False
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        _tuned = bool(libc.mallopt(_M_MMAP_THRESHOLD, 1 << 30)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, (1 << 31) - 1))
-    except (OSError, AttributeError):  # not glibc (musl, ...): leave the allocator alone
-        _tuned = False
+    mallopt = _linux_libc_function("mallopt")  # None on musl etc.: leave the allocator alone
+    _tuned = mallopt is not None and bool(mallopt(_M_MMAP_THRESHOLD, 1 << 30)) and bool(
+        mallopt(_M_TRIM_THRESHOLD, (1 << 31) - 1))
     return _tuned
 
 
@@ -42,10 +38,20 @@ def exit_with_parent() -> bool:
     """Ask Linux to terminate this process (SIGTERM) when its parent dies, so that worker processes
     started by a launcher that is killed do not keep running on their own. Returns whether it took
     effect (Linux only)."""
+    prctl = _linux_libc_function("prctl")
+    return prctl is not None and prctl(_PR_SET_PDEATHSIG, signal.SIGTERM) == 0
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _linux_libc_function(name: str):
+    """``name`` from the C library on Linux, or None (another OS, or a libc without it)."""
     if not sys.platform.startswith("linux"):
-        return False
+        return None
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        return libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM) == 0
+        return getattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), name)
     except (OSError, AttributeError):
-        return False
+        return None

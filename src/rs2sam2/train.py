@@ -928,6 +928,7 @@ class _Trainer:
             self.ddp = model
         self.fsdp = bool(cfg.fsdp and d.enabled)
 
+        self.trainable = [p for p in model.parameters() if p.requires_grad]
         groups = param_groups(model, cfg.lr, cfg.lr_fusion, cfg.weight_decay)
         self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.adam_eps,
                                            weight_decay=cfg.weight_decay)
@@ -1217,10 +1218,10 @@ class _Trainer:
                             f"in {self.run / 'checkpoints' / 'last'} (step of the last save) -- lower the learning "
                             "rate, enable --clip-grad-norm or check the data, then --resume")
                     if cfg.clip_grad_norm:
-                        params = [p for p in self.core.parameters() if p.requires_grad]
-                        norm = torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad_norm)
+                        norm = torch.nn.utils.clip_grad_norm_(self.trainable, cfg.clip_grad_norm)
                         grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # FSDP: DTensor
-                        if _all_any(not math.isfinite(grad_norm), d):
+                        # gradients are all-reduced, so every rank computes the same norm and stops alike
+                        if not math.isfinite(grad_norm):
                             raise NonFiniteLossError(
                                 f"non-finite gradient norm at step {step_number} (epoch {self.epoch}); stopped "
                                 "without applying it. The last good checkpoint is kept in "
@@ -1342,9 +1343,13 @@ def _cpu_worker(rank: int, world: int, port: int, threads: int, config: dict[str
     train(TrainConfig.from_dict(config))
 
 
-def train_cpu_processes(config: TrainConfig, processes: int, threads_per_process: int = 1) -> dict[str, Any]:
+def train_cpu_processes(config: TrainConfig, processes: int, threads_per_process: int | None = None
+                        ) -> dict[str, Any]:
     """Data-parallel training on this machine's CPU cores without torchrun: ``processes`` gloo ranks
-    of ``threads_per_process`` threads each, started here and joined; returns ``summary.json``.
+    of ``threads_per_process`` threads each (default: the available cores shared between them),
+    started here and joined; returns ``summary.json``. A rank that stops on a non-finite loss raises
+    :class:`NonFiniteLossError` here, as :func:`train` does; other failures of a rank raise
+    ``torch.multiprocessing.ProcessRaisedException`` with its traceback.
 
     Why: with the small tensors of CPU training, one process spends much of its time synchronising
     its threads; single-threaded ranks each do their own stream of work. Measured on the 2-core
@@ -1353,19 +1358,32 @@ def train_cpu_processes(config: TrainConfig, processes: int, threads_per_process
     process, as under torchrun, and the result equals one process with ``processes x batch_size``
     (per-sample loss).
     """
+    from .runtime import available_cores
+
+    if threads_per_process is None:
+        threads_per_process = max(1, available_cores() // max(processes, 1))
     if processes < 1 or threads_per_process < 1:
         raise ValueError(f"processes and threads_per_process must be >= 1, got {processes}, {threads_per_process}")
     if config.device not in ("cpu", "auto") or (config.device == "auto" and torch.cuda.is_available()):
         raise ValueError(f"train_cpu_processes trains on the CPU; got device {config.device!r}")
     cfg = dataclasses.replace(config, device="cpu")
+    cfg.resolved()  # configuration errors surface here, before any process starts
     if processes == 1:
         torch.set_num_threads(threads_per_process)
         return train(cfg)
     import torch.multiprocessing as mp
 
-    mp.spawn(_cpu_worker, args=(processes, _free_port(), threads_per_process, cfg.to_dict()), nprocs=processes,
-             join=True)
-    return json.loads((Path(cfg.out) / "summary.json").read_text())
+    summary_path = Path(cfg.out) / "summary.json"
+    try:
+        mp.spawn(_cpu_worker, args=(processes, _free_port(), threads_per_process, cfg.to_dict()),
+                 nprocs=processes, join=True)
+    except mp.ProcessRaisedException:
+        # the exception object stays in the rank; summary.json tells a non-finite stop apart
+        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+        if summary.get("status") == "stopped_nonfinite_loss":
+            raise NonFiniteLossError(summary["message"]) from None
+        raise
+    return json.loads(summary_path.read_text())
 
 
 # =====================================================================================================
@@ -1479,12 +1497,7 @@ def run(args: argparse.Namespace) -> int:
         missing = [f"--{k}" for k in ("preset", "dataset", "data", "out") if not getattr(cfg, k, None)]
         if missing:
             raise ValueError(f"missing {', '.join(missing)} (give them as flags or in --config)")
-        if args.cpu_processes > 1:
-            cfg.resolved()  # configuration errors surface here, before any process starts
-            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-            summary = train_cpu_processes(cfg, args.cpu_processes, max(1, cores // args.cpu_processes))
-        else:
-            summary = train(cfg)
+        summary = train_cpu_processes(cfg, args.cpu_processes) if args.cpu_processes > 1 else train(cfg)
     except NonFiniteLossError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3
