@@ -37,7 +37,7 @@ import numpy as np
 # Tried without gain: supervising the MPG prior with the target mask, full-width BHFM adapters, 3000
 # scenes instead of 1000 (at equal steps), a higher learning rate for the fusion parameters only.
 # Measured 2026-11-27, 2-core development CPU, `rs2sam2 demo` (seed 0): held-out test mIoU 33.80,
-# oIoU 31.46, Pr@0.5 29.10 (488 expressions) in 11.6 min wall in total; the previous recipe (lr 1e-3,
+# oIoU 31.46, Pr@0.5 29.10 (488 expressions) in 10.8-11.6 min wall in total; the previous recipe (lr 1e-3,
 # 7 epochs, one process) gave mIoU 25.24. Short of the goal of 50: colour words are followed,
 # object classes and positions only partly ("the storage tank" still also paints nearby planes).
 DEMO_RECIPE: dict[str, Any] = {
