@@ -46,6 +46,7 @@ def single_thread():
 def build_checkpoint(folder: str | Path, seed: int = 0) -> Path:
     """Write a ``save_pretrained`` folder with a nano model (seeded init) and its tokenizer."""
     import rs2sam2
+    from rs2sam2.checkpoints import save_pretrained
     from rs2sam2.text import load_tokenizer, train_tokenizer
 
     folder = Path(folder)
@@ -56,7 +57,7 @@ def build_checkpoint(folder: str | Path, seed: int = 0) -> Path:
     cfg = rs2sam2.get_config("nano", beit3=dataclasses.replace(base.beit3, vocab_size=len(tok)))
     torch.manual_seed(seed)
     model = rs2sam2.build_model(cfg).eval()
-    model.save_pretrained(folder, tokenizer_path=spm_path)
+    save_pretrained(model, folder, tokenizer_path=spm_path)
     return folder
 
 

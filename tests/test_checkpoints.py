@@ -38,9 +38,9 @@ def test_save_and_from_pretrained_roundtrip(tmp_path):
     torch.manual_seed(0)
     model = rs2sam2.build_model("nano").eval()
     spm = FIXTURES / "tokenizer" / "test_xlmr.model"
-    model.save_pretrained(tmp_path / "ckpt", tokenizer_path=spm)
+    rs2sam2.save_pretrained(model, tmp_path / "ckpt", tokenizer_path=spm)
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["config.json", "model.safetensors", "tokenizer.model"]
-    again = rs2sam2.RS2SAM2.from_pretrained(tmp_path / "ckpt").eval()
+    again = rs2sam2.load_pretrained(tmp_path / "ckpt").eval()
     assert again.config == model.config
     torch.testing.assert_close(_outputs(again), _outputs(model), atol=0, rtol=0)
 

@@ -8,6 +8,7 @@ from .checkpoints import (
     load_pretrained,
     load_sam2_checkpoint,
     read_state_dict,
+    save_pretrained,
 )
 from .config import PRESET_NAMES, FusionConfig, ModelConfig, get_config
 from .models import RS2SAM2, RS2SAM2Output, build_model
@@ -44,5 +45,6 @@ __all__ = [
     "load_sam2_checkpoint",
     "load_tokenizer",
     "read_state_dict",
+    "save_pretrained",
     "__version__",
 ]

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from .config import BEIT3_SIZES, HIERA_SIZES, FusionConfig, ModelConfig, get_config
-from .geo import atomic_write, atomic_write_bytes, atomic_write_text
+from .fsutil import atomic_write, atomic_write_bytes, atomic_write_text
 
 # Published keys that no forward pass of RS2-SAM2 uses. They are dropped on purpose, and only these:
 # the SAM2 video-memory modules, the published model's unused ``meo_linear``, SAM2.1's extra video
@@ -351,18 +351,25 @@ TOKENIZER_NAMES = ("tokenizer.model", "sentencepiece.bpe.model", "beit3.spm")
 
 
 def save_pretrained(model, folder: str | os.PathLike, tokenizer_path: str | os.PathLike | None = None) -> Path:
-    """Write ``config.json`` + ``model.safetensors`` (+ ``tokenizer.model``) into ``folder``.
+    """Write ``model`` as ``config.json`` + ``model.safetensors`` (+ ``tokenizer.model``) into ``folder``."""
+    return save_state_dict(model.state_dict(), model.config, folder, tokenizer_path)
 
-    Files are written to temporary names and renamed, so an interrupted save never leaves a
-    half-written checkpoint behind under the final names."""
+
+def save_state_dict(state_dict: Mapping[str, Tensor], config: ModelConfig, folder: str | os.PathLike,
+                    tokenizer_path: str | os.PathLike | None = None) -> Path:
+    """Write a state dict of our layout with its ``config`` as a ``save_pretrained`` folder.
+
+    Training saves gathered (FSDP) state dicts through this without a model at hand. Files are
+    written to temporary names and renamed, so an interrupted save never leaves a half-written
+    checkpoint behind under the final names."""
     from safetensors.torch import save_file
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
     with atomic_write(folder / "model.safetensors") as tmp:
         save_file(tensors, str(tmp), metadata={"format": "pt"})
-    cfg = {CONFIG_MARKER: model.config.to_dict(), "library": "rs2sam2"}
+    cfg = {CONFIG_MARKER: config.to_dict(), "library": "rs2sam2"}
     atomic_write_text(folder / "config.json", json.dumps(cfg, indent=2))
     if tokenizer_path is not None:
         atomic_write_bytes(folder / "tokenizer.model", Path(tokenizer_path).read_bytes())

@@ -155,7 +155,7 @@ def run_demo(out: str | Path = "rs2sam2-demo", num_images: int | None = None, ep
         "checkpoint": str(best),
         "files": {"training_curve": str(curve), "gallery": str(gallery_path)},
     }
-    from .geo import atomic_write_text
+    from .fsutil import atomic_write_text
 
     atomic_write_text(out / "report.json", json.dumps(result, indent=2))
     print(f"held-out test: mIoU {result['mIoU']:.2f}  oIoU {result['oIoU']:.2f}  Pr@0.5 {result['Pr@0.5']:.2f} "

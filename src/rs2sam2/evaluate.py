@@ -42,7 +42,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .geo import atomic_write_text
+from .fsutil import atomic_write_text
 from .metrics import (
     PUBLISHED_THRESHOLD,
     ReferringMetrics,

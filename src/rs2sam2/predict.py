@@ -407,7 +407,8 @@ def write_outputs(prediction: Prediction, rgb: np.ndarray, info: RasterInfo | No
     Every file is first written under a temporary name next to its destination; only when all of
     them are written are they renamed into place. Returns the paths written.
     """
-    from .geo import atomic_write, mask_to_geojson, write_geojson, write_mask, write_probability
+    from .fsutil import atomic_write
+    from .geo import mask_to_geojson, write_geojson, write_mask, write_probability
     from .viz import overlay as draw_overlay
 
     check_output_paths(out, geojson, overlay, prob)

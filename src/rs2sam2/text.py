@@ -267,6 +267,6 @@ def train_tokenizer(
         shuffle_input_sentence=False,
         minloglevel=2,  # quiet
     )
-    from .geo import atomic_write_bytes
+    from .fsutil import atomic_write_bytes
 
     return atomic_write_bytes(out, buffer.getvalue())

@@ -82,7 +82,7 @@ import torch.distributed as dist
 from torch import nn
 
 from .config import ModelConfig, get_config
-from .geo import atomic_write, atomic_write_bytes
+from .fsutil import atomic_write, atomic_write_bytes
 from .losses import LossOutput, RS2SAM2Loss
 
 __all__ = [
@@ -704,16 +704,6 @@ def _find_last_checkpoint(run: Path) -> Path | None:
     return None
 
 
-class _Holder:
-    """What ``save_pretrained`` needs (``state_dict()`` and ``config``) for an already gathered state dict."""
-
-    def __init__(self, state_dict: dict[str, torch.Tensor], config: ModelConfig) -> None:
-        self._sd, self.config = state_dict, config
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return self._sd
-
-
 # =====================================================================================================
 # logging
 # =====================================================================================================
@@ -1060,7 +1050,7 @@ class _Trainer:
 
     def save(self, name: str) -> None:
         """Write ``checkpoints/<name>`` (``last``: full trainer state; ``best``: without the optimizer)."""
-        from .checkpoints import save_pretrained
+        from .checkpoints import save_state_dict
 
         full = name == "last"
         if full and self._saved_step == self.global_step:
@@ -1071,7 +1061,7 @@ class _Trainer:
             root = self.run / "checkpoints"
             final, tmp, old = root / name, root / f"{name}.new", root / f"{name}.old"
             shutil.rmtree(tmp, ignore_errors=True)
-            save_pretrained(_Holder(sd, self.model_config), tmp, tokenizer_path=self.tokenizer_path)
+            save_state_dict(sd, self.model_config, tmp, tokenizer_path=self.tokenizer_path)
             _atomic_torch_save(self._trainer_state(full, osd), tmp / TRAINER_STATE)
             shutil.rmtree(old, ignore_errors=True)
             if final.exists():

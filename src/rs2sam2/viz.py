@@ -6,7 +6,7 @@
   referring expression and the IoU written above each row.
 * :func:`plot_curves` -- a small line chart (training loss per step, val mIoU per epoch ...).
 
-Files are written through :func:`rs2sam2.geo.atomic_write`, so a crash never leaves a partial PNG.
+Files are written through :func:`rs2sam2.fsutil.atomic_write`, so a crash never leaves a partial PNG.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from rs2sam2.geo import atomic_write
+from .fsutil import atomic_write
 
 __all__ = [
     "PRED_COLOR",

@@ -75,19 +75,6 @@ class RS2SAM2(nn.Module):
         # without memory; a still image is such a frame
         self.no_mem_embed = nn.Parameter(torch.zeros(1, 1, c))
 
-    @classmethod
-    def from_pretrained(cls, path, image_size: int | None = None) -> "RS2SAM2":
-        """Load from our ``save_pretrained`` folder, a released RS2-SAM2 folder, or a weights file."""
-        from ..checkpoints import load_pretrained
-
-        return load_pretrained(path, image_size=image_size)
-
-    def save_pretrained(self, folder, tokenizer_path=None):
-        """Write ``config.json`` + ``model.safetensors`` (+ ``tokenizer.model``) atomically."""
-        from ..checkpoints import save_pretrained
-
-        return save_pretrained(self, folder, tokenizer_path)
-
     def set_precision(self, precision: str) -> "RS2SAM2":
         """Cast weights once for inference: ``fp32``, or ``bf16``: the linear layers and convolutions
         of the Hiera trunk and of BEiT-3 (over 99% of the FLOPs and of the weights) hold bfloat16
@@ -153,6 +140,6 @@ class RS2SAM2(nn.Module):
 def build_model(name_or_config: str | ModelConfig = "paper", **overrides) -> RS2SAM2:
     """Build an RS2-SAM2 model from a preset name (``paper``, ``base``, ``tiny-parity``, ``nano``)
     or a :class:`ModelConfig`. Weights are randomly initialised; load checkpoints with
-    :func:`rs2sam2.load_official_state_dict` or :meth:`RS2SAM2.from_pretrained`."""
+    :func:`rs2sam2.load_official_state_dict` or :func:`rs2sam2.load_pretrained`."""
     cfg = get_config(name_or_config, **overrides) if isinstance(name_or_config, str) else name_or_config
     return RS2SAM2(cfg)

@@ -1,0 +1,131 @@
+"""Atomic file writes: every file the project writes appears whole under its final name or not at all.
+
+:func:`atomic_write` yields a temporary path in the destination folder and renames it over the
+destination only when the writer succeeds, so a crash, a full disk or an interrupt never leaves a
+half-written checkpoint, report, mask or tokenizer behind, and an older version stays as it was.
+It works with any writer that takes a path (torch, safetensors, PIL, rasterio, plain text).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+__all__ = ["atomic_write", "atomic_write_text", "atomic_write_bytes"]
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# Read once at import (os.umask is process-global and not thread-safe to query later).
+_UMASK = _current_umask()
+
+
+@contextlib.contextmanager
+def atomic_write(
+    path: str | os.PathLike[str], *, suffix: str | None = None, fsync: bool = True
+) -> Iterator[Path]:
+    """Write ``path`` atomically: yield a temporary path in the same folder, rename on success.
+
+    Usage::
+
+        with atomic_write("out/model.pt") as tmp:
+            torch.save(state, tmp)              # any writer that takes a path
+        with atomic_write("report.json") as tmp:
+            tmp.write_text(json.dumps(report))  # text
+        with atomic_write("blob.bin") as tmp, open(tmp, "wb") as f:
+            f.write(data)                       # binary file handle
+
+    The temporary file is created (empty) in the destination folder, named
+    ``.<name>.<random>.tmp<suffix>`` where ``suffix`` defaults to the destination's own suffix,
+    so writers that pick a format from the extension (PIL, rasterio) behave as for ``path``.
+    On normal exit it is (optionally) fsynced and ``os.replace``-d onto ``path`` -- an atomic
+    rename on POSIX and Windows, since both live on the same file system.  If the block raises
+    (anything, including ``KeyboardInterrupt``), the temporary file is removed, ``path`` is left
+    untouched (an older version stays as it was), and the exception propagates.
+
+    Missing parent folders are created.  The final file gets the permissions of the file it
+    replaces, or the usual ``0o666 & ~umask`` for a new file (not ``mkstemp``'s ``0o600``).
+
+    Args:
+        path: destination file.
+        suffix: suffix of the temporary file; defaults to ``Path(path).suffix``.
+        fsync: flush the file (and, on POSIX, the folder entry) to disk before/after the rename,
+            so the new content survives a crash.  Turn off for many small, unimportant files.
+    """
+    dest = Path(path)
+    if dest.is_dir():
+        raise IsADirectoryError(f"atomic_write: destination is a directory: {dest}")
+    parent = dest.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp_suffix = ".tmp" + (dest.suffix if suffix is None else suffix)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=tmp_suffix, dir=parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        if not tmp.exists():
+            raise FileNotFoundError(f"atomic_write: the writer removed the temporary file {tmp}")
+        try:
+            mode = dest.stat().st_mode & 0o7777
+        except FileNotFoundError:
+            mode = 0o666 & ~_UMASK
+        with contextlib.suppress(OSError):
+            os.chmod(tmp, mode)
+        if fsync and tmp.is_file():
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+        os.replace(tmp, dest)
+    except BaseException:
+        _remove_quietly(tmp)
+        raise
+    if fsync:
+        _fsync_dir(parent)
+
+
+def _remove_quietly(p: Path) -> None:
+    """Remove a file or folder left by a failed writer; never raises."""
+    try:
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Persist a rename in ``folder`` (POSIX only; a no-op where folders can't be opened)."""
+    if os.name != "posix":
+        return
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str, encoding: str = "utf-8") -> Path:
+    """Atomically write ``text`` to ``path``; returns ``Path(path)``."""
+    with atomic_write(path) as tmp:
+        tmp.write_text(text, encoding=encoding)
+    return Path(path)
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Atomically write ``data`` to ``path``; returns ``Path(path)``."""
+    with atomic_write(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
