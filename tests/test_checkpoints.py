@@ -14,6 +14,7 @@ from rs2sam2.checkpoints import (
     CheckpointError,
     infer_config,
     load_beit3_checkpoint,
+    locate,
     load_pretrained,
     load_sam2_checkpoint,
     read_state_dict,
@@ -157,3 +158,35 @@ def test_pickle_that_would_run_code_is_refused(tmp_path, monkeypatch):
         with pytest.raises(CheckpointError, match="weights_only"):
             read_state_dict(tmp_path / name)
     assert not marker.exists()
+
+
+def test_locate_resolves_files_folders_and_run_folders(tmp_path):
+    torch.manual_seed(0)
+    model = rs2sam2.build_model("nano").eval()
+    spm = FIXTURES / "tokenizer" / "test_xlmr.model"
+    run = tmp_path / "run"
+    rs2sam2.save_pretrained(model, run / "checkpoints" / "last")
+    (run / "tokenizer.model").write_bytes(spm.read_bytes())
+
+    found = locate(run)  # only checkpoints/last exists
+    assert found.path == run / "checkpoints" / "last" and found.weights.name == "model.safetensors"
+    assert found.tokenizer == run / "tokenizer.model" and found.config == model.config
+    rs2sam2.save_pretrained(model, run / "checkpoints" / "best", tokenizer_path=spm)
+    found = locate(run)  # best before last; its own tokenizer before the run's
+    assert found.path == run / "checkpoints" / "best"
+    assert found.tokenizer == run / "checkpoints" / "best" / "tokenizer.model"
+    torch.testing.assert_close(_outputs(load_pretrained(run).eval()), _outputs(model), atol=0, rtol=0)
+
+    weights = locate(run / "checkpoints" / "best" / "model.safetensors")  # a file: config.json beside it
+    assert weights.weights == weights.path and weights.config == model.config and weights.tokenizer is not None
+    assert locate(run).tokenizer_file(spm) == spm
+    with pytest.raises(CheckpointError, match="tokenizer not found"):
+        locate(run).tokenizer_file(tmp_path / "nope.model")
+
+    (tmp_path / "empty_run" / "checkpoints").mkdir(parents=True)
+    with pytest.raises(CheckpointError, match="without a saved checkpoint"):
+        locate(tmp_path / "empty_run")
+    bare = tmp_path / "bare"
+    rs2sam2.save_pretrained(model, bare)
+    with pytest.raises(CheckpointError, match=r"no tokenizer found.*looked for tokenizer\.model"):
+        locate(bare).tokenizer_file()

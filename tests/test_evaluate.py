@@ -15,7 +15,13 @@ from PIL import Image
 
 from rs2sam2.cli import main
 from rs2sam2.data import build_dataset
-from rs2sam2.evaluate import _shard, evaluate_model, evaluate_predictions, per_expression_csv_path
+from rs2sam2.evaluate import (
+    _shard,
+    evaluate_model,
+    evaluate_predictions,
+    per_expression_csv_path,
+    write_per_expression_csv,
+)
 from rs2sam2.text import load_tokenizer
 
 TOKENIZER = Path(__file__).parent / "fixtures" / "parity" / "tokenizer" / "test_xlmr.model"
@@ -235,6 +241,18 @@ def test_limit_and_csv(rrsisd_root, tokenizer, tmp_path):
     report = evaluate_model(_StubModel("left"), ds, tokenizer, limit=2, csv_path=tmp_path / "x.csv")
     assert report["num_expressions"] == 2 and report["protocol"]["limited_to_first"] == 2
     assert len(list(csv.DictReader((tmp_path / "x.csv").open()))) == 2
+
+
+def test_per_expression_csv(tmp_path):
+    from rs2sam2.metrics import ReferringMetrics
+
+    m = ReferringMetrics()
+    m.update(7, 2, 8, text='the "big" roof, left')
+    m.update(8, 0, 0)
+    path = write_per_expression_csv(tmp_path / "out" / "per_expression.csv", m)
+    with path.open(newline="", encoding="utf-8") as f:
+        read = list(csv.DictReader(f))
+    assert read[0]["text"] == 'the "big" roof, left' and float(read[0]["IoU"]) == 0.25
 
 
 def test_vocabulary_mismatch_is_an_error(rrsisd_root, tokenizer):

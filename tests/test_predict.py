@@ -240,6 +240,24 @@ def test_cli_png_input_gives_png_mask(ckpt, images, tmp_path, capsys):
             assert t.crs is None and t.transform.is_identity and (t.width, t.height) == (300, 200)
 
 
+def test_cli_accepts_a_training_run_folder(ckpt, images, predictor, tmp_path, capsys):
+    """``--checkpoint RUN`` uses RUN/checkpoints/best (before last) and the tokenizer of the run folder."""
+    run = tmp_path / "run"
+    for name in ("best", "last"):
+        (run / "checkpoints" / name).mkdir(parents=True)
+        shutil.copy(ckpt / "config.json", run / "checkpoints" / name / "config.json")
+    shutil.copy(ckpt / "model.safetensors", run / "checkpoints" / "best" / "model.safetensors")
+    (run / "checkpoints" / "last" / "model.safetensors").write_bytes(b"not read: best comes first")
+    shutil.copy(ckpt / "tokenizer.model", run / "tokenizer.model")
+    out = tmp_path / "out"
+    rc = _run("--checkpoint", run, "--image", images["png"], "--text", TEXTS[0], "--out", out / "mask.png",
+              "--threshold", "0")
+    assert rc == 0, capsys.readouterr().err
+    expected = predictor.predict(images["png"], TEXTS[0], threshold=0.0)
+    with Image.open(out / "mask.png") as m:
+        np.testing.assert_array_equal(np.asarray(m) == 255, expected.mask)
+
+
 def test_cli_batch_csv_and_jsonl(ckpt, images, predictor, tmp_path, capsys):
     work = tmp_path / "work"
     work.mkdir()

@@ -292,8 +292,10 @@ def launch(demo, host: str = "127.0.0.1", port: int | None = None, *, max_upload
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from .checkpoints import CHECKPOINT_HELP
+
     parser.add_argument("--checkpoint", required=True, metavar="CKPT",
-                        help="a save_pretrained folder, a released RS2-SAM2 folder, or a weights file")
+                        help=CHECKPOINT_HELP)
     parser.add_argument("--tokenizer", metavar="SPM", help="SentencePiece model (default: next to the checkpoint)")
     parser.add_argument("--host", default="127.0.0.1",
                         help="interface to listen on (default 127.0.0.1: this machine only; 0.0.0.0 exposes the "

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import math
 import os
@@ -42,10 +43,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .checkpoints import CHECKPOINT_HELP
 from .fsutil import atomic_write_text
 from .metrics import (
     PUBLISHED_THRESHOLD,
     ReferringMetrics,
+    binarize,
     intersection_union,
     resize_target_nearest,
 )
@@ -54,7 +57,7 @@ from .predict import resolve_device
 __all__ = [
     "evaluate_model",
     "evaluate_predictions",
-    "resolve_checkpoint",
+    "write_per_expression_csv",
     "write_report",
     "add_arguments",
     "run",
@@ -141,22 +144,23 @@ def _report_from(acc_model: ReferringMetrics, acc_orig: ReferringMetrics | None,
     return report
 
 
-def _write_csv(path: str | os.PathLike, acc_model: ReferringMetrics, acc_orig: ReferringMetrics | None) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+def write_per_expression_csv(path: str | os.PathLike, acc_model: ReferringMetrics,
+                             acc_orig: ReferringMetrics | None = None) -> Path:
+    """Write the per-expression CSV (:data:`CSV_FIELDS`, IoU in 0..1; the ``*_original`` columns are
+    empty without ``acc_orig``) atomically."""
     orig_rows = {r["id"]: r for r in acc_orig.rows()} if acc_orig is not None else {}
-    with path.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=list(CSV_FIELDS))
-        writer.writeheader()
-        for row in acc_model.rows():
-            o = orig_rows.get(row["id"])
-            writer.writerow({
-                "id": row["id"], "text": row["text"], "I": row["I"], "U": row["U"], "IoU": f"{row['IoU']:.6f}",
-                "I_original": "" if o is None else o["I"],
-                "U_original": "" if o is None else o["U"],
-                "IoU_original": "" if o is None else f"{o['IoU']:.6f}",
-            })
-    return path
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(CSV_FIELDS))
+    writer.writeheader()
+    for row in acc_model.rows():
+        o = orig_rows.get(row["id"])
+        writer.writerow({
+            "id": row["id"], "text": row["text"], "I": row["I"], "U": row["U"], "IoU": f"{row['IoU']:.6f}",
+            "I_original": "" if o is None else o["I"],
+            "U_original": "" if o is None else o["U"],
+            "IoU_original": "" if o is None else f"{o['IoU']:.6f}",
+        })
+    return atomic_write_text(path, buffer.getvalue())
 
 
 def _progress(iterable: Iterable, total: int, desc: str, enabled: bool):
@@ -254,7 +258,7 @@ def evaluate_model(
                 seen.add(eid)
                 mask_orig = batch["masks_orig"][b]
                 target = resize_target_nearest(mask_orig, size).to(device)
-                pred = logits[b, 0] > threshold
+                pred = binarize(logits[b, 0], threshold)
                 i, u = intersection_union(pred, target)
                 acc_model.update(eid, i, u, text=batch["texts"][b])
                 if acc_orig is not None:
@@ -262,7 +266,7 @@ def evaluate_model(
                     up = logits[b : b + 1]
                     if (h, w) != (size, size):
                         up = F.interpolate(up, size=(h, w), mode="bilinear", align_corners=False)
-                    i, u = intersection_union(up[0, 0] > threshold, mask_orig.to(device))
+                    i, u = intersection_union(binarize(up[0, 0], threshold), mask_orig.to(device))
                     acc_orig.update(eid, i, u, text=batch["texts"][b])
     finally:
         model.train(was_training)
@@ -276,7 +280,7 @@ def evaluate_model(
     if limit is not None and indices is not None and len(indices) < len(dataset):
         report["protocol"]["limited_to_first"] = len(indices)
     if csv_path is not None and rank == 0:
-        _write_csv(csv_path, acc_model, acc_orig)
+        write_per_expression_csv(csv_path, acc_model, acc_orig)
     if return_metrics:
         report["_metrics"] = (acc_model, acc_orig)
     return report
@@ -345,7 +349,7 @@ def evaluate_predictions(
     if limit is not None and n < len(dataset):
         report["protocol"]["limited_to_first"] = n
     if csv_path is not None:
-        _write_csv(csv_path, acc_model, acc_orig)
+        write_per_expression_csv(csv_path, acc_model, acc_orig)
     if return_metrics:
         report["_metrics"] = (acc_model, acc_orig)
     return report
@@ -355,25 +359,19 @@ def evaluate_predictions(
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
-    """A weights folder / file from what the user gave: a training run folder resolves to its
-    ``checkpoints/best`` (else ``checkpoints/last``); anything else is returned as is."""
-    path = Path(path)
-    if path.is_dir() and (path / "checkpoints").is_dir():
-        for name in ("best", "last"):
-            if (path / "checkpoints" / name / "config.json").exists():
-                return path / "checkpoints" / name
-    return path
+    """The checkpoint :func:`rs2sam2.checkpoints.locate` resolves ``path`` to (run folders to their
+    ``checkpoints/best`` or ``last``). Kept for ``train`` until it calls ``locate`` itself."""
+    from .checkpoints import locate
+
+    return locate(path).path
 
 
 def find_model_tokenizer(checkpoint: str | os.PathLike) -> Path | None:
-    """The tokenizer saved with a checkpoint (its folder, or the run folder above it)."""
-    from .checkpoints import find_tokenizer
+    """The tokenizer saved with a checkpoint (see :func:`rs2sam2.checkpoints.locate`). Kept for
+    ``train`` until it calls ``locate`` itself."""
+    from .checkpoints import locate
 
-    checkpoint = Path(checkpoint)
-    found = find_tokenizer(checkpoint)
-    if found is None and checkpoint.is_dir() and checkpoint.parent.name == "checkpoints":
-        found = find_tokenizer(checkpoint.parent.parent)
-    return found
+    return locate(checkpoint).tokenizer
 
 
 def per_expression_csv_path(report_path: str | os.PathLike) -> Path:
@@ -403,7 +401,7 @@ def format_table(report: dict[str, Any]) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     src = parser.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", help="model folder/file, or a training run folder (uses checkpoints/best)")
+    src.add_argument("--checkpoint", help=CHECKPOINT_HELP)
     src.add_argument("--predictions", help="folder of <expression id>.png masks (non-zero = foreground)")
     parser.add_argument("--data", required=True, help="dataset root (for jsonl: the .jsonl file or its folder)")
     parser.add_argument("--dataset", required=True, choices=("rrsisd", "refsegrs", "jsonl"))
@@ -448,7 +446,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .checkpoints import CheckpointError, load_pretrained
+    from .checkpoints import CheckpointError, load_pretrained, locate
     from .data import DatasetError, build_dataset
 
     rank, _ = _dist_info()
@@ -468,13 +466,8 @@ def _run(args: argparse.Namespace) -> int:
             )
             source = {"predictions": str(Path(args.predictions).resolve())}
         else:
-            ckpt = resolve_checkpoint(args.checkpoint)
-            tok_path = args.tokenizer or find_model_tokenizer(ckpt)
-            if tok_path is None:
-                print(f"error: no tokenizer found with checkpoint {ckpt} (looked for tokenizer.model, "
-                      "sentencepiece.bpe.model, beit3.spm); pass --tokenizer PATH (BEiT-3's beit3.spm for the "
-                      "released models)", file=sys.stderr)
-                return 2
+            located = locate(args.checkpoint)
+            ckpt, tok_path = located.path, located.tokenizer_file(args.tokenizer)
             from .text import load_tokenizer
 
             tokenizer = load_tokenizer(tok_path)

@@ -15,10 +15,7 @@ argmax of ``cat([1 - x, x])``, i.e. foreground iff ``x > 0.5`` (see :func:`binar
 
 from __future__ import annotations
 
-import csv
 import math
-import os
-from pathlib import Path
 from typing import Any, Hashable, Iterable, Sequence, TypeVar, Union
 
 import numpy as np
@@ -184,16 +181,6 @@ class ReferringMetrics:
             {"id": eid, "text": "" if txt is None else txt, "I": i, "U": u, "IoU": _iou(i, u)}
             for eid, txt, i, u in zip(self._ids, self._texts, self._inter, self._union)
         ]
-
-    def write_csv(self, path: str | os.PathLike[str]) -> Path:
-        """Write :meth:`rows` to a CSV file with a header line."""
-        out = Path(path)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with out.open("w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=["id", "text", "I", "U", "IoU"])
-            writer.writeheader()
-            writer.writerows(self.rows())
-        return out
 
     # ----------------------------------------------------------------- distributed
     def state_dict(self) -> dict[str, Any]:

@@ -56,7 +56,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checkpoints import TOKENIZER_NAMES, CheckpointError, find_tokenizer, load_pretrained
+from .checkpoints import CHECKPOINT_HELP, CheckpointError, load_pretrained, locate
 from .imageio import ImageReadError, RasterInfo, read_image, to_rgb_uint8
 from .metrics import PUBLISHED_THRESHOLD
 
@@ -270,28 +270,16 @@ class Predictor:
     def from_pretrained(cls, path: str | os.PathLike, device: str | torch.device | None = "cpu",
                         precision: str = "fp32", tokenizer=None, threshold: float = PUBLISHED_THRESHOLD,
                         image_size: int | None = None, **kwargs) -> Predictor:
-        """Load a checkpoint: our ``save_pretrained`` folder, a released RS2-SAM2 folder, or a weights
-        file. The tokenizer is ``tokenizer`` (a path or a Tokenizer) or the first of
-        ``tokenizer.model``, ``sentencepiece.bpe.model``, ``beit3.spm`` next to the weights.
+        """Load a checkpoint: our ``save_pretrained`` folder, a training run folder, a released RS2-SAM2
+        folder, or a weights file (see :func:`rs2sam2.checkpoints.locate`). The tokenizer is
+        ``tokenizer`` (a path or a Tokenizer) or the one saved with the checkpoint.
         ``image_size`` overrides the SAM2 input size of released folders (default 1024).
 
         Raises :class:`~rs2sam2.CheckpointError` (checkpoint or tokenizer missing/unreadable)."""
-        path = Path(path)
-        if not path.exists():
-            raise CheckpointError(f"checkpoint not found: {path}")
-        if tokenizer is None:
-            tokenizer = find_tokenizer(path)
-            if tokenizer is None:
-                folder = path if path.is_dir() else path.parent
-                raise CheckpointError(
-                    f"no tokenizer found for checkpoint {path}: looked for {', '.join(TOKENIZER_NAMES)} in "
-                    f"{folder}; pass the SentencePiece model with --tokenizer (tokenizer= in Python), e.g. "
-                    "BEiT-3's beit3.spm for released checkpoints")
-        elif isinstance(tokenizer, (str, os.PathLike)) and not Path(tokenizer).is_file():
-            raise CheckpointError(f"tokenizer not found: {tokenizer}")
-        if isinstance(tokenizer, (str, os.PathLike)):  # checked before the (large) weights are read
-            tokenizer = _load_tokenizer(tokenizer)
-        model = load_pretrained(path, image_size=image_size)
+        located = locate(path)
+        if tokenizer is None or isinstance(tokenizer, (str, os.PathLike)):  # before the (large) weights are read
+            tokenizer = _load_tokenizer(located.tokenizer_file(tokenizer))
+        model = load_pretrained(located.path, image_size=image_size)
         return cls(model, tokenizer, device=device, precision=precision, threshold=threshold, **kwargs)
 
     @property
@@ -580,7 +568,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "input CRS/transform for .tif outputs of georeferenced inputs). Exit status 2 on bad input.")
     g = parser.add_argument_group("model")
     g.add_argument("--checkpoint", required=True, metavar="CKPT",
-                   help="a save_pretrained folder, a released RS2-SAM2 folder, or a weights file")
+                   help=CHECKPOINT_HELP)
     g.add_argument("--tokenizer", metavar="SPM",
                    help="SentencePiece model (default: tokenizer.model / sentencepiece.bpe.model / beit3.spm "
                         "next to the checkpoint)")

@@ -45,7 +45,7 @@ class RS2SAM2Output:
 class RS2SAM2(nn.Module):
     """SAM2 image path with BHFM + BEiT-3 union encoder + MPG + text-guided decoder.
 
-    Submodules (our names; ``checkpoints.py`` maps the published ones onto them):
+    Submodules (our names; ``rs2sam2.checkpoints.convert`` maps the published ones onto them):
     ``union_encoder`` (BEiT-3), ``text_proj``, ``sparse_prompt``, ``mpg``, ``boundary_head``,
     ``image_encoder`` (Hiera + BHFM adapters + FPN), ``prompt_encoder``, ``mask_decoder``,
     ``no_mem_embed``.
