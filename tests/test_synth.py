@@ -8,6 +8,7 @@ import time
 import numpy as np
 import pytest
 
+from rs2sam2.cli import main as cli_main
 from rs2sam2.data import build_dataset, synth
 from rs2sam2.data.synth import CLASSES, COLOURS
 
@@ -199,8 +200,11 @@ def test_splits_argument(tmp_path):
 
 
 def test_other_image_size_and_cli(tmp_path, capsys):
-    summary = synth.main(["jsonl", str(tmp_path), "--num-images", "4", "--seed", "2", "--image-size", "128"])
-    assert json.loads(capsys.readouterr().out)["num_images"] == 4
+    rc = cli_main(["synth", "--format", "jsonl", "--out", str(tmp_path), "--num-images", "4", "--seed", "2",
+                   "--image-size", "128"])
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["num_images"] == 4
     ds = build_dataset("jsonl", tmp_path, None)
     sample = ds.load(0)
     assert sample["image"].shape == (128, 128, 3) and sample["mask"].any()
@@ -213,3 +217,18 @@ def test_two_hundred_images_are_fast(tmp_path):
     elapsed = time.perf_counter() - start
     assert summary["splits"]["train"]["images"] == 140
     assert elapsed < 20, f"200 images took {elapsed:.1f}s"
+
+
+def test_cli_documented_form_and_bad_arguments(tmp_path, capsys):
+    """The README's form; a bad value is a one-line error with exit code 2 and writes nothing."""
+    rc = cli_main(["synth", "--format", "rrsisd", "--out", str(tmp_path / "d"), "--num-images", "3", "--seed", "0"])
+    assert rc == 0 and json.loads(capsys.readouterr().out)["splits"]["train"]["images"] >= 1
+    assert len(build_dataset("rrsisd", tmp_path / "d", "train")) > 0
+    assert cli_main(["synth", "--format", "jsonl", "--out", str(tmp_path / "e"), "--num-images", "0"]) == 2
+    assert "num_images must be >= 1" in capsys.readouterr().err
+    assert cli_main(["synth", "--format", "jsonl", "--out", str(tmp_path / "f"), "--splits", "1", "-1", "0"]) == 2
+    assert "splits" in capsys.readouterr().err
+    assert not (tmp_path / "e").exists() and not (tmp_path / "f").exists()
+    with pytest.raises(SystemExit) as exc:  # the old positional form is gone
+        cli_main(["synth", "jsonl", str(tmp_path / "g")])
+    assert exc.value.code == 2

@@ -78,27 +78,13 @@ def make_examples(folder: str | os.PathLike, count: int = 4, seed: int = 2024) -
     return examples
 
 
-def _display(image, max_side: int = DISPLAY_MAX_SIDE):
-    """A PIL image shrunk (if needed) so that its longer side is at most ``max_side``."""
+def _display(rgb: np.ndarray):
+    """The image as shown on the page: a PIL image whose longer side is at most DISPLAY_MAX_SIDE."""
     from PIL import Image
 
-    img = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image))
-    w, h = img.size
-    scale = max_side / max(w, h)
-    if scale < 1:
-        img = img.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BILINEAR)
-    return img
+    from .viz import fit
 
-
-def _shrink_array(a: np.ndarray, size: tuple[int, int], nearest: bool = False) -> np.ndarray:
-    from PIL import Image
-
-    if a.shape[1::-1] == size:
-        return a
-    mode = Image.Resampling.NEAREST if nearest else Image.Resampling.BILINEAR
-    if a.dtype == bool:
-        return np.asarray(Image.fromarray(a.astype(np.uint8) * 255).resize(size, mode)) > 127
-    return np.asarray(Image.fromarray(a.astype(np.float32), mode="F").resize(size, mode))
+    return fit(Image.fromarray(rgb), DISPLAY_MAX_SIDE, enlarge=False)
 
 
 def _upload_path(file) -> str | None:
@@ -136,7 +122,7 @@ def segment(predictor, file, text: str, threshold: float | None, workdir: str | 
     """The app's event handler: ``(overlay, prior heatmap, mask file, GeoJSON file, summary markdown)``."""
     gr = _gradio()
     from .predict import InputError, write_outputs
-    from .viz import overlay, overlay_heatmap
+    from .viz import overlay, overlay_heatmap, resize_map
 
     path = _upload_path(file)
     if not path:
@@ -150,12 +136,11 @@ def segment(predictor, file, text: str, threshold: float | None, workdir: str | 
         raise gr.Error(str(exc)) from None
 
     shown = _display(rgb)
-    size = shown.size
     small_rgb = np.asarray(shown)
-    overlay_img = overlay(small_rgb, _shrink_array(pred.mask, size, nearest=True))
+    overlay_img = overlay(small_rgb, resize_map(pred.mask, shown.size))
     prior_img = None
     if pred.prior is not None:
-        prior_img = overlay_heatmap(small_rgb, _shrink_array(pred.prior, size), alpha=0.6)
+        prior_img = overlay_heatmap(small_rgb, resize_map(pred.prior, shown.size), alpha=0.6)
     else:
         gr.Warning("This model has no Mask Prompt Generator, so there is no prior to show.")
 

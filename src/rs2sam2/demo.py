@@ -18,28 +18,12 @@ from typing import Any
 
 import numpy as np
 
-# The demo's recipe (not a published one), from sweeps on the 2-core development CPU.
-# Everything is trained from scratch, so nothing is frozen and one learning rate serves both
-# parameter groups. Choices:
-# * the SAM2 branch at 128x128 and BEiT-3 at 64x64 (~3x more samples per second than 256 / 128);
-#   BEiT-3 at 128x128 costs only ~5% more per step but learned more slowly (val mIoU 26.1 vs 30.7
-#   after 6 epochs);
-# * learning rate 3e-4. At 1e-3 the image features grow ~30x within a few hundred steps (the stride-16
-#   FPN level from std 0.7 to 21), the decoder's layer norms then pass ~1e-6 of the gradient back to
-#   the text paths (sparse prompt, MPG prior), and the model settles on "every object of the scene",
-#   whatever the sentence: the masks before and after swapping the colour word overlapped at IoU
-#   0.93. At 3e-4 they overlap at IoU 0.15 (val mIoU 30.2 vs 24.7 after 8 epochs; 1.5e-4: 29.5; a
-#   300-step warmup to 1e-3 or 5e-4 did not recover it);
-# * Dice weighted up and CE down (the published 0.9 CE + 0.1 Dice collapses to "predict nothing"
-#   from scratch on these mostly-background scenes); gradient clipping at 1.0; the last two epochs
-#   at 0.1x the learning rate;
-# * two data-parallel training processes of one thread each (see demo_processes).
-# Tried without gain: supervising the MPG prior with the target mask, full-width BHFM adapters, 3000
-# scenes instead of 1000 (at equal steps), a higher learning rate for the fusion parameters only.
-# Measured 2026-11-27, 2-core development CPU, `rs2sam2 demo` (seed 0): held-out test mIoU 33.80,
-# oIoU 31.46, Pr@0.5 29.10 (488 expressions) in 10.8-11.6 min wall in total; the previous recipe (lr 1e-3,
-# 7 epochs, one process) gave mIoU 25.24. Short of the goal of 50: colour words are followed,
-# object classes and positions only partly ("the storage tank" still also paints nearby planes).
+# The demo's recipe (not a published one): everything is trained from scratch, so nothing is frozen
+# and one learning rate serves both parameter groups; small inputs keep a CPU run within minutes;
+# Dice is weighted up and cross-entropy down because the published weights collapse to "predict
+# nothing" from scratch on these mostly-background scenes; a moderate learning rate keeps the text
+# paths (sparse prompt, MPG prior) trained. The sweeps behind each choice, and the figures a run
+# gives, are in benchmarks/README.md ("Demo recipe").
 DEMO_RECIPE: dict[str, Any] = {
     "preset": "nano",
     "dataset": "rrsisd",
@@ -72,9 +56,9 @@ QUICK = {"num_images": 24, "max_steps": 6}  # --quick: a smoke run for tests (mi
 
 
 def demo_processes() -> int:
-    """Training processes: two data-parallel ranks when the machine has two or more cores (1.2x the
-    samples per second of one process on the development machine, see
-    :func:`rs2sam2.train.train_cpu_processes`), which share the cores."""
+    """Training processes: two data-parallel ranks sharing the cores when the machine has two or more
+    (more samples per second than one process, see benchmarks/README.md;
+    :func:`rs2sam2.train.train_cpu_processes`)."""
     from .runtime import available_cores
 
     return 2 if available_cores() >= 2 else 1
@@ -95,6 +79,7 @@ def run_demo(out: str | Path = "rs2sam2-demo", num_images: int | None = None, ep
     from .data import build_dataset
     from .data.synth import generate
     from .evaluate import evaluate_model
+    from .metrics import intersection_union
     from .predict import Predictor
     from .train import TrainConfig, train_cpu_processes
     from .viz import gallery, plot_curves
@@ -137,10 +122,9 @@ def run_demo(out: str | Path = "rs2sam2-demo", num_images: int | None = None, ep
     for i in np.linspace(0, len(test) - 1, num=min(gallery_size, len(test))).astype(int):
         sample = test.load(int(i))
         pred = predictor.predict(sample["image"], sample["text"])
-        inter = np.logical_and(pred.mask, sample["mask"]).sum()
-        union = np.logical_or(pred.mask, sample["mask"]).sum()
+        inter, union = intersection_union(pred.mask, sample["mask"])
         rows.append(dict(image=sample["image"], text=sample["text"], pred=pred.mask, target=sample["mask"],
-                         iou=float(inter / union) if union else 0.0))
+                         iou=inter / union if union else 0.0))
     gallery_path = gallery(rows, out / "gallery.png")
 
     elapsed = time.perf_counter() - t0

@@ -22,7 +22,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 from PIL import Image
@@ -223,7 +223,3 @@ def read_image(path: str | Path, bands: Sequence[int] | None = None) -> tuple[np
             errors.append(f"{reader.__name__.strip('_')}: {exc}")
     raise ImageReadError(f"cannot read image {path} ({'; '.join(errors)})")
 
-
-def describe(info: RasterInfo) -> dict[str, Any]:
-    """RasterInfo as a plain dict (for JSON logs and the demo)."""
-    return dict(vars(info))

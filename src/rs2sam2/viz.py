@@ -5,6 +5,8 @@
 * :func:`gallery` -- a grid "image | prediction | ground truth", one row per sample, with the
   referring expression and the IoU written above each row.
 * :func:`plot_curves` -- a small line chart (training loss per step, val mIoU per epoch ...).
+* :func:`caption_below` -- a picture with a sentence written on a white band below it.
+* :func:`fit` / :func:`resize_map` -- images and per-pixel maps scaled for display.
 
 Files are written through :func:`rs2sam2.fsutil.atomic_write`, so a crash never leaves a partial PNG.
 """
@@ -28,6 +30,10 @@ __all__ = [
     "as_rgb_uint8",
     "mask_boundary",
     "overlay",
+    "caption_below",
+    "fit",
+    "resize_map",
+    "save",
     "colormap",
     "heatmap",
     "overlay_heatmap",
@@ -302,17 +308,69 @@ def _wrap(draw: ImageDraw.ImageDraw, text: str, font: _FontT, max_width: int) ->
     return lines
 
 
+def caption_below(picture: Image.Image, caption: str) -> Image.Image:
+    """``picture`` with ``caption`` wrapped to its width on a white band below it (the font grows
+    with the picture, 12 to 24 px)."""
+    width = picture.width
+    font = _font(max(12, min(24, width // 32)))
+    scratch = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    lines = _wrap(scratch, caption, font, max(1, width - 8))
+    line_h = _line_height(scratch, font)
+    canvas = Image.new("RGB", (width, picture.height + line_h * len(lines) + 8), _BACKGROUND)
+    canvas.paste(picture.convert("RGB"), (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    for k, line in enumerate(lines):
+        draw.text((4, picture.height + 4 + k * line_h), line, fill=_TEXT, font=font)
+    return canvas
+
+
+# --------------------------------------------------------------------------------------------
+# Sizes and files
+# --------------------------------------------------------------------------------------------
+
+
+def fit(image: Image.Image, side: int, *, enlarge: bool = True,
+        resample: Image.Resampling = Image.Resampling.BILINEAR) -> Image.Image:
+    """``image`` scaled, keeping its aspect ratio, so that its longer side is ``side`` pixels;
+    with ``enlarge=False`` a smaller image is returned as it is."""
+    w, h = image.size
+    scale = side / max(w, h)
+    if scale > 1 and not enlarge:
+        return image
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return image if size == (w, h) else image.resize(size, resample)
+
+
+def resize_map(values: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """An ``(H, W)`` map resized to ``size = (width, height)`` (PIL's order, e.g. ``fit(...).size``):
+    a boolean mask with nearest neighbour (stays boolean), anything else bilinearly as float32."""
+    a = np.asarray(values)
+    if a.shape[1::-1] == tuple(size):
+        return a
+    if a.dtype == bool:
+        return np.asarray(Image.fromarray(a.astype(np.uint8) * 255).resize(size, Image.Resampling.NEAREST)) > 127
+    return np.asarray(Image.fromarray(a.astype(np.float32), mode="F").resize(size, Image.Resampling.BILINEAR))
+
+
+def save(image: Image.Image, path: str | os.PathLike[str]) -> Path:
+    """Write ``image`` atomically in the format its suffix names (``.png`` recommended)."""
+    dest = Path(path)
+    with atomic_write(dest) as tmp:
+        image.save(tmp, format=_format_for(dest))
+    return dest
+
+
+def _format_for(path: Path) -> str:
+    ext = path.suffix.lower()
+    fmt = Image.registered_extensions().get(ext)
+    if fmt is None:
+        raise ValueError(f"unknown image suffix {path.suffix!r}; use .png")
+    return fmt
+
+
 # --------------------------------------------------------------------------------------------
 # Gallery
 # --------------------------------------------------------------------------------------------
-
-
-def _fit(img: Image.Image, tile: int, resample: Image.Resampling) -> Image.Image:
-    """Resize so the longer side equals ``tile`` (keeping the aspect ratio)."""
-    w, h = img.size
-    scale = tile / max(w, h)
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    return img if size == (w, h) else img.resize(size, resample)
 
 
 def _tile_overlay(
@@ -322,12 +380,10 @@ def _tile_overlay(
 
     Drawing at tile size keeps the outline visible and avoids full-resolution work on big scenes.
     """
-    base = _fit(Image.fromarray(image), tile, Image.Resampling.BILINEAR)
+    base = fit(Image.fromarray(image), tile)
     if mask is None:
         return base
-    small = _fit(Image.fromarray(mask.astype(np.uint8) * 255), tile, Image.Resampling.NEAREST)
-    small_mask = np.asarray(small) > 127
-    return overlay(np.asarray(base), small_mask, color=color, alpha=0.45, outline_width=1)
+    return overlay(np.asarray(base), resize_map(mask, base.size), color=color, alpha=0.45, outline_width=1)
 
 
 def _placeholder(tile: int, text: str, font: _FontT) -> Image.Image:
@@ -420,18 +476,7 @@ def gallery(
             draw.rectangle([x0 - 1, y - 1, x0 + tile, y + tile], outline=(200, 200, 200))
         y += tile + pad + pad // 2
 
-    dest = Path(path)
-    with atomic_write(dest) as tmp:
-        canvas.save(tmp, format=_format_for(dest))
-    return dest
-
-
-def _format_for(path: Path) -> str:
-    ext = path.suffix.lower()
-    fmt = Image.registered_extensions().get(ext)
-    if fmt is None:
-        raise ValueError(f"unknown image suffix {path.suffix!r}; use .png")
-    return fmt
+    return save(canvas, path)
 
 
 # --------------------------------------------------------------------------------------------
@@ -619,7 +664,4 @@ def plot_curves(
             draw.line([(x0 + 6, yy), (x0 + 24, yy)], fill=color, width=3)
             draw.text((x0 + 30, yy - line_h // 2), name, fill=_TEXT, font=font)
 
-    dest = Path(path)
-    with atomic_write(dest) as tmp:
-        img.save(tmp, format=_format_for(dest))
-    return dest
+    return save(img, path)

@@ -13,16 +13,16 @@ produced it. Training draws one random expression per ref per step (``ds.refs`` 
 
 from __future__ import annotations
 
-import textwrap
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 
 from ..imageio import read_image
+from ..viz import caption_below, overlay, save
 
 __all__ = ["DatasetError", "Ref", "ReferringDataset", "read_mask_file"]
 
@@ -162,57 +162,15 @@ class ReferringDataset:
             },
         }
 
-    def summary(self) -> dict[str, Any]:
-        """Counts for logs: refs, expressions, distinct images."""
-        return {
-            "dataset": self.name,
-            "split": self.split,
-            "refs": len(self.refs),
-            "expressions": len(self.expressions),
-            "images": len({r.image_path for r in self.refs}),
-        }
-
     def plot(self, i: int, path: str | Path, mask: np.ndarray | None = None) -> Path:
-        """Save a PNG of expression ``i``: image with the mask in red, the sentence below.
-
-        ``mask`` (HxW bool) replaces the ground truth, e.g. to show a prediction.
+        """Save a picture of expression ``i`` (format from the suffix: ``.png``): the image with the
+        mask in red, the sentence below. ``mask`` (HxW bool) replaces the ground truth, e.g. to show
+        a prediction.
         """
         sample = self.load(i)
-        overlay = render_overlay(sample["image"], sample["mask"] if mask is None else mask,
-                                 f'[{sample["expression_id"]}] {sample["text"]}')
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        overlay.save(path, format="PNG")
-        return path
+        picture = overlay(sample["image"], sample["mask"] if mask is None else mask, alpha=0.45)
+        return save(caption_below(picture, f'[{sample["expression_id"]}] {sample["text"]}'), path)
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(split={self.split!r}, refs={len(self.refs)}, "
                 f"expressions={len(self.expressions)})")
-
-
-def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow built without FreeType: fixed bitmap font
-        return ImageFont.load_default()
-
-
-def render_overlay(image: np.ndarray, mask: np.ndarray, caption: str,
-                   colour: tuple[int, int, int] = (255, 40, 40), alpha: float = 0.45) -> Image.Image:
-    """Image with ``mask`` blended in ``colour`` and ``caption`` wrapped on a white band below."""
-    base = image.astype(np.float32)
-    m = np.asarray(mask, dtype=bool)
-    base[m] = (1 - alpha) * base[m] + alpha * np.asarray(colour, np.float32)
-    picture = Image.fromarray(np.clip(base, 0, 255).astype(np.uint8))
-    width = picture.width
-    font_size = max(12, min(24, width // 32))
-    font = _font(font_size)
-    chars_per_line = max(16, int(width / (0.55 * font_size)))
-    lines = textwrap.wrap(caption, chars_per_line) or [""]
-    line_height = font_size + 4
-    canvas = Image.new("RGB", (width, picture.height + line_height * len(lines) + 8), "white")
-    canvas.paste(picture, (0, 0))
-    draw = ImageDraw.Draw(canvas)
-    for k, line in enumerate(lines):
-        draw.text((4, picture.height + 4 + k * line_height), line, fill="black", font=font)
-    return canvas

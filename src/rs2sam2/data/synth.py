@@ -15,7 +15,7 @@ out exactly that object among the objects of its class (checked on the attribute
 disk so that the real readers are exercised. Everything is drawn from one seeded
 ``numpy.random.Generator``: the same seed gives the same files.
 
-Command line: ``python -m rs2sam2.data.synth rrsisd OUT --num-images 200 --seed 0``.
+Command line: ``rs2sam2 synth --format rrsisd --out OUT --num-images 200 --seed 0``.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import json
 import os
 import pickle
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -873,9 +874,9 @@ def generate(format: str, out: str | Path, num_images: int, seed: int, image_siz
     if num_images < 1:
         raise ValueError("num_images must be >= 1")
     start = time.perf_counter()
+    split_of = _assign_splits(num_images, seed, splits)  # checks the shares before anything is written
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    split_of = _assign_splits(num_images, seed, splits)
     writer = _WRITERS[format](out)
     for index, scene in enumerate(iter_scenes(num_images, seed, image_size)):
         writer.add(index, scene, split_of[index])
@@ -888,9 +889,9 @@ def generate(format: str, out: str | Path, num_images: int, seed: int, image_siz
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``rs2sam2 synth`` / ``python -m rs2sam2.data.synth``."""
-    parser.add_argument("format", choices=FORMATS, help="on-disk layout to write")
-    parser.add_argument("out", help="output folder (the dataset root)")
+    """Arguments of ``rs2sam2 synth``."""
+    parser.add_argument("--format", required=True, choices=FORMATS, help="on-disk layout to write")
+    parser.add_argument("--out", required=True, help="output folder (the dataset root)")
     parser.add_argument("--num-images", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--image-size", type=int, default=256)
@@ -899,21 +900,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Generate as ``args`` says and print the summary as JSON."""
-    summary = generate(args.format, args.out, args.num_images, args.seed, args.image_size, args.splits)
+    """Generate as ``args`` says and print the summary as JSON; a bad argument is exit code 2."""
+    try:
+        summary = generate(args.format, args.out, args.num_images, args.seed, args.image_size, args.splits)
+    except ValueError as exc:
+        print(f"rs2sam2 synth: error: {exc}", file=sys.stderr)
+        return 2
     print(json.dumps(summary, indent=2))
     return 0
-
-
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Command-line entry point; returns the summary (also printed)."""
-    parser = argparse.ArgumentParser(prog="python -m rs2sam2.data.synth", description=__doc__.split("\n")[0])
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    summary = generate(args.format, args.out, args.num_images, args.seed, args.image_size, args.splits)
-    print(json.dumps(summary, indent=2))
-    return summary
-
-
-if __name__ == "__main__":
-    main()

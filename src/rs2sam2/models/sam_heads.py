@@ -52,10 +52,6 @@ class PromptEncoder(nn.Module):
         )
         self.no_mask_embed = nn.Embedding(1, embed_dim)
 
-    @property
-    def mask_input_size(self) -> int:
-        return 4 * self.embed_size
-
     def dense_pe(self) -> Tensor:
         return self.pe_layer(self.embed_size).unsqueeze(0)  # (1, C, h, w)
 
