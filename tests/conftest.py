@@ -15,6 +15,19 @@ if DEVICE == "cuda":
     torch.backends.cuda.matmul.allow_tf32 = False
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Run a module's tests with one intra-op thread, restored afterwards: the nano model is too small
+    to gain from threads, and on a shared 2-core machine spinning OpenMP workers make each forward
+    pass ~10x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_published_state_dict():
     from parity_weights import manifest_state_dict

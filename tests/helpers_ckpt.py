@@ -33,16 +33,6 @@ GEO_ORIGIN = (500_000.0, 5_200_000.0)
 GEO_PIXEL = 0.5
 
 
-def single_thread():
-    """Generator for a fixture: run torch with one intra-op thread, then restore the count."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def build_checkpoint(folder: str | Path, seed: int = 0) -> Path:
     """Write a ``save_pretrained`` folder with a nano model (seeded init) and its tokenizer."""
     import rs2sam2

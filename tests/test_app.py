@@ -17,11 +17,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOT = Path("/tmp/rs2sam2_app.png")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """The nano model is too small to gain from intra-op threads, and on a shared 2-core machine
-    spinning OpenMP workers make each forward pass ~10x slower; restored afterwards."""
-    yield from h.single_thread()
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -93,6 +93,9 @@ def test_presets_and_sizes():
         FusionConfig(bhfm="sideways")
     with pytest.raises(ValueError, match="image_size"):
         dataclasses.replace(rs2sam2.get_config("nano"), image_size=250)
+    beit = rs2sam2.get_config("nano").beit3  # the token limit is capped by the position table
+    assert beit.text_len() == beit.max_text_len == beit.max_text_positions - 2
+    assert beit.text_len(8) == 8 and beit.text_len(10**6) == beit.max_text_len
 
 
 def test_input_errors():

@@ -22,11 +22,7 @@ from rs2sam2.predict import InputError, Prediction, Predictor, parse_bands, read
 TEXTS = ["the red building on the left", "ship", "the small gray vehicle near the road at the bottom", "tank"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """The nano model is too small to gain from intra-op threads, and on a shared 2-core machine
-    spinning OpenMP workers make each forward pass ~10x slower; restored afterwards."""
-    yield from h.single_thread()
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -64,6 +64,11 @@ class Beit3Config:
         # the published position tables are indexed from 2 (fairseq style)
         return self.max_text_positions - 2
 
+    def text_len(self, requested: int | None = None) -> int:
+        """Tokens per sentence, BOS and EOS included: ``requested`` capped at :attr:`max_text_len`
+        (the position table holds no more), or that limit when None."""
+        return self.max_text_len if requested is None else min(int(requested), self.max_text_len)
+
 
 @dataclass
 class FusionConfig:

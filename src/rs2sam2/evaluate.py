@@ -238,7 +238,7 @@ def evaluate_model(
         _TransformedDataset(dataset, shard, transform), batch_size=batch_size, shuffle=False,
         num_workers=num_workers, collate_fn=_list_collate,
     )
-    max_len = cfg.beit3.max_text_len if max_len is None else min(int(max_len), cfg.beit3.max_text_len)
+    max_len = cfg.beit3.text_len(max_len)
     acc_model, acc_orig = ReferringMetrics(), (ReferringMetrics() if original_resolution else None)
     was_training = model.training
     model.eval()

@@ -260,7 +260,7 @@ class Predictor:
         self.threshold = float(threshold)
         self.tokenizer = tokenizer
         self.mask_rule = mask_rule
-        self.max_len = cfg.beit3.max_text_len if max_len is None else min(int(max_len), cfg.beit3.max_text_len)
+        self.max_len = cfg.beit3.text_len(max_len)
         model.eval()
         model.requires_grad_(False)
         model.set_precision(precision).to(self.device)

@@ -22,17 +22,6 @@ from torch import Tensor
 
 from ..config import BEIT3_SIZES, HIERA_SIZES, FusionConfig, ModelConfig
 
-__all__ = [
-    "IGNORED_PUBLISHED_PREFIXES",
-    "CheckpointError",
-    "convert_beit3_state_dict",
-    "convert_published_state_dict",
-    "convert_sam2_state_dict",
-    "detect_layout",
-    "infer_config",
-    "unwrap_state_dict",
-]
-
 
 class CheckpointError(RuntimeError):
     """A checkpoint could not be read or does not fit the model; the message says which keys/file."""

@@ -22,20 +22,6 @@ from ..config import ModelConfig
 from ..fsutil import atomic_write, atomic_write_bytes, atomic_write_text
 from .convert import CheckpointError, unwrap_state_dict
 
-__all__ = [
-    "CHECKPOINT_HELP",
-    "CONFIG_MARKER",
-    "TOKENIZER_NAMES",
-    "WEIGHTS_NAMES",
-    "Located",
-    "find_tokenizer",
-    "locate",
-    "read_config",
-    "read_state_dict",
-    "save_pretrained",
-    "save_state_dict",
-]
-
 #: the key of our ``config.json`` that holds the model configuration
 CONFIG_MARKER = "rs2sam2_config"
 #: tokenizer file names, in order of preference (ours, the released folders', BEiT-3's)
