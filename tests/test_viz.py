@@ -11,13 +11,17 @@ from PIL import Image
 
 from rs2sam2.viz import (
     PRED_COLOR,
+    caption_below,
     colormap,
+    fit,
     gallery,
     heatmap,
     mask_boundary,
     overlay,
     overlay_heatmap,
     plot_curves,
+    resize_map,
+    save,
 )
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -194,3 +198,25 @@ def test_plot_curves_degenerate_inputs(tmp_path: Path) -> None:
     _assert_valid_png(plot_curves({"big": [(0, 1e7), (10, -3e6)]}, tmp_path / "big.png"))
     with pytest.raises(ValueError):
         plot_curves({"a": [(0, 1)]}, tmp_path / "tiny.png", size=(50, 50))
+
+
+def test_fit_resize_map_caption_and_save(tmp_path: Path) -> None:
+    img = Image.fromarray(_rgb(60, 80))
+    assert fit(img, 40).size == (40, 30) and fit(img, 160).size == (160, 120)
+    assert fit(img, 160, enlarge=False) is img and fit(img, 80) is img
+    mask = _blob()
+    small = resize_map(mask, (40, 30))
+    assert small.dtype == bool and small.shape == (30, 40)
+    np.testing.assert_array_equal(small, mask[1::2, 1::2])  # nearest: the pixel centres
+    prob = np.linspace(0, 1, 80, dtype=np.float32)[None].repeat(60, 0)
+    shrunk = resize_map(prob, (40, 30))
+    assert shrunk.dtype == np.float32 and shrunk.shape == (30, 40) and 0 <= shrunk.min() < shrunk.max() <= 1
+    assert resize_map(mask, (80, 60)) is mask
+    long = "the small gray vehicle parked next to the long road at the bottom left of the scene " * 2
+    captioned = caption_below(img, long)
+    assert captioned.width == 80 and captioned.height > 60 + 2 * 12  # wrapped onto several lines
+    assert np.array_equal(np.asarray(captioned)[:60], np.asarray(img))
+    path = save(captioned, tmp_path / "sub" / "c.png")
+    assert path.read_bytes()[:8] == PNG_SIGNATURE and sorted(p.name for p in path.parent.iterdir()) == ["c.png"]
+    with pytest.raises(ValueError, match="suffix"):
+        save(captioned, tmp_path / "c.unknown")

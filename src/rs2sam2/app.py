@@ -277,11 +277,11 @@ def launch(demo, host: str = "127.0.0.1", port: int | None = None, *, max_upload
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from .checkpoints import CHECKPOINT_HELP
+    from .checkpoints import CHECKPOINT_HELP, TOKENIZER_HELP
 
     parser.add_argument("--checkpoint", required=True, metavar="CKPT",
                         help=CHECKPOINT_HELP)
-    parser.add_argument("--tokenizer", metavar="SPM", help="SentencePiece model (default: next to the checkpoint)")
+    parser.add_argument("--tokenizer", metavar="SPM", help=TOKENIZER_HELP)
     parser.add_argument("--host", default="127.0.0.1",
                         help="interface to listen on (default 127.0.0.1: this machine only; 0.0.0.0 exposes the "
                              "demo, which has no login, to the network)")

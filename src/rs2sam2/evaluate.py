@@ -43,7 +43,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checkpoints import CHECKPOINT_HELP
+from .checkpoints import CHECKPOINT_HELP, TOKENIZER_HELP
 from .fsutil import atomic_write_text
 from .metrics import (
     PUBLISHED_THRESHOLD,
@@ -410,7 +410,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threshold", type=float, default=PUBLISHED_THRESHOLD,
                         help="logit threshold (default 0.5 = the published argmax rule)")
     parser.add_argument("--batch-size", type=int, default=1)
-    parser.add_argument("--tokenizer", help="SentencePiece model (default: the one saved with the checkpoint)")
+    parser.add_argument("--tokenizer", help=TOKENIZER_HELP)
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"),
                         help="auto = bf16 autocast on CUDA, fp32 on CPU")

@@ -56,7 +56,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checkpoints import CHECKPOINT_HELP, CheckpointError, load_pretrained, locate
+from .checkpoints import CHECKPOINT_HELP, TOKENIZER_HELP, CheckpointError, load_pretrained, locate
 from .imageio import ImageReadError, RasterInfo, read_image, to_rgb_uint8
 from .metrics import PUBLISHED_THRESHOLD
 
@@ -569,9 +569,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("model")
     g.add_argument("--checkpoint", required=True, metavar="CKPT",
                    help=CHECKPOINT_HELP)
-    g.add_argument("--tokenizer", metavar="SPM",
-                   help="SentencePiece model (default: tokenizer.model / sentencepiece.bpe.model / beit3.spm "
-                        "next to the checkpoint)")
+    g.add_argument("--tokenizer", metavar="SPM", help=TOKENIZER_HELP)
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when available; default)")
     g.add_argument("--precision", choices=PRECISIONS, default="fp32", help="fp32 (default) or bf16")
     g.add_argument("--image-size", type=int, metavar="N",

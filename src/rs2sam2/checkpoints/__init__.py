@@ -33,6 +33,7 @@ from .convert import (
 from .folders import (
     CHECKPOINT_HELP,
     CONFIG_MARKER,
+    TOKENIZER_HELP,
     TOKENIZER_NAMES,
     WEIGHTS_NAMES,
     Located,
@@ -48,6 +49,7 @@ __all__ = [
     "CHECKPOINT_HELP",
     "CONFIG_MARKER",
     "IGNORED_PUBLISHED_PREFIXES",
+    "TOKENIZER_HELP",
     "TOKENIZER_NAMES",
     "WEIGHTS_NAMES",
     "CheckpointError",

@@ -34,6 +34,9 @@ RUN_CHECKPOINTS = ("best", "last")
 #: what :func:`locate` accepts, for the ``--checkpoint`` help of the commands
 CHECKPOINT_HELP = ("a save_pretrained folder, a training run folder (its checkpoints/best, else checkpoints/last), "
                    "a released RS2-SAM2 folder, or a weights file")
+#: the ``--tokenizer`` help of the commands
+TOKENIZER_HELP = (f"SentencePiece model (default: the first of {', '.join(TOKENIZER_NAMES)} saved with the "
+                  "checkpoint, or in its training run folder)")
 
 
 @dataclass(frozen=True)
