@@ -41,7 +41,7 @@ def scene_truth():
     return truth
 
 
-@pytest.fixture(scope="module", params=["rrsisd", "refsegrs", "jsonl"])
+@pytest.fixture(scope="module", params=["rrsisd", "refsegrs", "jsonl", "risbench"])
 def synthetic(request, tmp_path_factory):
     out = tmp_path_factory.mktemp(request.param)
     summary = synth.generate(request.param, out, NUM_IMAGES, SEED)
@@ -86,6 +86,12 @@ def test_expression_ids(synthetic):
         for ref_index, text, eid in ds.expressions:
             stem, sentence = lines[int(eid)].split(" ", 1)
             assert sentence == text and stem == ds.refs[ref_index].ref_id
+    elif fmt == "risbench":  # id = zero-based line number of the split file
+        lines = (out / "risbench_val.jsonl").read_text().splitlines()
+        for ref_index, text, eid in ds.expressions:
+            record = json.loads(lines[int(eid)])
+            assert record["sent"] == text and record["split"] == "val"
+            assert ds.refs[ref_index].image_path == out / "images" / record["file_name"]
     else:
         records = [json.loads(line) for line in (out / "data.jsonl").read_text().splitlines()]
         by_id = {r["id"]: r["text"] for r in records if r["split"] == "val"}
