@@ -215,7 +215,7 @@ class ReferringDataset:
         if key not in self.resized_masks:
             self.resized_masks[key] = ((int(mask.shape[0]), int(mask.shape[1])), (height, width))
             warnings.warn(
-                f"{self.name} {self.split}: image {ref.image_path} is {height}x{width} but its mask "
+                f"{self.name} {self.split or 'all'}: image {ref.image_path} is {height}x{width} but its mask "
                 f"{mask.shape[0]}x{mask.shape[1]}; the mask is resized to the image (nearest neighbour). "
                 f"Images of this split so treated: {len(self.resized_masks)}", MaskSizeWarning, stacklevel=3)
         from ..metrics import resize_target_nearest
