@@ -26,6 +26,7 @@ on, so that ``rs2sam2 check-data`` can list every problem at once.
 
 from __future__ import annotations
 
+import json
 import textwrap
 import warnings
 from dataclasses import dataclass, field
@@ -172,6 +173,31 @@ class ReferringDataset:
             raise DatasetError(message)
         if not self.strict:
             self.problems.append(Problem(kind, message))
+
+    def _text_lines(self, path: Path) -> list[tuple[int, str]]:
+        """``(zero-based line number, line)`` of the non-blank lines of a UTF-8 text file."""
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as exc:
+            raise DatasetError(f"{path}: not UTF-8 text ({exc})") from exc
+        return [(number, line) for number, line in enumerate(lines) if line.strip()]
+
+    def _json_objects(self, path: Path) -> list[tuple[int, str, dict]]:
+        """``(line number, "<path>, line <n>", object)`` of the lines of a JSON-lines file; a line
+        that is not a JSON object is a ``bad_entry`` problem."""
+        out = []
+        for number, line in self._text_lines(path):
+            where = f"{path}, line {number + 1}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                self._problem("bad_entry", f"{where}: not valid JSON ({exc.msg})")
+                continue
+            if not isinstance(record, dict):
+                self._problem("bad_entry", f"{where}: expected a JSON object")
+                continue
+            out.append((number, where, record))
+        return out
 
     def _add_ref(self, ref_id: Any, image_path: Path, mask_source: Any,
                  texts: Sequence[tuple[str, str]], category: str | None = None) -> int:

@@ -61,22 +61,7 @@ class JsonlDataset(ReferringDataset):
     def _read_records(self) -> tuple[list[tuple[int, dict]], list[str]]:
         """``(line_number, record)`` of the lines in the split, and every split seen."""
         records, splits_seen = [], []
-        try:
-            lines = self.path.read_text(encoding="utf-8").splitlines()
-        except UnicodeDecodeError as exc:
-            raise DatasetError(f"{self.path}: not UTF-8 text ({exc})") from exc
-        for number, line in enumerate(lines):
-            if not line.strip():
-                continue
-            where = f"{self.path}, line {number + 1}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                self._problem("bad_entry", f"{where}: not valid JSON ({exc.msg})")
-                continue
-            if not isinstance(record, dict):
-                self._problem("bad_entry", f"{where}: expected a JSON object")
-                continue
+        for number, where, record in self._json_objects(self.path):
             missing = [k for k in ("image", "mask", "text") if not record.get(k)]
             if missing:
                 self._problem("no_mask" if missing == ["mask"] else "bad_entry", f"{where}: missing {missing}")

@@ -65,14 +65,8 @@ class RefSegRS(ReferringDataset):
 
     def _read_lines(self) -> list[tuple[int, str, str]]:
         """``(line_number, id, expression)`` for every non-blank line."""
-        try:
-            lines = self.phrase_path.read_text(encoding="utf-8").splitlines()
-        except UnicodeDecodeError as exc:
-            raise DatasetError(f"{self.phrase_path}: not UTF-8 text ({exc})") from exc
         entries = []
-        for number, line in enumerate(lines):
-            if not line.strip():
-                continue
+        for number, line in self._text_lines(self.phrase_path):
             parts = line.strip().split(maxsplit=1)
             if len(parts) != 2:
                 self._problem("bad_entry", f"{self.phrase_path}, line {number + 1}: expected '<id> <expression>', "

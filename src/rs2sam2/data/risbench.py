@@ -61,11 +61,8 @@ class RISBench(ReferringDataset):
             if missing:
                 raise DatasetError(f"{len(missing)} image(s) named in {self.path} are missing, e.g. {missing[0]}")
 
-    def _valid(self, record: object, where: str) -> bool:
+    def _valid(self, record: dict, where: str) -> bool:
         """Whether a parsed line is usable; reports what is wrong with it otherwise."""
-        if not isinstance(record, dict):
-            self._problem("bad_entry", f"{where}: expected a JSON object")
-            return False
         if not record.get("segmentation"):
             self._problem("no_mask", f"{where}: no 'segmentation'")
             return False
@@ -87,23 +84,8 @@ class RISBench(ReferringDataset):
 
     def _read_lines(self) -> list[tuple[int, dict]]:
         """``(line_number, record)`` of every usable line."""
-        try:
-            lines = self.path.read_text(encoding="utf-8").splitlines()
-        except UnicodeDecodeError as exc:
-            raise DatasetError(f"{self.path}: not UTF-8 text ({exc})") from exc
-        records = []
-        for number, line in enumerate(lines):
-            if not line.strip():
-                continue
-            where = f"{self.path}, line {number + 1}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                self._problem("bad_entry", f"{where}: not valid JSON ({exc.msg})")
-                continue
-            if self._valid(record, where):
-                records.append((number, record))
-        return records
+        return [(number, record) for number, where, record in self._json_objects(self.path)
+                if self._valid(record, where)]
 
     def _build(self, records: list[tuple[int, dict]]) -> None:
         by_object: dict[tuple[str, str], list[tuple[str, str]]] = {}

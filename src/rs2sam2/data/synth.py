@@ -739,6 +739,15 @@ class _Writer:
     def finish(self) -> dict[str, str]:
         return {}
 
+    def write_split_lines(self, name: str) -> dict[str, str]:
+        """Write ``self.lines[split]`` to ``out/<name with the split>``, one file per split."""
+        paths = {}
+        for split, lines in self.lines.items():
+            path = self.out / name.format(split)
+            path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+            paths[split] = str(path)
+        return paths
+
 
 class _RRSISDWriter(_Writer):
     def __init__(self, out: Path) -> None:
@@ -825,12 +834,7 @@ class _RefSegRSWriter(_Writer):
             self.lines[split].extend(f"{ref_id} {text}" for text in texts)
 
     def finish(self) -> dict[str, str]:
-        paths = {}
-        for split, lines in self.lines.items():
-            path = self.out / f"output_phrase_{split}.txt"
-            path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-            paths[split] = str(path)
-        return paths
+        return self.write_split_lines("output_phrase_{}.txt")
 
 
 class _JsonlWriter(_Writer):
@@ -879,12 +883,7 @@ class _RISBenchWriter(_Writer):
                 for text in texts)
 
     def finish(self) -> dict[str, str]:
-        paths = {}
-        for split, lines in self.lines.items():
-            path = self.out / f"risbench_{split}.jsonl"
-            path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-            paths[split] = str(path)
-        return paths
+        return self.write_split_lines("risbench_{}.jsonl")
 
 
 _WRITERS = {"rrsisd": _RRSISDWriter, "refsegrs": _RefSegRSWriter, "jsonl": _JsonlWriter,
