@@ -95,7 +95,8 @@ class RRSISD(ReferringDataset):
     A mask has the size instances.json gives its image (RLE parts must state the same size); when
     the image file itself differs by a few pixels, the base class's mask size rule applies. Each
     ref's category is the name (instances.json ``categories``) of its annotation's ``category_id``,
-    else of the ref's own ``category_id``, else the id itself.
+    else of the ref's own ``category_id``, else the id itself; a ref over annotations of several
+    categories gets their names joined with "+".
     """
 
     name = "rrsisd"
