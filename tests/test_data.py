@@ -330,6 +330,33 @@ def test_lenient_reading_records_every_problem(tmp_path):
     assert "line 4: id 'a' already used on line 1" in ds.problems[2].message
 
 
+def test_rrsisd_categories_and_repeated_ids(tmp_path):
+    seg = _rle_str(_box(1, 5, 1, 5))
+    annotations = [{"id": 1, "image_id": 1, "segmentation": seg, "category_id": 7},
+                   {"id": 2, "image_id": 1, "segmentation": seg, "category_id": 8},
+                   {"id": 3, "image_id": 1, "segmentation": seg}]
+    refs = [_ref(1, 1, first_sent=10), _ref(2, [1, 2], first_sent=20), {**_ref(3, 3, first_sent=30), "category_id": 9},
+            _ref(4, 3, first_sent=40)]
+    root = _rrsisd_root(tmp_path / "a", annotations, refs)
+    path = root / "rrsisd" / "instances.json"
+    data = json.loads(path.read_text())
+    data["categories"] = [{"id": 7, "name": "ship"}, {"id": 8, "name": "harbor"}]
+    data["images"].append(dict(data["images"][0]))  # the same image entry twice: harmless
+    path.write_text(json.dumps(data))
+    ds = RRSISD(root, "train")
+    assert [r.category for r in ds.refs] == ["ship", "harbor+ship", "9", None]
+    assert ds.expression_categories() == {"10": "ship", "20": "harbor+ship", "30": "9", "40": ""}
+    assert ds.load(0)["meta"]["category"] == "ship"
+    data["images"][1]["file_name"] = "b.jpg"  # the same id for another image: ambiguous
+    path.write_text(json.dumps(data))
+    with pytest.raises(DatasetError, match=r"instances\.json: images\[1\] repeats id 1"):
+        RRSISD(root, "train")
+    assert [p.kind for p in RRSISD(root, "train", strict=False).problems] == ["duplicate_id"]
+    dup = _rrsisd_root(tmp_path / "b", annotations, [_ref(1, 1, first_sent=10), _ref(2, 2, first_sent=10)])
+    with pytest.raises(DatasetError, match="sent_id 10 of ref 2 is also in ref 1"):
+        RRSISD(dup, "train")
+
+
 def test_refs_pickle_cannot_run_code(tmp_path):
     path = tmp_path / "evil.p"
     marker = tmp_path / "ran"
