@@ -15,6 +15,7 @@ from pycocotools import mask as coco_mask
 from rs2sam2.data import (
     DatasetError,
     JsonlDataset,
+    MaskSizeWarning,
     RefSegRS,
     RRSISD,
     SampleTransform,
@@ -22,7 +23,8 @@ from rs2sam2.data import (
     build_dataset,
 )
 from rs2sam2.data import synth
-from rs2sam2.data.rrsisd import decode_segmentation, load_refs_pickle
+from rs2sam2.data.rrsisd import load_refs_pickle
+from rs2sam2.data.segmentation import decode_segmentation
 
 SEED, NUM_IMAGES = 11, 24
 
@@ -41,7 +43,7 @@ def scene_truth():
     return truth
 
 
-@pytest.fixture(scope="module", params=["rrsisd", "refsegrs", "jsonl"])
+@pytest.fixture(scope="module", params=["rrsisd", "refsegrs", "jsonl", "risbench"])
 def synthetic(request, tmp_path_factory):
     out = tmp_path_factory.mktemp(request.param)
     summary = synth.generate(request.param, out, NUM_IMAGES, SEED)
@@ -86,6 +88,12 @@ def test_expression_ids(synthetic):
         for ref_index, text, eid in ds.expressions:
             stem, sentence = lines[int(eid)].split(" ", 1)
             assert sentence == text and stem == ds.refs[ref_index].ref_id
+    elif fmt == "risbench":  # id = zero-based line number of the split file
+        lines = (out / "risbench_val.jsonl").read_text().splitlines()
+        for ref_index, text, eid in ds.expressions:
+            record = json.loads(lines[int(eid)])
+            assert record["sent"] == text and record["split"] == "val"
+            assert ds.refs[ref_index].image_path == out / "images" / record["file_name"]
     else:
         records = [json.loads(line) for line in (out / "data.jsonl").read_text().splitlines()]
         by_id = {r["id"]: r["text"] for r in records if r["split"] == "val"}
@@ -238,6 +246,115 @@ def test_rrsisd_bad_references_and_sizes(tmp_path):
     missing_image = [{"id": 1, "file_name": "gone.jpg", "height": H, "width": W}]
     with pytest.raises(DatasetError, match="gone.jpg"):
         RRSISD(_rrsisd_root(tmp_path / "c", good, [_ref(1, 1)], images=missing_image), "train")
+
+
+def test_mask_size_rule_resizes_a_nearly_matching_mask_with_a_counted_warning(tmp_path):
+    """RRSIS-D's quirk: instances.json (and the RLE) say 40x50, the image file is 41x50. The mask is
+    resized to the image with nearest neighbour (pixel centres): output row j samples mask row
+    floor((j + 0.5) * 40 / 41), so rows 25..34 land on rows 26..35 (padding would keep 25..34)."""
+    box = _box(25, 35, 10, 20)
+    good = [{"id": 1, "image_id": 1, "segmentation": _rle_str(box)}]
+    root = _rrsisd_root(tmp_path, good, [_ref(1, 1, texts=("a", "b"))])
+    image = root / "images" / "rrsisd" / "JPEGImages" / "a.jpg"
+    Image.fromarray(np.full((H + 1, W, 3), 128, np.uint8)).save(image)
+    ds = RRSISD(root, "train")
+    assert ds.mask_size(0) == (H, W)
+    with pytest.warns(MaskSizeWarning, match=r"a\.jpg is 41x50 but its mask 40x50.*so treated: 1"):
+        sample = ds.load(0)
+    expected = np.zeros((H + 1, W), bool)
+    expected[26:36, 10:20] = True
+    np.testing.assert_array_equal(sample["mask"], expected)
+    assert ds.resized_masks == {str(image): ((H, W), (H + 1, W))}
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the second expression of the same image: no second warning
+        np.testing.assert_array_equal(ds.load(1)["mask"], expected)
+    # RRSIS-D's other case, fewer rows in the image (787 of 800 there): rows are dropped evenly
+    Image.fromarray(np.full((H - 1, W, 3), 128, np.uint8)).save(image)
+    with pytest.warns(MaskSizeWarning):
+        assert RRSISD(root, "train").load(0)["mask"].shape == (H - 1, W)
+    # beyond the tolerance (3% of the side, at least one pixel) the mask belongs to another image
+    Image.fromarray(np.full((H + 3, W, 3), 128, np.uint8)).save(image)
+    with pytest.raises(DatasetError, match="does not match"):
+        RRSISD(root, "train").load(0)
+
+
+def test_mask_size_fits():
+    from rs2sam2.data.base import mask_size_fits
+
+    assert mask_size_fits((800, 800), (801, 800)) and mask_size_fits((800, 800), (787, 800))
+    assert mask_size_fits((8, 8), (9, 8)) and not mask_size_fits((8, 8), (10, 8))
+    assert not mask_size_fits((800, 800), (760, 800)) and not mask_size_fits((8, 8), (16, 16))
+
+
+def test_jsonl_inline_rle_and_polygon_masks(tmp_path):
+    Image.fromarray(np.zeros((H, W, 3), np.uint8)).save(tmp_path / "im.png")
+    a = _box(2, 10, 3, 12)
+    poly = [5.0, 5.0, 15.0, 5.0, 15.0, 15.0, 5.0, 15.0]
+    lines = [
+        {"image": "im.png", "mask": _rle_str(a), "text": "rle", "category": "tank"},
+        {"image": "im.png", "mask": _uncompressed_rle(a), "text": "uncompressed"},
+        {"image": "im.png", "mask": [poly], "text": "polygon", "id": "p"},
+        {"image": "im.png", "mask": [poly], "text": "same polygon"},
+        {"image": "im.png", "mask": {"size": [H - 1, W], "counts": _rle_str(a[:-1])["counts"]}, "text": "short"},
+    ]
+    (tmp_path / "x.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    ds = JsonlDataset(tmp_path / "x.jsonl")
+    assert ds.num_refs == 4  # the two polygon lines are one object
+    with pytest.warns(MaskSizeWarning, match="40x50 but its mask 39x50"):  # "short": the mask size rule
+        masks = {ds.expressions[i][1]: ds.load(i)["mask"] for i in range(len(ds))}
+    np.testing.assert_array_equal(masks["short"], a)  # 39 rows stretched to 40: the last row repeats
+    np.testing.assert_array_equal(masks["rle"], a)
+    np.testing.assert_array_equal(masks["uncompressed"], a)
+    np.testing.assert_array_equal(masks["polygon"], decode_segmentation([poly], H, W))
+    assert 90 <= masks["polygon"].sum() <= 130
+    assert ds.mask_size(0) == (H, W) and ds.mask_size(2) is None  # a polygon has no size of its own
+    assert ds.expression_categories() == {"0": "tank", "1": "", "p": "", "3": "", "4": ""}
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"image": "im.png", "mask": [[1.0, 2.0]], "text": "t"}) + "\n")
+    with pytest.raises(DatasetError, match=r"bad\.jsonl \(inline mask.*polygon with 2 coordinates"):
+        JsonlDataset(tmp_path / "bad.jsonl").load(0)
+
+
+def test_lenient_reading_records_every_problem(tmp_path):
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "im.png")
+    ok = {"image": "im.png", "mask": [[0, 0, 3, 0, 3, 3]], "text": "t"}
+    lines = [json.dumps({**ok, "id": "a"}), "{oops", json.dumps({"image": "im.png", "text": "no mask"}),
+             json.dumps({**ok, "id": "a"}), json.dumps({**ok, "id": "b"})]
+    (tmp_path / "x.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(DatasetError, match="line 2"):
+        JsonlDataset(tmp_path / "x.jsonl")
+    ds = JsonlDataset(tmp_path / "x.jsonl", strict=False)
+    assert [e[2] for e in ds.expressions] == ["a", "b"]
+    assert [p.kind for p in ds.problems] == ["bad_entry", "no_mask", "duplicate_id"]
+    assert "line 4: id 'a' already used on line 1" in ds.problems[2].message
+
+
+def test_rrsisd_categories_and_repeated_ids(tmp_path):
+    seg = _rle_str(_box(1, 5, 1, 5))
+    annotations = [{"id": 1, "image_id": 1, "segmentation": seg, "category_id": 7},
+                   {"id": 2, "image_id": 1, "segmentation": seg, "category_id": 8},
+                   {"id": 3, "image_id": 1, "segmentation": seg}]
+    refs = [_ref(1, 1, first_sent=10), _ref(2, [1, 2], first_sent=20), {**_ref(3, 3, first_sent=30), "category_id": 9},
+            _ref(4, 3, first_sent=40)]
+    root = _rrsisd_root(tmp_path / "a", annotations, refs)
+    path = root / "rrsisd" / "instances.json"
+    data = json.loads(path.read_text())
+    data["categories"] = [{"id": 7, "name": "ship"}, {"id": 8, "name": "harbor"}]
+    data["images"].append(dict(data["images"][0]))  # the same image entry twice: harmless
+    path.write_text(json.dumps(data))
+    ds = RRSISD(root, "train")
+    assert [r.category for r in ds.refs] == ["ship", "harbor+ship", "9", None]
+    assert ds.expression_categories() == {"10": "ship", "20": "harbor+ship", "30": "9", "40": ""}
+    assert ds.load(0)["meta"]["category"] == "ship"
+    data["images"][1]["file_name"] = "b.jpg"  # the same id for another image: ambiguous
+    path.write_text(json.dumps(data))
+    with pytest.raises(DatasetError, match=r"instances\.json: images\[1\] repeats id 1"):
+        RRSISD(root, "train")
+    assert [p.kind for p in RRSISD(root, "train", strict=False).problems] == ["duplicate_id"]
+    dup = _rrsisd_root(tmp_path / "b", annotations, [_ref(1, 1, first_sent=10), _ref(2, 2, first_sent=10)])
+    with pytest.raises(DatasetError, match="sent_id 10 of ref 2 is also in ref 1"):
+        RRSISD(dup, "train")
 
 
 def test_refs_pickle_cannot_run_code(tmp_path):

@@ -159,6 +159,57 @@ def test_cli_predictions_writes_report_and_csv(rrsisd_root, predictions, tmp_pat
     assert rows[2]["I_original"] == "8" and rows[2]["U_original"] == "16"
 
 
+@pytest.fixture()
+def rrsisd_categories_root(rrsisd_root, tmp_path) -> Path:
+    """The hand-made RRSIS-D with named categories: 10 and 11 are vehicles, 12 and 13 ships (the
+    annotations' category_id, resolved through instances.json's categories)."""
+    import shutil
+
+    root = tmp_path / "with_categories"
+    shutil.copytree(rrsisd_root, root)
+    path = root / "rrsisd" / "instances.json"
+    data = json.loads(path.read_text())
+    data["categories"] = [{"id": 1, "name": "vehicle"}, {"id": 2, "name": "ship"}]
+    for ann in data["annotations"]:
+        ann["category_id"] = 1 if ann["id"] in (100, 101) else 2
+    path.write_text(json.dumps(data))
+    return root
+
+
+def test_cli_per_category_by_hand(rrsisd_categories_root, predictions, tmp_path, capsys):
+    out = tmp_path / "report.json"
+    rc = main(["evaluate", "--predictions", str(predictions), "--data", str(rrsisd_categories_root),
+               "--dataset", "rrsisd", "--split", "test", "--out", str(out), "--no-progress"])
+    assert rc == 0
+    report = json.loads(out.read_text())
+    # IoUs: "10" 16/16 = 1 and "11" 0/8 (vehicle); "12" 8/16 = 0.5 and "13" 0/0 -> 0 (ship)
+    vehicle = {"Pr@0.5": 50.0, "Pr@0.6": 50.0, "Pr@0.9": 50.0, "mIoU": 50.0, "oIoU": 100 * 16 / 24}
+    ship = {"Pr@0.5": 50.0, "Pr@0.6": 0.0, "Pr@0.9": 0.0, "mIoU": 25.0, "oIoU": 100 * 8 / 16}
+    for block in (report["per_category"], report["original_resolution"]["per_category"]):
+        assert list(block) == ["ship", "vehicle"]
+        for name, expected in (("vehicle", vehicle), ("ship", ship)):
+            assert block[name]["num_expressions"] == 2 and block[name]["cIoU"] == block[name]["oIoU"]
+            for key, value in expected.items():
+                assert block[name][key] == pytest.approx(value), (name, key)
+    assert report["mIoU"] == pytest.approx(37.5)  # the overall figures are unchanged
+    rows = list(csv.DictReader(per_expression_csv_path(out).open()))
+    assert [(r["id"], r["category"]) for r in rows] == [("10", "vehicle"), ("11", "vehicle"), ("12", "ship"),
+                                                         ("13", "ship")]
+    console = capsys.readouterr().out
+    assert "per category" in console
+    assert any(line.split(":")[0].strip() == "vehicle" and "mIoU  50.00" in line and "(n=2)" in line
+               for line in console.splitlines())
+
+
+def test_report_names_the_metrics_across_papers(rrsisd_root, predictions):
+    report = evaluate_predictions(predictions, build_dataset("rrsisd", rrsisd_root, "test"))
+    for block in (report, report["original_resolution"]):
+        assert block["cIoU"] == block["oIoU"] and "gIoU" not in block
+    names = report["metric_names"]
+    assert "cIoU" in names["oIoU"] and "overall IoU" in names["oIoU"] and "DiCoR" in names["oIoU"]
+    assert "SegEarth" in names["mIoU"] and "RSRefSeg 2" in names["mIoU"]
+
+
 def test_cli_missing_prediction_fails_with_the_name(rrsisd_root, predictions, tmp_path, capsys):
     (predictions / "11.png").unlink()
     rc = main(["evaluate", "--predictions", str(predictions), "--data", str(rrsisd_root), "--dataset", "rrsisd",

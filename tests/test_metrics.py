@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from rs2sam2.metrics import ReferringMetrics, binarize, intersection_union, resize_target_nearest
+from rs2sam2.metrics import (
+    METRIC_NAMES,
+    ReferringMetrics,
+    binarize,
+    intersection_union,
+    per_category,
+    report_metrics,
+    resize_target_nearest,
+)
 
 
 def test_intersection_union_torch_and_numpy() -> None:
@@ -138,3 +146,32 @@ def test_rows() -> None:
     rows = m.rows()
     assert rows[0] == {"id": 7, "text": 'the "big" roof, left', "I": 2, "U": 8, "IoU": 0.25}
     assert rows[1]["IoU"] == 0.0 and rows[1]["text"] == ""
+
+
+def test_report_metrics_carries_cIoU_and_no_gIoU() -> None:
+    m = ReferringMetrics()
+    m.update("a", 3, 4)
+    m.update("b", 1, 6)
+    r = report_metrics(m)
+    assert r["cIoU"] == r["oIoU"] == pytest.approx(40.0)
+    assert "gIoU" not in r and list(r)[:7] == ["Pr@0.5", "Pr@0.6", "Pr@0.7", "Pr@0.8", "Pr@0.9", "mIoU", "oIoU"]
+    assert report_metrics(ReferringMetrics()) == {"num_expressions": 0}
+    assert "cIoU" in METRIC_NAMES["oIoU"] and "gIoU" in METRIC_NAMES["mIoU"] and "DiCoR" in METRIC_NAMES["oIoU"]
+
+
+def test_per_category_by_hand() -> None:
+    m = ReferringMetrics()
+    for eid, i, u in (("1", 9, 10), ("2", 1, 4), ("3", 5, 10), ("4", 0, 0), ("5", 7, 7)):
+        m.update(eid, i, u)
+    cats = per_category(m, {"1": "ship", "2": "ship", "3": "tank", "4": "tank", "5": ""})
+    assert list(cats) == ["(none)", "ship", "tank"]
+    ship, tank, none = cats["ship"], cats["tank"], cats["(none)"]
+    # ship: IoUs 0.9 and 0.25; oIoU 10 / 14
+    assert ship["num_expressions"] == 2 and ship["mIoU"] == pytest.approx(57.5)
+    assert ship["oIoU"] == ship["cIoU"] == pytest.approx(100 * 10 / 14)
+    assert (ship["Pr@0.5"], ship["Pr@0.9"]) == (50.0, 50.0)
+    # tank: IoUs 0.5 and 0 (empty union); oIoU 5 / 10
+    assert tank["mIoU"] == pytest.approx(25.0) and tank["oIoU"] == pytest.approx(50.0)
+    assert (tank["Pr@0.5"], tank["Pr@0.6"]) == (50.0, 0.0)
+    assert none["num_expressions"] == 1 and none["mIoU"] == pytest.approx(100.0)
+

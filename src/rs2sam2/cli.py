@@ -14,6 +14,7 @@ COMMANDS = {
     "predict": ("rs2sam2.predict", "segment the object a sentence describes in an image / GeoTIFF"),
     "serve": ("rs2sam2.app", "web demo (Gradio)"),
     "synth": ("rs2sam2.data.synth", "write a generated dataset in the RRSIS-D / RefSegRS / JSONL layout"),
+    "check-data": ("rs2sam2.datacheck", "list missing or broken images and masks, size mismatches, duplicates"),
     "benchmark": ("rs2sam2.benchmark", "time a forward pass and report the ratio to the matmul floor"),
 }
 

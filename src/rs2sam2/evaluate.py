@@ -19,7 +19,16 @@ The same metrics at each image's original resolution are reported under ``"origi
 the S x S logits are resized to the image size with bilinear interpolation (align_corners=False) and
 then thresholded; for ``--predictions``, a mask whose size differs from the image is resized with
 nearest neighbour. A per-expression CSV (``id, text, I, U, IoU`` at model resolution, then
-``I_original, U_original, IoU_original``) is written next to the report as ``<report stem>_per_expression.csv``.
+``I_original, U_original, IoU_original``, then ``category``) is written next to the report as
+``<report stem>_per_expression.csv``.
+
+Names across papers (see :mod:`rs2sam2.metrics`): ``oIoU`` is the cumulative IoU ("overall IoU",
+"cIoU", DiCoR's "gIoU"); every metrics block also carries it as ``cIoU``; ``mIoU`` is what SegEarth and
+RSRefSeg 2 call "gIoU", so no ``gIoU`` key is written. The report's ``metric_names`` says so.
+
+Per category: when the dataset names object categories (RRSIS-D: instances.json; JSONL: a
+``category`` field), ``per_category`` holds the same metrics for each category's expressions, at
+model resolution and inside ``original_resolution``.
 
 Python use::
 
@@ -46,10 +55,13 @@ import torch.nn.functional as F
 from .checkpoints import CHECKPOINT_HELP, TOKENIZER_HELP
 from .fsutil import atomic_write_text
 from .metrics import (
+    METRIC_NAMES,
     PUBLISHED_THRESHOLD,
     ReferringMetrics,
     binarize,
     intersection_union,
+    per_category,
+    report_metrics,
     resize_target_nearest,
 )
 from .predict import resolve_device
@@ -63,7 +75,7 @@ __all__ = [
     "run",
 ]
 
-CSV_FIELDS = ("id", "text", "I", "U", "IoU", "I_original", "U_original", "IoU_original")
+CSV_FIELDS = ("id", "text", "I", "U", "IoU", "I_original", "U_original", "IoU_original", "category")
 
 
 # --- helpers ---------------------------------------------------------------------------------------
@@ -131,8 +143,11 @@ def _in_order(acc: ReferringMetrics, ids: Sequence[str]) -> ReferringMetrics:
 
 
 def _report_from(acc_model: ReferringMetrics, acc_orig: ReferringMetrics | None, threshold: float | None,
-                 image_size: int) -> dict[str, Any]:
-    report: dict[str, Any] = dict(acc_model.compute()) if len(acc_model) else {"num_expressions": 0}
+                 image_size: int, categories: dict[str, str] | None = None) -> dict[str, Any]:
+    report: dict[str, Any] = report_metrics(acc_model)
+    if categories is not None:
+        report["per_category"] = per_category(acc_model, categories)
+    report["metric_names"] = dict(METRIC_NAMES)
     report["protocol"] = {
         "resolution": image_size,
         "target_resize": "nearest (pixel centres)",
@@ -140,14 +155,17 @@ def _report_from(acc_model: ReferringMetrics, acc_orig: ReferringMetrics | None,
         "empty_union_iou": 0.0,
     }
     if acc_orig is not None:
-        report["original_resolution"] = dict(acc_orig.compute()) if len(acc_orig) else {"num_expressions": 0}
+        report["original_resolution"] = report_metrics(acc_orig)
+        if categories is not None:
+            report["original_resolution"]["per_category"] = per_category(acc_orig, categories)
     return report
 
 
 def write_per_expression_csv(path: str | os.PathLike, acc_model: ReferringMetrics,
-                             acc_orig: ReferringMetrics | None = None) -> Path:
+                             acc_orig: ReferringMetrics | None = None,
+                             categories: dict[str, str] | None = None) -> Path:
     """Write the per-expression CSV (:data:`CSV_FIELDS`, IoU in 0..1; the ``*_original`` columns are
-    empty without ``acc_orig``) atomically."""
+    empty without ``acc_orig``, ``category`` without ``categories``) atomically."""
     orig_rows = {r["id"]: r for r in acc_orig.rows()} if acc_orig is not None else {}
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(CSV_FIELDS))
@@ -159,6 +177,7 @@ def write_per_expression_csv(path: str | os.PathLike, acc_model: ReferringMetric
             "I_original": "" if o is None else o["I"],
             "U_original": "" if o is None else o["U"],
             "IoU_original": "" if o is None else f"{o['IoU']:.6f}",
+            "category": (categories or {}).get(row["id"], ""),
         })
     return atomic_write_text(path, buffer.getvalue())
 
@@ -218,8 +237,9 @@ def evaluate_model(
     rank returns the full report.
 
     Returns:
-        ``{"Pr@0.5", ..., "Pr@0.9", "mIoU", "oIoU", "num_expressions", "protocol": {...},
-        "original_resolution": {...}}``.
+        ``{"Pr@0.5", ..., "Pr@0.9", "mIoU", "oIoU", "cIoU" (= oIoU), "num_expressions",
+        "per_category": {...} (when the dataset names categories), "metric_names": {...},
+        "protocol": {...}, "original_resolution": {...}}``.
     """
     from .data.collate import check_vocabulary, collate, move_batch
     from .data.transforms import SampleTransform
@@ -275,12 +295,13 @@ def evaluate_model(
         acc_model = _in_order(_merge_across_ranks(acc_model), order)
         if acc_orig is not None:
             acc_orig = _in_order(_merge_across_ranks(acc_orig), order)
-    report = _report_from(acc_model, acc_orig, threshold, size)
+    categories = dataset.expression_categories()
+    report = _report_from(acc_model, acc_orig, threshold, size, categories)
     report["seconds"] = round(time.perf_counter() - start, 3)
     if limit is not None and indices is not None and len(indices) < len(dataset):
         report["protocol"]["limited_to_first"] = len(indices)
     if csv_path is not None and rank == 0:
-        write_per_expression_csv(csv_path, acc_model, acc_orig)
+        write_per_expression_csv(csv_path, acc_model, acc_orig, categories)
     if return_metrics:
         report["_metrics"] = (acc_model, acc_orig)
     return report
@@ -343,13 +364,14 @@ def evaluate_predictions(
             p = pred if pred.shape == target.shape else resize_target_nearest(pred, target.shape)
             i_, u_ = intersection_union(p, target)
             acc_orig.update(eid, i_, u_, text=text)
-    report = _report_from(acc_model, acc_orig, None, image_size)
+    categories = dataset.expression_categories()
+    report = _report_from(acc_model, acc_orig, None, image_size, categories)
     report["protocol"]["prediction_resize"] = "nearest (pixel centres)"
     report["seconds"] = round(time.perf_counter() - start, 3)
     if limit is not None and n < len(dataset):
         report["protocol"]["limited_to_first"] = n
     if csv_path is not None:
-        write_per_expression_csv(csv_path, acc_model, acc_orig)
+        write_per_expression_csv(csv_path, acc_model, acc_orig, categories)
     if return_metrics:
         report["_metrics"] = (acc_model, acc_orig)
     return report
@@ -386,6 +408,7 @@ def write_report(report: dict[str, Any], path: str | os.PathLike) -> Path:
 
 
 def format_table(report: dict[str, Any]) -> str:
+    """The console summary: both resolutions, then one line per category (model resolution)."""
     keys = [k for k in report if k.startswith("Pr@")] + ["oIoU", "mIoU"]
     lines = []
     for title, block in (("model resolution", report), ("original resolution", report.get("original_resolution"))):
@@ -393,6 +416,11 @@ def format_table(report: dict[str, Any]) -> str:
             continue
         vals = "  ".join(f"{k} {block[k]:6.2f}" for k in keys if k in block)
         lines.append(f"{title:>20}: {vals}  (n={block['num_expressions']})")
+    if report.get("per_category"):
+        lines.append("per category (model resolution; oIoU is also called cIoU):")
+        for name, block in report["per_category"].items():
+            vals = "  ".join(f"{k} {block[k]:6.2f}" for k in keys if k in block)
+            lines.append(f"{name[:20]:>20}: {vals}  (n={block['num_expressions']})")
     return "\n".join(lines)
 
 
@@ -404,7 +432,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--checkpoint", help=CHECKPOINT_HELP)
     src.add_argument("--predictions", help="folder of <expression id>.png masks (non-zero = foreground)")
     parser.add_argument("--data", required=True, help="dataset root (for jsonl: the .jsonl file or its folder)")
-    parser.add_argument("--dataset", required=True, choices=("rrsisd", "refsegrs", "jsonl"))
+    from .data import DATASETS
+
+    parser.add_argument("--dataset", required=True, choices=tuple(DATASETS))
     parser.add_argument("--split", default="test", help="split to evaluate (default: test; jsonl: 'all' = every line)")
     parser.add_argument("--out", required=True, help="report JSON path; the per-expression CSV goes next to it")
     parser.add_argument("--threshold", type=float, default=PUBLISHED_THRESHOLD,

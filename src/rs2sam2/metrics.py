@@ -11,12 +11,17 @@ Over all expressions:
 
 all reported in percent. The published code binarizes the logits ``x`` by taking the
 argmax of ``cat([1 - x, x])``, i.e. foreground iff ``x > 0.5`` (see :func:`binarize`).
+
+**Names across papers.** ``oIoU`` is the cumulative IoU, which papers also call "overall IoU",
+"cIoU" or (DiCoR) "gIoU"; SegEarth and RSRefSeg 2 instead use "gIoU" for the mean IoU, ``mIoU``
+here. Reports therefore carry ``cIoU`` as an alias of ``oIoU`` and no ``gIoU`` key at all
+(:data:`METRIC_NAMES`, :func:`report_metrics`).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Hashable, Iterable, Sequence, TypeVar, Union
+from typing import Any, Hashable, Iterable, Mapping, Sequence, TypeVar, Union
 
 import numpy as np
 import torch
@@ -27,7 +32,10 @@ __all__ = [
     "binarize",
     "resize_target_nearest",
     "intersection_union",
+    "METRIC_NAMES",
     "ReferringMetrics",
+    "per_category",
+    "report_metrics",
 ]
 
 ArrayLike = Union[torch.Tensor, np.ndarray]
@@ -37,6 +45,15 @@ _A = TypeVar("_A", torch.Tensor, np.ndarray)
 PUBLISHED_THRESHOLD = 0.5
 #: IoU thresholds of the precision metrics.
 PR_THRESHOLDS: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.9)
+#: What the report's metric keys mean, and what other papers call them (written into reports).
+METRIC_NAMES = {
+    "oIoU": "cumulative IoU, sum(I) / sum(U) over all expressions; other papers: 'overall IoU', 'cIoU', "
+            "and 'gIoU' in DiCoR",
+    "cIoU": "alias of oIoU",
+    "mIoU": "mean of the per-expression IoU; SegEarth and RSRefSeg 2 call it 'gIoU'",
+    "Pr@X": "percentage of expressions with IoU >= X",
+    "gIoU": "not reported: papers use the name for oIoU (DiCoR) or for mIoU (SegEarth, RSRefSeg 2)",
+}
 
 
 def binarize(logits: _A, threshold: float = PUBLISHED_THRESHOLD) -> _A:
@@ -218,3 +235,30 @@ class ReferringMetrics:
         for s in states:
             merged.merge(s)
         return merged
+
+
+def report_metrics(acc: ReferringMetrics) -> dict[str, float]:
+    """:meth:`ReferringMetrics.compute` plus ``cIoU``, the alias of ``oIoU`` (:data:`METRIC_NAMES`);
+    ``{"num_expressions": 0}`` when nothing was recorded."""
+    if not len(acc):
+        return {"num_expressions": 0}
+    out = acc.compute()
+    ordered: dict[str, float] = {}
+    for key, value in out.items():
+        ordered[key] = value
+        if key == "oIoU":
+            ordered["cIoU"] = value
+    return ordered
+
+
+def per_category(acc: ReferringMetrics, categories: Mapping[Hashable, str]) -> dict[str, dict[str, float]]:
+    """:func:`report_metrics` of each category's expressions, categories in name order.
+
+    ``categories`` maps expression ids to category names; an expression it does not name, or
+    names with an empty string, is counted under ``"(none)"``.
+    """
+    groups: dict[str, ReferringMetrics] = {}
+    for row in acc.rows():
+        name = categories.get(row["id"]) or "(none)"
+        groups.setdefault(name, ReferringMetrics(acc.thresholds)).update(row["id"], row["I"], row["U"])
+    return {name: report_metrics(groups[name]) for name in sorted(groups)}

@@ -1,5 +1,5 @@
-"""Datasets: readers for RRSIS-D, RefSegRS and a JSONL format, the sample transform, and a
-synthetic-scene generator writing all three layouts.
+"""Datasets: readers for RRSIS-D, RefSegRS, RISBench and a JSONL format, the sample transform, and
+a synthetic-scene generator writing all four layouts.
 
 Every reader returns the same sample dicts (see :mod:`rs2sam2.data.base`).
 """
@@ -9,15 +9,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .base import DatasetError, Ref, ReferringDataset, read_mask_file
+from .base import DatasetError, MaskSizeWarning, Problem, Ref, ReferringDataset, read_mask_file
 from .jsonl import JsonlDataset
 from .refsegrs import RefSegRS
+from .risbench import RISBench
 from .rrsisd import RRSISD
 
 __all__ = [
     "DATASETS",
     "DatasetError",
     "JsonlDataset",
+    "MaskSizeWarning",
+    "Problem",
+    "RISBench",
     "RRSISD",
     "Ref",
     "RefSegRS",
@@ -42,11 +46,11 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-DATASETS = {"rrsisd": RRSISD, "refsegrs": RefSegRS, "jsonl": JsonlDataset}
+DATASETS = {"rrsisd": RRSISD, "refsegrs": RefSegRS, "jsonl": JsonlDataset, "risbench": RISBench}
 
 
 def build_dataset(name: str, root: str | Path, split: str | None, **kwargs: Any) -> ReferringDataset:
-    """Reader ``name`` (rrsisd | refsegrs | jsonl) on ``root`` for ``split``.
+    """Reader ``name`` (rrsisd | refsegrs | jsonl | risbench) on ``root`` for ``split``.
 
     For ``jsonl``, ``root`` is the JSONL file or a folder holding ``data.jsonl``, and ``split`` may
     be None (every line). Extra keyword arguments go to the reader.

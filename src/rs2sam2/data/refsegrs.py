@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import DatasetError, Ref, ReferringDataset, read_mask_file
+from .base import DatasetError, Ref, ReferringDataset, raster_size, read_mask_file
 
 __all__ = ["RefSegRS"]
 
@@ -39,14 +39,15 @@ def _find(folder: Path, stem: str) -> Path:
 class RefSegRS(ReferringDataset):
     """RefSegRS referring segmentation data.
 
-    ``check_files`` verifies at construction that every image and mask of the split exists.
+    ``check_files`` verifies at construction that every image and mask of the split exists;
+    ``strict=False`` records malformed lines in ``self.problems`` instead of raising.
     """
 
     name = "refsegrs"
 
     def __init__(self, root: str | Path, split: str = "train", group_by_id: bool = False,
-                 check_files: bool = True) -> None:
-        super().__init__(split)
+                 check_files: bool = True, strict: bool = True) -> None:
+        super().__init__(split, strict)
         self.root = Path(root)
         self.phrase_path = self.root / f"output_phrase_{split}.txt"
         if not self.phrase_path.is_file():
@@ -64,18 +65,13 @@ class RefSegRS(ReferringDataset):
 
     def _read_lines(self) -> list[tuple[int, str, str]]:
         """``(line_number, id, expression)`` for every non-blank line."""
-        try:
-            lines = self.phrase_path.read_text(encoding="utf-8").splitlines()
-        except UnicodeDecodeError as exc:
-            raise DatasetError(f"{self.phrase_path}: not UTF-8 text ({exc})") from exc
         entries = []
-        for number, line in enumerate(lines):
-            if not line.strip():
-                continue
+        for number, line in self._text_lines(self.phrase_path):
             parts = line.strip().split(maxsplit=1)
             if len(parts) != 2:
-                raise DatasetError(f"{self.phrase_path}, line {number + 1}: expected '<id> <expression>', "
-                                   f"got {line!r}")
+                self._problem("bad_entry", f"{self.phrase_path}, line {number + 1}: expected '<id> <expression>', "
+                                           f"got {line!r}")
+                continue
             entries.append((number, parts[0], parts[1].strip()))
         return entries
 
@@ -90,6 +86,9 @@ class RefSegRS(ReferringDataset):
             grouped.setdefault(stem, []).append((text, str(number)))
         for stem, texts in grouped.items():
             self._add_ref(stem, _find(image_dir, stem), _find(mask_dir, stem), texts)
+
+    def _mask_size(self, ref: Ref) -> tuple[int, int]:
+        return raster_size(ref.mask_source)
 
     def _read_mask(self, ref: Ref, height: int, width: int) -> np.ndarray:
         return read_mask_file(ref.mask_source) > MASK_THRESHOLD

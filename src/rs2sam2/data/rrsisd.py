@@ -9,7 +9,7 @@ On disk (``ROOT`` is what the published code calls the refer data root)::
     ROOT/images/rrsisd/JPEGImages/<file_name>
 
 Segmentations may be COCO RLE (``counts`` as a compressed string or an uncompressed list), a list
-of RLEs, or polygons. **Union rule**: when a segmentation has several parts (several polygons or
+of RLEs, or polygons (decoded by :mod:`rs2sam2.data.segmentation`). **Union rule**: when a segmentation has several parts (several polygons or
 RLEs), or a ref names several annotations (``ann_id`` a list), the mask is their union -- the
 published loader sums the decoded parts and keeps pixels > 0, which is the same thing.
 
@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import json
 import pickle
-import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pycocotools import mask as coco_mask
 
 from .base import DatasetError, Ref, ReferringDataset
+from .segmentation import decode_segmentation
 
 __all__ = ["RRSISD", "load_refs_pickle", "decode_segmentation"]
 
@@ -74,53 +73,6 @@ def load_refs_pickle(path: str | Path) -> list[dict]:
     return refs
 
 
-def _to_rles(segmentation: Any, height: int, width: int) -> list[dict]:
-    """Every part of a COCO segmentation as a compressed RLE."""
-    if isinstance(segmentation, dict):
-        parts = [segmentation]
-    elif isinstance(segmentation, list) and segmentation:
-        if all(isinstance(p, (int, float)) for p in segmentation):
-            parts = [[float(v) for v in segmentation]]  # one flat polygon
-        else:
-            parts = segmentation
-    else:
-        raise ValueError("empty or unrecognised segmentation")
-
-    rles: list[dict] = []
-    polygons: list[list[float]] = []
-    for part in parts:
-        if isinstance(part, dict):
-            if "counts" not in part or "size" not in part:
-                raise ValueError("RLE without 'counts'/'size'")
-            if list(part["size"]) != [height, width]:
-                raise ValueError(f"RLE size {list(part['size'])} differs from the image's {[height, width]}")
-            counts = part["counts"]
-            if isinstance(counts, list):  # uncompressed RLE: let pycocotools compress it
-                rles.append(coco_mask.frPyObjects(part, height, width))
-            else:
-                rles.append({"size": [height, width],
-                             "counts": counts.encode("ascii") if isinstance(counts, str) else counts})
-        elif isinstance(part, (list, tuple)):
-            if len(part) < 6 or len(part) % 2:
-                raise ValueError(f"polygon with {len(part)} coordinates (needs an even number >= 6)")
-            polygons.append([float(v) for v in part])
-        else:
-            raise ValueError(f"unrecognised segmentation part of type {type(part).__name__}")
-    if polygons:
-        rles.extend(coco_mask.frPyObjects(polygons, height, width))
-    return rles
-
-
-def decode_segmentation(segmentation: Any, height: int, width: int) -> np.ndarray:
-    """COCO segmentation (RLE, list of RLEs or polygons) -> HxW bool, the union of its parts."""
-    rles = _to_rles(segmentation, height, width)
-    merged = coco_mask.merge(rles, intersect=False) if len(rles) > 1 else rles[0]
-    with warnings.catch_warnings():
-        # pycocotools' Cython decoder trips numpy 2's copy-keyword DeprecationWarning on every call
-        warnings.simplefilter("ignore", DeprecationWarning)
-        return coco_mask.decode(merged).astype(bool)
-
-
 def _load_json(path: Path) -> Any:
     if not path.is_file():
         raise DatasetError(f"annotation file not found: {path}")
@@ -137,22 +89,30 @@ class RRSISD(ReferringDataset):
     ``root`` is the folder holding ``rrsisd/`` and ``images/``. ``text_field`` picks the sentence
     field (``"raw"`` as published, or ``"sent"``). ``check_files`` verifies at construction that
     every image of the split exists, so a broken download fails now rather than mid-epoch.
+    ``strict=False`` records bad entries in ``self.problems`` instead of raising (see
+    :mod:`rs2sam2.data.base`).
+
+    A mask has the size instances.json gives its image (RLE parts must state the same size); when
+    the image file itself differs by a few pixels, the base class's mask size rule applies. Each
+    ref's category is the name (instances.json ``categories``) of its annotation's ``category_id``,
+    else of the ref's own ``category_id``, else the id itself; a ref over annotations of several
+    categories gets their names joined with "+".
     """
 
     name = "rrsisd"
 
     def __init__(self, root: str | Path, split: str = "train", text_field: str = "raw",
-                 check_files: bool = True) -> None:
-        super().__init__(split)
+                 check_files: bool = True, strict: bool = True) -> None:
+        super().__init__(split, strict)
         self.root = Path(root)
         self.instances_path = self.root / "rrsisd" / "instances.json"
         self.refs_path = self.root / "rrsisd" / "refs(unc).p"
         self.image_dir = self.root / "images" / "rrsisd" / "JPEGImages"
         self.text_field = text_field
 
-        images, annotations = self._read_instances()
+        images, annotations, categories = self._read_instances()
         raw_refs = load_refs_pickle(self.refs_path)
-        self._build(raw_refs, images, annotations)
+        self._build(raw_refs, images, annotations, categories)
         self._check_not_empty(self.refs_path, [str(r.get("split")) for r in raw_refs])
         if check_files:
             missing = sorted({str(r.image_path) for r in self.refs if not r.image_path.is_file()})
@@ -162,25 +122,35 @@ class RRSISD(ReferringDataset):
 
     # ---- reading ------------------------------------------------------------------------------
 
-    def _read_instances(self) -> tuple[dict[Any, dict], dict[Any, dict]]:
+    def _index(self, entries: Any, section: str, required: tuple[str, ...]) -> dict[Any, dict]:
+        """``{id: entry}`` of an instances.json list; an id given twice keeps its first entry (a
+        conflicting repeat is an error when strict)."""
+        out: dict[Any, dict] = {}
+        for k, entry in enumerate(entries):
+            missing = [key for key in required if key not in entry]
+            if missing:
+                self._problem("bad_entry", f"{self.instances_path}: {section}[{k}] lacks {missing}")
+                continue
+            first = out.get(entry["id"])
+            if first is not None:
+                self._problem("duplicate_id", f"{self.instances_path}: {section}[{k}] repeats id {entry['id']!r}",
+                              fatal=first != entry)
+                continue
+            out[entry["id"]] = entry
+        return out
+
+    def _read_instances(self) -> tuple[dict[Any, dict], dict[Any, dict], dict[Any, str]]:
         data = _load_json(self.instances_path)
         if not isinstance(data, dict) or "images" not in data or "annotations" not in data:
             raise DatasetError(f"{self.instances_path}: expected a dict with 'images' and 'annotations'")
-        images: dict[Any, dict] = {}
-        for k, img in enumerate(data["images"]):
-            missing = [key for key in ("id", "file_name", "height", "width") if key not in img]
-            if missing:
-                raise DatasetError(f"{self.instances_path}: images[{k}] lacks {missing}")
-            images[img["id"]] = img
-        annotations: dict[Any, dict] = {}
-        for k, ann in enumerate(data["annotations"]):
-            missing = [key for key in ("id", "image_id", "segmentation") if key not in ann]
-            if missing:
-                raise DatasetError(f"{self.instances_path}: annotations[{k}] lacks {missing}")
-            annotations[ann["id"]] = ann
-        return images, annotations
+        images = self._index(data["images"], "images", ("id", "file_name", "height", "width"))
+        annotations = self._index(data["annotations"], "annotations", ("id", "image_id", "segmentation"))
+        categories = {c["id"]: str(c.get("name", c["id"])) for c in data.get("categories") or []
+                      if isinstance(c, dict) and "id" in c}
+        return images, annotations, categories
 
-    def _sentences(self, raw_ref: dict) -> list[tuple[str, str]]:
+    def _sentences(self, raw_ref: dict, seen: dict[str, Any]) -> list[tuple[str, str]]:
+        """``(text, sent_id)`` of a ref; ``seen`` maps the split's sent_ids so far to their ref_id."""
         sentences = raw_ref.get("sentences") or []
         sent_ids = raw_ref.get("sent_ids") or []
         texts = []
@@ -188,48 +158,72 @@ class RRSISD(ReferringDataset):
             text = sentence.get(self.text_field) or sentence.get("raw") or sentence.get("sent")
             sent_id = sentence.get("sent_id", sent_ids[k] if k < len(sent_ids) else None)
             if not text or sent_id is None:
-                raise DatasetError(f"{self.refs_path}: ref {raw_ref.get('ref_id')!r} sentence {k} "
-                                   "lacks text or sent_id")
+                self._problem("bad_entry", f"{self.refs_path}: ref {raw_ref.get('ref_id')!r} sentence {k} "
+                                           "lacks text or sent_id")
+                continue
+            if str(sent_id) in seen:
+                self._problem("duplicate_id", f"{self.refs_path}: sent_id {sent_id!r} of ref "
+                                              f"{raw_ref.get('ref_id')!r} is also in ref {seen[str(sent_id)]!r}")
+                continue
+            seen[str(sent_id)] = raw_ref.get("ref_id")
             texts.append((str(text).strip(), str(sent_id)))
-        if not texts:
-            raise DatasetError(f"{self.refs_path}: ref {raw_ref.get('ref_id')!r} has no sentences")
+        if not texts and not sentences:
+            self._problem("bad_entry", f"{self.refs_path}: ref {raw_ref.get('ref_id')!r} has no sentences")
         return texts
 
-    def _build(self, raw_refs: list[dict], images: dict, annotations: dict) -> None:
+    def _category(self, raw_ref: dict, anns: list[dict], categories: dict[Any, str]) -> str | None:
+        ids = [a["category_id"] for a in anns if a.get("category_id") is not None]
+        if not ids and raw_ref.get("category_id") is not None:
+            ids = [raw_ref["category_id"]]
+        return "+".join(sorted({categories.get(i, str(i)) for i in ids})) or None
+
+    def _build(self, raw_refs: list[dict], images: dict, annotations: dict, categories: dict) -> None:
+        seen_sentences: dict[str, Any] = {}
+        seen_refs: set[Any] = set()
         for raw in raw_refs:
             if raw.get("split") != self.split:
                 continue
-            for key in ("ref_id", "ann_id", "image_id", "sentences"):
-                if key not in raw:
-                    raise DatasetError(f"{self.refs_path}: a ref lacks {key!r}: {raw!r:.200}")
+            lacking = [key for key in ("ref_id", "ann_id", "image_id", "sentences") if key not in raw]
+            if lacking:
+                self._problem("no_mask" if lacking == ["ann_id"] else "bad_entry",
+                              f"{self.refs_path}: a ref lacks {lacking[0]!r}: {raw!r:.200}")
+                continue
+            if raw["ref_id"] in seen_refs:
+                self._problem("duplicate_id", f"{self.refs_path}: ref_id {raw['ref_id']!r} appears twice")
+                continue
+            seen_refs.add(raw["ref_id"])
             image = images.get(raw["image_id"])
             if image is None:
-                raise DatasetError(f"{self.refs_path}: ref {raw['ref_id']!r} names image_id "
-                                   f"{raw['image_id']!r}, absent from {self.instances_path}")
+                self._problem("missing_image", f"{self.refs_path}: ref {raw['ref_id']!r} names image_id "
+                                               f"{raw['image_id']!r}, absent from {self.instances_path}")
+                continue
             ann_ids = raw["ann_id"] if isinstance(raw["ann_id"], (list, tuple)) else [raw["ann_id"]]
-            anns = []
-            for ann_id in ann_ids:
-                if ann_id not in annotations:
-                    raise DatasetError(f"{self.refs_path}: ref {raw['ref_id']!r} names ann_id "
-                                       f"{ann_id!r}, absent from {self.instances_path}")
-                anns.append(annotations[ann_id])
+            absent = [a for a in ann_ids if a not in annotations]
+            if absent or not ann_ids:
+                self._problem("no_mask", f"{self.refs_path}: ref {raw['ref_id']!r} names ann_id "
+                                         f"{(absent or ann_ids or [None])[0]!r}, absent from {self.instances_path}")
+                continue
+            anns = [annotations[a] for a in ann_ids]
+            texts = self._sentences(raw, seen_sentences)
+            if not texts:
+                continue
             source = {"segmentations": [a["segmentation"] for a in anns], "ann_ids": list(ann_ids),
                       "height": int(image["height"]), "width": int(image["width"])}
-            self._add_ref(raw["ref_id"], self.image_dir / image["file_name"], source,
-                          self._sentences(raw))
+            self._add_ref(raw["ref_id"], self.image_dir / image["file_name"], source, texts,
+                          category=self._category(raw, anns, categories))
 
     def _mask_origin(self, ref: Ref) -> str:
         return f"{self.instances_path} (annotation(s) {ref.mask_source['ann_ids']})"
 
+    def _mask_size(self, ref: Ref) -> tuple[int, int]:
+        return ref.mask_source["height"], ref.mask_source["width"]
+
     def _read_mask(self, ref: Ref, height: int, width: int) -> np.ndarray:
         src = ref.mask_source
-        if (src["height"], src["width"]) != (height, width):
-            raise DatasetError(f"{self.instances_path}: image {ref.image_path} is {height}x{width} "
-                               f"but instances.json says {src['height']}x{src['width']}")
-        mask = np.zeros((height, width), dtype=bool)
+        mask = np.zeros((src["height"], src["width"]), dtype=bool)
         for ann_id, segmentation in zip(src["ann_ids"], src["segmentations"]):
             try:
-                mask |= decode_segmentation(segmentation, height, width)
+                mask |= decode_segmentation(segmentation, src["height"], src["width"])
             except (ValueError, TypeError) as exc:
                 raise DatasetError(f"{self.instances_path}: annotation {ann_id!r}: {exc}") from exc
         return mask

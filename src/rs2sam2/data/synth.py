@@ -11,8 +11,8 @@ large white storage tank at the top left", "the red car", "the building closest 
 out exactly that object among the objects of its class (checked on the attributes; see
 :func:`describe`).
 
-``generate(format, out, num_images, seed)`` writes the scenes as RRSIS-D, RefSegRS or JSONL on
-disk so that the real readers are exercised. Everything is drawn from one seeded
+``generate(format, out, num_images, seed)`` writes the scenes as RRSIS-D, RefSegRS, JSONL or
+RISBench on disk so that the real readers are exercised. Everything is drawn from one seeded
 ``numpy.random.Generator``: the same seed gives the same files.
 
 Command line: ``rs2sam2 synth --format rrsisd --out OUT --num-images 200 --seed 0``.
@@ -37,7 +37,7 @@ from PIL import Image, ImageDraw
 
 __all__ = ["CLASSES", "COLOURS", "Scene", "SceneObject", "describe", "generate", "iter_scenes", "make_scene"]
 
-FORMATS = ("rrsisd", "refsegrs", "jsonl")
+FORMATS = ("rrsisd", "refsegrs", "jsonl", "risbench")
 SPLIT_NAMES = ("train", "val", "test")
 
 # --------------------------------------------------------------------------------------------
@@ -740,6 +740,15 @@ class _Writer:
     def finish(self) -> dict[str, str]:
         return {}
 
+    def write_split_lines(self, name: str) -> dict[str, str]:
+        """Write ``self.lines[split]`` to ``out/<name with the split>``, one file per split."""
+        paths = {}
+        for split, lines in self.lines.items():
+            path = self.out / name.format(split)
+            path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+            paths[split] = str(path)
+        return paths
+
 
 class _RRSISDWriter(_Writer):
     def __init__(self, out: Path) -> None:
@@ -826,12 +835,7 @@ class _RefSegRSWriter(_Writer):
             self.lines[split].extend(f"{ref_id} {text}" for text in texts)
 
     def finish(self) -> dict[str, str]:
-        paths = {}
-        for split, lines in self.lines.items():
-            path = self.out / f"output_phrase_{split}.txt"
-            path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-            paths[split] = str(path)
-        return paths
+        return self.write_split_lines("output_phrase_{}.txt")
 
 
 class _JsonlWriter(_Writer):
@@ -857,12 +861,39 @@ class _JsonlWriter(_Writer):
         return {"jsonl": str(path)}
 
 
-_WRITERS = {"rrsisd": _RRSISDWriter, "refsegrs": _RefSegRSWriter, "jsonl": _JsonlWriter}
+class _RISBenchWriter(_Writer):
+    """RISBench as RSRefSeg 2 distributes it: one JSON line per expression with the mask as a COCO
+    RLE, one file per split, the images in ``images/``."""
+
+    def __init__(self, out: Path) -> None:
+        super().__init__(out)
+        (out / "images").mkdir(parents=True, exist_ok=True)
+        self.lines: dict[str, list[str]] = {s: [] for s in SPLIT_NAMES}
+
+    def write_scene(self, index: int, scene: Scene, split: str) -> None:
+        from pycocotools import mask as coco_mask
+
+        file_name = f"{split}_{index:05d}.png"
+        Image.fromarray(scene.image).save(self.out / "images" / file_name, compress_level=1)
+        for obj_index, texts in scene.targets:
+            rle = coco_mask.encode(np.asfortranarray(scene.objects[obj_index].mask.astype(np.uint8)))
+            segmentation = {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+            self.lines[split].extend(
+                json.dumps({"split": split, "image_id": f"{split}_{index:05d}_{obj_index}", "sent": text,
+                            "file_name": file_name, "segmentation": segmentation})
+                for text in texts)
+
+    def finish(self) -> dict[str, str]:
+        return self.write_split_lines("risbench_{}.jsonl")
+
+
+_WRITERS = {"rrsisd": _RRSISDWriter, "refsegrs": _RefSegRSWriter, "jsonl": _JsonlWriter,
+            "risbench": _RISBenchWriter}
 
 
 def generate(format: str, out: str | Path, num_images: int, seed: int, image_size: int = 256,
              splits: Sequence[float] = (0.7, 0.15, 0.15)) -> dict[str, Any]:
-    """Write ``num_images`` synthetic scenes to ``out`` in ``format`` (rrsisd | refsegrs | jsonl).
+    """Write ``num_images`` synthetic scenes to ``out`` in ``format`` (rrsisd | refsegrs | jsonl | risbench).
 
     ``splits`` are the train/val/test shares of the *images* (all refs of an image share its split,
     as in RefCOCO-style datasets). Returns a summary: counts per split (images, refs,
