@@ -20,8 +20,8 @@ import torch
 import rs2sam2
 from parity_weights import FIXTURES, manifest_state_dict
 from rs2sam2.checkpoints import convert_published_state_dict
-from rs2sam2.losses import RS2SAM2Loss
-from rs2sam2.train import TrainConfig, freeze_published, is_fusion_parameter, param_groups, per_sample_loss
+from rs2sam2.train import TrainConfig
+from rs2sam2.train.policy import build_loss, build_optimizer, freeze_published, is_fusion_parameter, per_sample_loss
 
 # Tolerances from the published step's own noise (fixture README, 1 vs 2 threads: 3e-5 relative on
 # gradient norms and projections, 1e-6 on update norms, up to 3e-3 on update projections), times ~3
@@ -105,10 +105,7 @@ def test_one_training_step_matches_the_published_step():
     model.train()
     cfg = TrainConfig()  # the published recipe
     freeze_published(model)
-    # as the trainer builds them
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.lr, cfg.lr_fusion, cfg.weight_decay), lr=cfg.lr,
-                                  betas=tuple(cfg.betas), eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
-    loss_fn = RS2SAM2Loss(cfg.w_ce, cfg.w_dice, cfg.w_tbl, boundary=cfg.boundary_loss)
+    optimizer, loss_fn = build_optimizer(model, cfg), build_loss(cfg)  # as the trainer builds them
 
     params = dict(model.named_parameters())
     published = _published_directions()
