@@ -12,7 +12,7 @@ from rs2sam2 import build_model
 from rs2sam2.checkpoints import IGNORED_PUBLISHED_PREFIXES, convert_published_state_dict
 from rs2sam2.config import FusionConfig
 from rs2sam2.losses import RS2SAM2Loss
-from rs2sam2.train import (
+from rs2sam2.train.policy import (
     freeze_published,
     freeze_unreachable,
     is_fusion_parameter,

@@ -16,7 +16,7 @@ from rs2sam2.cli import main
 from rs2sam2.data import DatasetError, RISBench, build_dataset
 from rs2sam2.data.synth import generate
 from rs2sam2.evaluate import per_expression_csv_path
-from rs2sam2.train import read_yaml
+from rs2sam2.train.config import read_yaml
 
 TOKENIZER = Path(__file__).parent / "fixtures" / "parity" / "tokenizer" / "test_xlmr.model"
 
@@ -136,7 +136,7 @@ def test_evaluate_predictions_by_hand(root, tmp_path, capsys):
 
 
 def test_train_and_evaluate_on_the_synth_layout(tmp_path):
-    """`rs2sam2 synth` writes RISBench; `rs2sam2 train` (dataset set through --set) runs on it and
+    """`rs2sam2 synth` writes RISBench; `rs2sam2 train` (--dataset risbench) runs on it and
     `rs2sam2 evaluate --checkpoint` scores the run."""
     data = tmp_path / "data"
     summary = generate("risbench", data, num_images=6, seed=3, image_size=128)
@@ -144,7 +144,7 @@ def test_train_and_evaluate_on_the_synth_layout(tmp_path):
         "risbench_test.jsonl", "risbench_train.jsonl", "risbench_val.jsonl"]
     assert len(build_dataset("risbench", data, "train")) == summary["splits"]["train"]["expressions"]
     run = tmp_path / "run"
-    rc = main(["train", "--preset", "nano", "--set", "dataset=risbench", "--data", str(data), "--out", str(run),
+    rc = main(["train", "--preset", "nano", "--dataset", "risbench", "--data", str(data), "--out", str(run),
                "--tokenizer", str(TOKENIZER), "--num-workers", "0", "--no-progress", "--no-tensorboard",
                "--set", "model.image_size=64", "--set", "model.beit3.img_size=32",
                "--set", "model.beit3.vocab_size=128", "--freeze", "none", "--max-steps", "2", "--batch-size", "2",

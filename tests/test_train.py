@@ -23,17 +23,10 @@ from rs2sam2.data.synth import generate
 from rs2sam2.data.transforms import SampleTransform
 from rs2sam2.losses import RS2SAM2Loss, rs2sam2_loss
 from rs2sam2.text import load_tokenizer
-from rs2sam2.train import (
-    NonFiniteLossError,
-    TrainConfig,
-    _lr_factor,
-    enable_activation_checkpointing,
-    load_trainer_state,
-    per_sample_loss,
-    read_yaml,
-    train,
-    train_cpu_processes,
-)
+from rs2sam2.train import NonFiniteLossError, TrainConfig, train, train_cpu_processes
+from rs2sam2.train.config import model_config_from, read_yaml
+from rs2sam2.train.policy import lr_factor, per_sample_loss
+from rs2sam2.train.state import load_trainer_state
 
 REPO = Path(__file__).resolve().parents[1]
 TOKENIZER = REPO / "tests" / "fixtures" / "parity" / "tokenizer" / "test_xlmr.model"
@@ -101,10 +94,10 @@ def test_per_sample_loss_is_the_mean_of_single_sample_losses():
 
 
 def test_lr_step_decay_after_epoch_49():
-    f = _lr_factor([50], 0.1)
+    f = lr_factor([50], 0.1)
     assert f(0) == 1.0 and f(49) == 1.0
     assert f(50) == pytest.approx(0.1) and f(59) == pytest.approx(0.1)
-    assert _lr_factor([2, 4], 0.5)(4) == pytest.approx(0.25)
+    assert lr_factor([2, 4], 0.5)(4) == pytest.approx(0.25)
 
 
 def test_activation_checkpointing_gives_the_same_gradients():
@@ -112,7 +105,7 @@ def test_activation_checkpointing_gives_the_same_gradients():
     a = build_model("nano", image_size=128)
     b = build_model("nano", image_size=128)
     b.load_state_dict(a.state_dict())
-    assert enable_activation_checkpointing(b) == sum(a.config.hiera.stages) + a.config.beit3.depth
+    assert b.set_grad_checkpointing() == sum(a.config.hiera.stages) + a.config.beit3.depth
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 3, 128, 128, generator=g)
     e = torch.randn(2, 3, a.config.beit3.img_size, a.config.beit3.img_size, generator=g)
@@ -144,6 +137,25 @@ def test_config_files_hold_the_published_recipe():
     assert TrainConfig(dataset="rrsisd", data="x", out="y").resolved().random_boxes is True
     with pytest.raises(ValueError, match="unknown training config keys"):
         TrainConfig.from_dict({"learning_rate": 1})
+
+
+def test_every_config_key_is_a_flag():
+    """`rs2sam2 train` has a flag for every TrainConfig key, its dest the key itself."""
+    import argparse
+    import dataclasses
+
+    from rs2sam2.train.cli import add_arguments, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert {f.name for f in dataclasses.fields(TrainConfig)} <= set(vars(parser.parse_args([])))
+    args = parser.parse_args(["--out", "run", "--betas", "0.8", "0.9", "--lr-milestones", "3", "5",
+                              "--no-eval-at-end", "--model", "{fusion: {bhfm: uni}}", "--eval-every-epochs", "2",
+                              "--no-progress", "--set", "w_tbl=0"])
+    cfg = config_from_args(args)
+    assert cfg.betas == (0.8, 0.9) and cfg.lr_milestones == [3, 5] and cfg.eval_at_end is False
+    assert cfg.model == {"fusion": {"bhfm": "uni"}} and cfg.eval_every_epochs == 2
+    assert cfg.progress is False and cfg.w_tbl == 0 and cfg.tensorboard is True  # flags not given: defaults
 
 
 def test_missing_tokenizer_is_a_clear_error(synth_data, tmp_path):
@@ -279,7 +291,6 @@ def single_process_reference(synth_data, tmp_path_factory):
 def _initial_weights() -> dict[str, torch.Tensor]:
     """The weights the trainer starts from (it seeds torch with ``seed`` right before building)."""
     from rs2sam2.models import RS2SAM2
-    from rs2sam2.train import model_config_from
 
     torch.manual_seed(0)
     return RS2SAM2(model_config_from("nano", SMALL_MODEL)).state_dict()

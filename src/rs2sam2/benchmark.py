@@ -164,14 +164,14 @@ def run_train_benchmark(preset="nano", device="cpu", batch=1, text_len=12, runs=
     """Seconds and peak memory of one optimizer step (forward, published loss, backward, AdamW), with
     the published freeze policy; bf16 autocast on CUDA as in training."""
     from .losses import RS2SAM2Loss
-    from .train import enable_activation_checkpointing, freeze_published, param_groups, per_sample_loss
+    from .train.policy import freeze_published, param_groups, per_sample_loss
 
     if threads:
         torch.set_num_threads(threads)
     model = build_random_model(preset, "fp32", device).train()
     counts = freeze_published(model)
     if grad_checkpointing:
-        enable_activation_checkpointing(model)
+        model.set_grad_checkpointing()
     optimizer = torch.optim.AdamW(param_groups(model, 5e-5, 1e-4, 0.01))
     loss_fn = RS2SAM2Loss()
     images, evf, ids, mask = _inputs(model, batch, text_len, device)

@@ -9,7 +9,7 @@ import sys
 
 COMMANDS = {
     "demo": ("rs2sam2.demo", "generate data, train the nano preset on the CPU, evaluate, write a report"),
-    "train": ("rs2sam2.train", "train a model (single process or torchrun)"),
+    "train": ("rs2sam2.train.cli", "train a model (single process or torchrun)"),
     "evaluate": ("rs2sam2.evaluate", "evaluate a checkpoint or a folder of predicted masks"),
     "predict": ("rs2sam2.predict", "segment the object a sentence describes in an image / GeoTIFF"),
     "serve": ("rs2sam2.app", "web demo (Gradio)"),

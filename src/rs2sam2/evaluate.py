@@ -65,6 +65,7 @@ from .metrics import (
     resize_target_nearest,
 )
 from .predict import resolve_device
+from .runtime import dist_info, init_distributed
 
 __all__ = [
     "evaluate_model",
@@ -79,12 +80,6 @@ CSV_FIELDS = ("id", "text", "I", "U", "IoU", "I_original", "U_original", "IoU_or
 
 
 # --- helpers ---------------------------------------------------------------------------------------
-
-
-def _dist_info() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
 
 
 def _shard(indices: Sequence[int], rank: int, world_size: int) -> list[int]:
@@ -117,12 +112,8 @@ class _TransformedDataset(torch.utils.data.Dataset):
         return self.transform(self.dataset.load(self.indices[k]))
 
 
-def _list_collate(samples: list) -> list:
-    return samples
-
-
 def _merge_across_ranks(acc: ReferringMetrics) -> ReferringMetrics:
-    rank, world = _dist_info()
+    rank, world = dist_info()
     if world <= 1:
         return acc
     states: list[Any] = [None] * world
@@ -241,14 +232,14 @@ def evaluate_model(
         "per_category": {...} (when the dataset names categories), "metric_names": {...},
         "protocol": {...}, "original_resolution": {...}}``.
     """
-    from .data.collate import check_vocabulary, collate, move_batch
+    from .data.collate import check_vocabulary, collate, list_collate, move_batch
     from .data.transforms import SampleTransform
 
     core = getattr(model, "module", model)
     cfg = core.config
     check_vocabulary(tokenizer, cfg.beit3.vocab_size)
     device = resolve_device(device, model)
-    rank, world = _dist_info()
+    rank, world = dist_info()
     if indices is None:
         n = len(dataset) if limit is None else min(int(limit), len(dataset))
         indices = range(n)
@@ -256,7 +247,7 @@ def evaluate_model(
     transform = SampleTransform(cfg.image_size, cfg.beit3.img_size, train=False, keep_original_mask=True)
     loader = torch.utils.data.DataLoader(
         _TransformedDataset(dataset, shard, transform), batch_size=batch_size, shuffle=False,
-        num_workers=num_workers, collate_fn=_list_collate,
+        num_workers=num_workers, collate_fn=list_collate,
     )
     max_len = cfg.beit3.text_len(max_len)
     acc_model, acc_orig = ReferringMetrics(), (ReferringMetrics() if original_resolution else None)
@@ -380,22 +371,6 @@ def evaluate_predictions(
 # --- checkpoints and reports -----------------------------------------------------------------------
 
 
-def resolve_checkpoint(path: str | os.PathLike) -> Path:
-    """The checkpoint :func:`rs2sam2.checkpoints.locate` resolves ``path`` to (run folders to their
-    ``checkpoints/best`` or ``last``). Kept for ``train`` until it calls ``locate`` itself."""
-    from .checkpoints import locate
-
-    return locate(path).path
-
-
-def find_model_tokenizer(checkpoint: str | os.PathLike) -> Path | None:
-    """The tokenizer saved with a checkpoint (see :func:`rs2sam2.checkpoints.locate`). Kept for
-    ``train`` until it calls ``locate`` itself."""
-    from .checkpoints import locate
-
-    return locate(checkpoint).tokenizer
-
-
 def per_expression_csv_path(report_path: str | os.PathLike) -> Path:
     report_path = Path(report_path)
     return report_path.with_name(f"{report_path.stem}_per_expression.csv")
@@ -453,33 +428,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true")
 
 
-def _init_distributed(device: str) -> tuple[bool, str]:
-    """Under torchrun (WORLD_SIZE > 1): join the process group (NCCL on CUDA, gloo on the CPU) so that
-    the ranks share the expressions. Returns (created, device)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or torch.distributed.is_initialized():
-        return False, device
-    use_cuda = device != "cpu" and torch.cuda.is_available()
-    if use_cuda:
-        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-        torch.cuda.set_device(torch.device(device))
-    torch.distributed.init_process_group("nccl" if use_cuda else "gloo")
-    return True, device
-
-
 def run(args: argparse.Namespace) -> int:
-    created, args.device = _init_distributed(args.device) if args.checkpoint else (False, args.device)
+    d = None
+    if args.checkpoint:  # under torchrun the ranks share the expressions
+        try:
+            d = init_distributed(args.device)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        if d.enabled:
+            args.device = str(d.device)
     try:
         return _run(args)
     finally:
-        if created and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+        if d is not None:
+            d.close()
 
 
 def _run(args: argparse.Namespace) -> int:
     from .checkpoints import CheckpointError, load_pretrained, locate
     from .data import DatasetError, build_dataset
 
-    rank, _ = _dist_info()
+    rank, _ = dist_info()
     split = None if (args.dataset == "jsonl" and args.split in ("all", "none")) else args.split
     try:
         dataset = build_dataset(args.dataset, args.data, split)

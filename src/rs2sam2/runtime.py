@@ -1,4 +1,5 @@
-"""Process-level settings: a faster CPU allocator (results unchanged) and worker clean-up."""
+"""Process-level settings: a faster CPU allocator (results unchanged), worker clean-up, and the
+distributed setup (process group, rank, device) that training and evaluation share."""
 
 from __future__ import annotations
 
@@ -7,6 +8,10 @@ import ctypes.util
 import os
 import signal
 import sys
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
 
 _PR_SET_PDEATHSIG = 1
 _M_TRIM_THRESHOLD = -1
@@ -55,3 +60,80 @@ def _linux_libc_function(name: str):
         return getattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), name)
     except (OSError, AttributeError):
         return None
+
+
+@dataclass
+class Dist:
+    """This process's place in a (possibly one-process) data-parallel run, and its device."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    created_group: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+    def _reduce(self, values: list[float], op) -> torch.Tensor:
+        t = torch.tensor(values, dtype=torch.float64, device=self.device if self.device.type == "cuda" else "cpu")
+        dist.all_reduce(t, op=op)
+        return t
+
+    def any(self, flag: bool) -> bool:
+        """True on every rank when ``flag`` is true on one of them."""
+        return bool(self._reduce([float(flag)], dist.ReduceOp.MAX).item() > 0) if self.enabled else flag
+
+    def mean(self, values: list[float]) -> list[float]:
+        """The mean of ``values`` over the ranks (element-wise)."""
+        return (self._reduce(values, dist.ReduceOp.SUM) / self.world_size).tolist() if self.enabled else values
+
+    def close(self) -> None:
+        """Leave the process group if :func:`init_distributed` created it."""
+        if self.created_group and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def init_distributed(device: str = "auto", rank: int | None = None, world_size: int | None = None) -> Dist:
+    """Join the process group when the run has several ranks and pick this rank's device.
+
+    The ranks come from torchrun's ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` unless ``rank`` and
+    ``world_size`` are given (then ``MASTER_ADDR``/``MASTER_PORT`` must be set). The group uses NCCL
+    on CUDA and gloo on the CPU; a rank on CUDA uses ``cuda:LOCAL_RANK``. ``device`` is ``auto``
+    (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N`` (one process only). A group that exists
+    already is joined as it is. Raises ``ValueError`` when CUDA is asked for but not available.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1")) if world_size is None else int(world_size)
+    rank = int(os.environ.get("RANK", "0")) if rank is None else int(rank)
+    local_rank = int(os.environ.get("LOCAL_RANK", str(rank)))
+    device = str(device)
+    want_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    if want_cuda and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available; use --device cpu")
+    dev = torch.device("cpu")
+    if want_cuda:
+        dev = torch.device(device if ":" in device and world == 1 else f"cuda:{local_rank}")
+        torch.cuda.set_device(dev)
+    created = False
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if want_cuda else "gloo", rank=rank, world_size=world)
+        created = True
+    if dist.is_initialized():
+        rank, world = dist.get_rank(), dist.get_world_size()
+    return Dist(rank, world, local_rank, dev, created)
+
+
+def dist_info() -> tuple[int, int]:
+    """``(rank, world_size)`` of the current process group, ``(0, 1)`` without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1

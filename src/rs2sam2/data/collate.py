@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 import torch
 
-__all__ = ["collate", "model_inputs", "move_batch", "check_vocabulary"]
+__all__ = ["collate", "list_collate", "model_inputs", "move_batch", "check_vocabulary"]
 
 _TENSOR_KEYS = ("image", "image_evf", "mask")
 
@@ -62,6 +62,12 @@ def collate(samples: Sequence[dict[str, Any]], tokenizer, max_len: int | None = 
     if all("mask_orig" in s for s in samples):
         batch["masks_orig"] = [torch.as_tensor(s["mask_orig"]).bool() for s in samples]
     return batch
+
+
+def list_collate(samples: list) -> list:
+    """``DataLoader`` ``collate_fn`` that hands the worker's samples over as a list: :func:`collate`
+    runs in the main process, which holds the tokenizer."""
+    return samples
 
 
 def model_inputs(batch: dict[str, Any]) -> dict[str, torch.Tensor]:

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import Beit3Config
+from .common import call_block
 
 
 class Multiway(nn.Module):
@@ -93,6 +94,7 @@ class Beit3Encoder(nn.Module):
         self.pos_embed_text = nn.Embedding(cfg.max_text_positions, cfg.embed_dim)
         self.layers = nn.ModuleList(Beit3Layer(cfg) for _ in range(cfg.depth))
         self.final_norm = _multiway(lambda: nn.LayerNorm(cfg.embed_dim, eps=cfg.layernorm_eps))
+        self.grad_checkpointing = False
 
     def forward(self, images: Tensor, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         cfg = self.cfg
@@ -113,8 +115,14 @@ class Beit3Encoder(nn.Module):
         key_mask = torch.cat([attention_mask.new_ones(x.shape[0], split), attention_mask], dim=1).bool()
         x = x * key_mask.unsqueeze(-1).to(x.dtype)  # masked tokens start from zero, as published
         for layer in self.layers:
-            x = layer(x, split, key_mask)
+            x = call_block(layer, self.grad_checkpointing, x, split, key_mask)
         return self.final_norm(x, split)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> int:
+        """Recompute the layers' activations in the backward pass instead of keeping them (less
+        memory, one more forward of the layers). Returns the number of layers recomputed."""
+        self.grad_checkpointing = bool(enable)
+        return len(self.layers) if enable else 0
 
     def set_compute_dtype(self, dtype: torch.dtype) -> None:
         """Projections, FFNs, the sub-LNs between them and the token embeddings in ``dtype``; the

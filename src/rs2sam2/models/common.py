@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 
 class Attention(nn.Module):
@@ -80,3 +81,11 @@ def valid_text_mask(attention_mask: Tensor) -> Tensor:
     pos = torch.arange(length, device=attention_mask.device)
     last = torch.where(attention_mask.bool(), pos, -1).amax(dim=1, keepdim=True)
     return pos[None, :] <= last
+
+
+def call_block(block: nn.Module, checkpointed: bool, *args):
+    """``block(*args)``; with ``checkpointed`` while autograd records, its activations are not kept
+    but recomputed in the backward pass (non-reentrant ``torch.utils.checkpoint``)."""
+    if checkpointed and torch.is_grad_enabled():
+        return checkpoint(block, *args, use_reentrant=False)
+    return block(*args)

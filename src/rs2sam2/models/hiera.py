@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from ..config import FusionConfig, HieraConfig
 from .bhfm import MLPAdapter, SpaceAdapter
-from .common import MLP
+from .common import MLP, call_block
 
 
 def window_partition(x: Tensor, ws: int) -> tuple[Tensor, tuple[int, int]]:
@@ -160,6 +160,7 @@ class Hiera(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, dim, *cfg.window_pos_embed_bkg_spatial_size))
         self.pos_embed_window = nn.Parameter(torch.zeros(1, dim, cfg.window_spec[0], cfg.window_spec[0]))
         self._pos_cache: tuple | None = None
+        self.grad_checkpointing = False
         dpr = [cfg.drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # stochastic depth ramp
         self.blocks = nn.ModuleList()
         stage = 0
@@ -176,6 +177,12 @@ class Hiera(nn.Module):
                 HieraBlock(dim, dim_out, heads, window, 2 if i in q_pool_blocks else None, dpr[i], fusion, text_dim)
             )
             dim = dim_out
+
+    def set_grad_checkpointing(self, enable: bool = True) -> int:
+        """Recompute the blocks' activations in the backward pass instead of keeping them (less
+        memory, one more forward of the blocks). Returns the number of blocks recomputed."""
+        self.grad_checkpointing = bool(enable)
+        return len(self.blocks) if enable else 0
 
     def _pos_embed(self, hw: tuple[int, int]) -> Tensor:
         # input-independent: cache it while no gradient can flow into it (inference); the key holds
@@ -200,7 +207,7 @@ class Hiera(nn.Module):
         x = x + self._pos_embed(x.shape[1:3])
         outputs = []
         for i, blk in enumerate(self.blocks):
-            x, text = blk(x, text, text_mask)
+            x, text = call_block(blk, self.grad_checkpointing, x, text, text_mask)
             if i in self.stage_ends:
                 outputs.append(x.permute(0, 3, 1, 2))
         return outputs  # the final text state is not used (as published)

@@ -88,6 +88,12 @@ class RS2SAM2(nn.Module):
             self.union_encoder.set_compute_dtype(torch.bfloat16)
         return self
 
+    def set_grad_checkpointing(self, enable: bool = True) -> int:
+        """Activation checkpointing of every Hiera block and BEiT-3 layer (see their
+        ``set_grad_checkpointing``); parameter names are unchanged. Returns the number of blocks."""
+        hiera = self.image_encoder.trunk.set_grad_checkpointing(enable)
+        return hiera + self.union_encoder.set_grad_checkpointing(enable)
+
     @property
     def device(self) -> torch.device:
         return self.no_mem_embed.device

@@ -1,0 +1,193 @@
+"""``rs2sam2 train``: every :class:`TrainConfig` key is a flag whose ``dest`` is the key itself.
+
+The base configuration is ``--config`` (or, with ``--resume``, the run's saved
+``train_config.yaml``); flags given on the command line override it, then ``--set KEY=VALUE``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..data import DATASETS
+from .config import TrainConfig, read_yaml
+from .launch import train, train_cpu_processes
+from .trainer import NonFiniteLossError
+
+_BOOL = dict(action=argparse.BooleanOptionalAction, default=None)
+
+
+def _yaml_mapping(text: str) -> dict[str, Any]:
+    import yaml
+
+    value = yaml.safe_load(text)
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a YAML mapping such as '{{fusion: {{bhfm: uni}}}}', got {text!r}")
+    return value
+
+
+def _add_run_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", dest="preset", help="model preset: paper | base | tiny-parity | nano")
+    p.add_argument("--dataset", dest="dataset", choices=tuple(DATASETS))
+    p.add_argument("--data", dest="data", help="dataset root (jsonl: the .jsonl file or its folder)")
+    p.add_argument("--out", dest="out", help="run folder (checkpoints, logs, summary.json)")
+    p.add_argument("--train-split", dest="train_split")
+    p.add_argument("--val-split", dest="val_split")
+    p.add_argument("--model", dest="model", type=_yaml_mapping, metavar="YAML",
+                   help="model config overrides, e.g. '{fusion: {bhfm: uni}}' (or --set model.fusion.bhfm=uni)")
+    p.add_argument("--init", dest="init",
+                   help="start from a full RS2-SAM2 checkpoint (ours, a run folder, or released)")
+    p.add_argument("--sam2-checkpoint", dest="sam2_checkpoint",
+                   help="official SAM2 weights, e.g. sam2_hiera_large.pt (published init)")
+    p.add_argument("--beit3-checkpoint", dest="beit3_checkpoint",
+                   help="official BEiT-3 weights, e.g. beit3_large_patch16_224.pth")
+    p.add_argument("--tokenizer", dest="tokenizer", help="SentencePiece model (beit3.spm for the paper models)")
+    p.add_argument("--train-tokenizer", dest="train_tokenizer", **_BOOL,
+                   help="train a SentencePiece model on the training expressions (saved in RUN); the model's "
+                        "vocab_size is set to its size")
+    p.add_argument("--tokenizer-vocab-size", dest="tokenizer_vocab_size", type=int)
+    p.add_argument("--max-text-len", dest="max_text_len", type=int,
+                   help="tokens per sentence incl. BOS/EOS (default: the model's limit)")
+    p.add_argument("--mask-rule", dest="mask_rule", choices=("published", "clean"))
+
+
+def _add_optimisation_arguments(p: argparse.ArgumentParser) -> None:
+    length = p.add_mutually_exclusive_group()
+    length.add_argument("--epochs", dest="epochs", type=int,
+                        help="epochs (passes over the refs); default 40 RRSIS-D, 60 RefSegRS")
+    length.add_argument("--max-steps", dest="max_steps", type=int, help="stop after this many optimizer steps")
+    p.add_argument("--batch-size", dest="batch_size", type=int,
+                   help="samples per process per micro-batch (published: 1 x 8 GPUs)")
+    p.add_argument("--grad-accum-steps", dest="grad_accum_steps", type=int)
+    p.add_argument("--lr", dest="lr", type=float, help="learning rate of the non-fusion parameters (5e-5)")
+    p.add_argument("--lr-fusion", dest="lr_fusion", type=float,
+                   help="learning rate of adapters / MPG / text guidance (1e-4)")
+    p.add_argument("--weight-decay", dest="weight_decay", type=float)
+    p.add_argument("--betas", dest="betas", type=float, nargs=2, metavar=("BETA1", "BETA2"))
+    p.add_argument("--adam-eps", dest="adam_eps", type=float)
+    p.add_argument("--lr-milestones", dest="lr_milestones", type=int, nargs="*", metavar="EPOCH",
+                   help="epochs from which the learning rates are multiplied by --lr-gamma once more")
+    p.add_argument("--lr-gamma", dest="lr_gamma", type=float)
+    p.add_argument("--clip-grad-norm", dest="clip_grad_norm", type=float)
+    p.add_argument("--freeze", dest="freeze", choices=("published", "none"))
+    p.add_argument("--w-ce", dest="w_ce", type=float, help="weight of the cross-entropy term (0.9)")
+    p.add_argument("--w-dice", dest="w_dice", type=float, help="weight of the Dice term (0.1)")
+    p.add_argument("--w-tbl", dest="w_tbl", type=float, help="weight of the text-guided boundary term (0.2)")
+    p.add_argument("--boundary-loss", dest="boundary_loss", choices=("hard", "soft"))
+    p.add_argument("--random-boxes", dest="random_boxes", **_BOOL,
+                   help="RRSIS-D black-box augmentation (default: on for rrsisd)")
+    p.add_argument("--box-prob", dest="box_prob", type=float, help="share of samples given black boxes (0.2)")
+    p.add_argument("--num-workers", dest="num_workers", type=int, help="DataLoader workers per process")
+
+
+def _add_evaluation_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--eval-every", "--eval-every-epochs", dest="eval_every_epochs", type=int,
+                   help="validate every N epochs")
+    p.add_argument("--eval-at-start", dest="eval_at_start", **_BOOL, help="validate before training")
+    p.add_argument("--eval-at-end", dest="eval_at_end", **_BOOL, help="validate after the last step (on)")
+    p.add_argument("--eval-batch-size", dest="eval_batch_size", type=int)
+    p.add_argument("--val-limit", dest="val_limit", type=int, help="score only the first N val expressions")
+    p.add_argument("--eval-threshold", dest="eval_threshold", type=float)
+    p.add_argument("--best-metric", dest="best_metric", choices=("mIoU+oIoU", "mIoU", "oIoU"))
+
+
+def _add_system_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--seed", dest="seed", type=int)
+    p.add_argument("--device", dest="device", help="auto | cpu | cuda (under torchrun: cuda:LOCAL_RANK)")
+    p.add_argument("--precision", dest="precision", choices=("auto", "bf16", "fp32"))
+    p.add_argument("--fsdp", dest="fsdp", **_BOOL,
+                   help="shard gradients and optimizer state over the ranks (FSDP2, ZeRO-2 equivalent)")
+    p.add_argument("--grad-checkpointing", dest="grad_checkpointing", **_BOOL,
+                   help="activation checkpointing of every Hiera block and BEiT-3 layer")
+    p.add_argument("--find-unused-parameters", dest="find_unused_parameters", **_BOOL)
+    p.add_argument("--log-every", "--log-every-steps", dest="log_every_steps", type=int, help="log every N steps")
+    p.add_argument("--save-every", "--save-every-steps", dest="save_every_steps", type=int,
+                   help="also save checkpoints/last every N steps")
+    p.add_argument("--tensorboard", dest="tensorboard", **_BOOL, help="TensorBoard events in RUN/tb (on)")
+    p.add_argument("--progress", dest="progress", **_BOOL, help="tqdm bars (on)")
+    p.add_argument("--resume", dest="resume", action="store_true", help="continue RUN from checkpoints/last (exactly)")
+    p.add_argument("--debug-nonfinite-at-step", dest="debug_nonfinite_at_step", type=int,
+                   help="testing hook: make the loss of this optimizer step NaN")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML training config (configs/rrsisd.yaml, ...); flags override it")
+    _add_run_arguments(parser)
+    _add_optimisation_arguments(parser)
+    _add_evaluation_arguments(parser)
+    _add_system_arguments(parser)
+    parser.add_argument("--cpu-processes", type=int, default=1, metavar="N",
+                        help="CPU only: N data-parallel processes started here (no torchrun), the cores shared "
+                             "between them; --batch-size is per process")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override any config key (YAML value), e.g. --set w_tbl=0 --set model.fusion.bhfm=uni")
+
+
+def _apply_set(config: dict[str, Any], item: str) -> None:
+    import yaml
+
+    if "=" not in item:
+        raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+    key, raw = item.split("=", 1)
+    parts = key.strip().split(".")
+    target = config
+    for p in parts[:-1]:
+        target = target.setdefault(p, {})
+    target[parts[-1]] = yaml.safe_load(raw)
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """YAML (``--config``, or the run's saved ``train_config.yaml`` with ``--resume``) <- flags given
+    <- ``--set`` items."""
+    base: dict[str, Any] = {}
+    saved = Path(args.out) / "train_config.yaml" if args.out else None
+    if args.resume and saved is not None and saved.is_file():
+        base = read_yaml(saved)
+    elif args.config:
+        base = read_yaml(args.config)
+    for f in dataclasses.fields(TrainConfig):
+        value = getattr(args, f.name, None)
+        if value is not None:
+            base[f.name] = value
+    if args.epochs is not None:
+        base["max_steps"] = None
+    for item in args.set:
+        _apply_set(base, item)
+    return TrainConfig.from_dict(base)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        cfg = config_from_args(args)
+        missing = [f"--{k}" for k in ("preset", "dataset", "data", "out") if not getattr(cfg, k, None)]
+        if missing:
+            raise ValueError(f"missing {', '.join(missing)} (give them as flags or in --config)")
+        summary = train_cpu_processes(cfg, args.cpu_processes) if args.cpu_processes > 1 else train(cfg)
+    except NonFiniteLossError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+    except (ValueError, FileNotFoundError, FileExistsError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except torch.multiprocessing.ProcessRaisedException as exc:  # a --cpu-processes rank failed
+        print(f"error in a training process: {str(exc).strip().splitlines()[-1]}", file=sys.stderr)
+        return 2
+    if int(os.environ.get("RANK", "0")) == 0:
+        _print_result(summary, Path(cfg.out))
+    return 0
+
+
+def _print_result(summary: dict[str, Any], out: Path) -> None:
+    best = summary.get("best") or {}
+    line = f"done: {summary['global_step']} steps, world size {summary['world_size']}"
+    if best.get("metrics"):
+        line += f"; best val mIoU {best['metrics'].get('mIoU'):.2f} oIoU {best['metrics'].get('oIoU'):.2f} " \
+                f"(step {best['step']})"
+    print(line)
+    print(f"summary: {out / 'summary.json'}")
