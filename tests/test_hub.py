@@ -172,6 +172,39 @@ def test_offline_errors_say_what_the_cache_holds(hub_cache, ckpt):
         rs2sam2.load_pretrained(REPO, subfolder="../models--nobody--nothing")
 
 
+@pytest.mark.slow
+def test_unreachable_hub_is_asked_once(hub_cache, ckpt, monkeypatch):
+    """Not offline, but the Hub cannot be reached (HF_ENDPOINT: a closed local port). A cached
+    checkpoint loads: its first file comes from the cache, the others are asked for at that file's
+    commit (read from the cache without a request). For a file not cached huggingface_hub retries
+    for ~25 s; after that, only the cache is read."""
+    import huggingface_hub
+    import huggingface_hub.constants as constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    importlib.reload(constants)
+    assert not constants.HF_HUB_OFFLINE and constants.ENDPOINT == "http://127.0.0.1:9"
+    commit = cache_repo(hub_cache, REPO, folder_files(ckpt, "rrsisd"))
+    calls = []
+    download = huggingface_hub.hf_hub_download
+
+    def counting(repo_id, filename, revision, local_files_only):
+        calls.append((filename, revision, local_files_only))
+        return download(repo_id, filename, revision=revision, local_files_only=local_files_only)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", counting)
+    assert _same_weights(rs2sam2.load_pretrained(REPO, subfolder="rrsisd"), ckpt)
+    assert calls == [("rrsisd/model.safetensors", "main", False), ("rrsisd/config.json", commit, False),
+                     ("rrsisd/tokenizer.model", commit, False)]
+
+    calls.clear()
+    with pytest.raises(CheckpointError, match=r"the cache .* does not hold revision 'v9' of it \(cached revisions: "
+                                              r"main\); the Hugging Face Hub could not be reached"):
+        rs2sam2.load_pretrained(REPO, subfolder="rrsisd", revision="v9")
+    assert [c[2] for c in calls] == [False] + [True] * (len(rs2sam2.checkpoints.WEIGHTS_NAMES) - 1)
+
+
 def test_local_paths_take_subfolder_but_not_revision(ckpt, tmp_path):
     root = tmp_path / "clone"
     shutil.copytree(ckpt, root / "rrsisd")
@@ -244,3 +277,6 @@ def test_serve_and_evaluate_take_the_hub_flags(hub_cache, ckpt, tmp_path, capsys
         err = capsys.readouterr().err
         assert "subfolder 'refseg'" in err and "Traceback" not in err, err
     assert not (tmp_path / "x.json").exists() and not (tmp_path / "x.png").exists()
+    assert cli_main(["evaluate", "--predictions", str(tmp_path), "--subfolder", "rrsisd", "--out",
+                     str(tmp_path / "x.json"), *common]) == 2
+    assert "--subfolder and --revision go with --checkpoint" in capsys.readouterr().err

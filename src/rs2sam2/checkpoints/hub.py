@@ -11,7 +11,7 @@ that names the extra.
 from __future__ import annotations
 
 import re
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from .convert import CheckpointError
 
@@ -53,6 +53,12 @@ class HubRepo:
         self.repo_id = repo_id
         self.revision = revision or "main"
         self.hub_said_missing = False  # the last file not found: the Hub said so (else: not in the cache)
+        # When the Hub does not answer, huggingface_hub retries for about half a minute for a file that
+        # is not cached; so after that, only the cache is read. Once a file came back, the other files
+        # are asked for at its commit: cached ones are then read without any request, and every file
+        # of a checkpoint comes from the same commit.
+        self.cache_only = False
+        self.commit: str | None = None
 
     def __str__(self) -> str:
         return f"{self.repo_id} (revision {self.revision})"
@@ -62,9 +68,10 @@ class HubRepo:
         has no such file, or when the Hub cannot be asked (offline, unreachable) and it is not cached."""
         errors = self.hf.utils
         try:
-            path = Path(self.hf.hf_hub_download(self.repo_id, filename, revision=self.revision))
-        except errors.LocalEntryNotFoundError:
-            self.hub_said_missing = False
+            path = Path(self.hf.hf_hub_download(self.repo_id, filename, revision=self.commit or self.revision,
+                                                local_files_only=self.cache_only))
+        except errors.LocalEntryNotFoundError:  # offline or unreachable, and not in the cache
+            self.hub_said_missing, self.cache_only = False, True
             return None
         except errors.EntryNotFoundError:  # the Hub answered: no such file
             self.hub_said_missing = True
@@ -77,6 +84,9 @@ class HubRepo:
                 "and this machine is not logged in with access to it") from e
         except (errors.HfHubHTTPError, errors.HFValidationError, OSError) as e:
             raise CheckpointError(f"{self}: cannot fetch {filename} from the Hugging Face Hub ({e})") from e
+        snapshot = path.parents[len(PurePosixPath(filename).parts) - 1]  # <cache>/models--o--n/snapshots/<commit>
+        if snapshot.parent.name == "snapshots" and _COMMIT.fullmatch(snapshot.name):
+            self.commit = snapshot.name
         return path
 
     def cache_folder(self) -> Path:
