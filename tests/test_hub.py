@@ -219,7 +219,8 @@ def test_local_paths_take_subfolder_but_not_revision(ckpt, tmp_path):
 
 def test_missing_extra_is_named(monkeypatch, capsys, tmp_path):
     monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # import huggingface_hub -> ImportError
-    with pytest.raises(CheckpointError, match=r"needs huggingface_hub.*pip install 'rs2sam2\[hub\]'"):
+    with pytest.raises(CheckpointError, match=r"^checkpoint not found: ReeF2025/RS2-SAM2 is not a local path, and "
+                                              r"loading .* needs huggingface_hub.*pip install 'rs2sam2\[hub\]'"):
         rs2sam2.load_pretrained(REPO, subfolder="rrsisd")
     image = h.write_png(tmp_path / "scene.png")
     rc = cli_main(["predict", "--checkpoint", REPO, "--subfolder", "rrsisd", "--image", str(image), "--text", TEXT,

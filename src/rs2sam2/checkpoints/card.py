@@ -36,8 +36,8 @@ class CardInfo:
         metrics_source: where the metrics come from (e.g. ``val split, step 1200``).
         parameters: ``{part: {"total": n, "trainable": n}}`` as :func:`parameter_counts` returns;
             :func:`~.folders.save_pretrained` fills it from the model.
-        repo_id: the Hub id the folder is published under, used in the load commands (else the
-            folder's name), with ``subfolder`` inside that repository.
+        repo_id: the Hub id the folder is published under, used in the load commands (else ``.``,
+            the folder itself), with ``subfolder`` inside that repository.
     """
 
     dataset: str | None = None

@@ -29,14 +29,14 @@ def is_repo_id(text: str) -> bool:
     return bool(_REPO_ID.fullmatch(text)) and "--" not in text and ".." not in text
 
 
-def _hf():
+def _hf(repo_id: str):
     try:
         import huggingface_hub
         import huggingface_hub.utils  # noqa: F401  (the error types)
     except ImportError as e:
         raise CheckpointError(
-            "loading a checkpoint by Hugging Face Hub id needs huggingface_hub, which is not installed: "
-            f"pip install 'rs2sam2[{EXTRA}]'") from e
+            f"checkpoint not found: {repo_id} is not a local path, and loading it as a Hugging Face Hub id needs "
+            f"huggingface_hub, which is not installed: pip install 'rs2sam2[{EXTRA}]'") from e
     return huggingface_hub
 
 
@@ -49,7 +49,7 @@ class HubRepo:
     """
 
     def __init__(self, repo_id: str, revision: str | None = None):
-        self.hf = _hf()
+        self.hf = _hf(repo_id)
         self.repo_id = repo_id
         self.revision = revision or "main"
         self.hub_said_missing = False  # the last file not found: the Hub said so (else: not in the cache)
