@@ -40,7 +40,8 @@ def test_save_and_from_pretrained_roundtrip(tmp_path):
     model = rs2sam2.build_model("nano").eval()
     spm = FIXTURES / "tokenizer" / "test_xlmr.model"
     rs2sam2.save_pretrained(model, tmp_path / "ckpt", tokenizer_path=spm)
-    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["config.json", "model.safetensors", "tokenizer.model"]
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == [
+        "README.md", "config.json", "model.safetensors", "tokenizer.model"]
     again = rs2sam2.load_pretrained(tmp_path / "ckpt").eval()
     assert again.config == model.config
     torch.testing.assert_close(_outputs(again), _outputs(model), atol=0, rtol=0)
@@ -190,3 +191,74 @@ def test_locate_resolves_files_folders_and_run_folders(tmp_path):
     rs2sam2.save_pretrained(model, bare)
     with pytest.raises(CheckpointError, match=r"no tokenizer found.*looked for tokenizer\.model"):
         locate(bare).tokenizer_file()
+
+
+def _write_shards(folder, sd, fmt: str) -> dict[str, list[str]]:
+    """``sd`` split over two shards (alternate keys) plus the index, as Hugging Face writes them."""
+    keys = sorted(sd)
+    ext, base = ("safetensors", "model") if fmt == "safetensors" else ("bin", "pytorch_model")
+    shards = {f"{base}-0000{i}-of-00002.{ext}": keys[i - 1 :: 2] for i in (1, 2)}
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, part in shards.items():
+        if fmt == "safetensors":
+            save_file({k: sd[k] for k in part}, str(folder / name))
+        else:
+            torch.save({k: sd[k] for k in part}, folder / name)
+    index = {"metadata": {"total_size": 0}, "weight_map": {k: n for n, part in shards.items() for k in part}}
+    (folder / f"{base}.{ext}.index.json").write_text(json.dumps(index))
+    return shards
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "bin"])
+def test_sharded_checkpoints_load_identical_weights(tmp_path, fmt):
+    torch.manual_seed(0)
+    model = rs2sam2.build_model("nano").eval()
+    rs2sam2.save_pretrained(model, tmp_path / "whole")
+    sd = model.state_dict()
+    folder = tmp_path / "sharded"
+    shards = _write_shards(folder, sd, fmt)
+    (folder / "config.json").write_bytes((tmp_path / "whole" / "config.json").read_bytes())
+    assert all(len(part) > 100 for part in shards.values())
+
+    index = locate(folder).weights
+    assert index.name.endswith(".index.json")
+    assert rs2sam2.checkpoints.shard_names(index) == sorted(shards)
+    loaded = load_pretrained(folder).state_dict()
+    assert sorted(loaded) == sorted(sd) and all(torch.equal(loaded[k], sd[k]) for k in sd)
+
+
+def test_sharded_bin_is_read_weights_only(tmp_path, monkeypatch):
+    """A ``.bin`` shard that would run code is refused like a single file, and the code never runs."""
+    marker = tmp_path / "ran"
+    monkeypatch.setenv("EVIL_MARKER", str(marker))
+    sd = {"a": torch.zeros(2), "b": torch.ones(3)}
+    shards = _write_shards(tmp_path / "s", sd, "bin")
+    torch.save({"b": _Evil()}, tmp_path / "s" / sorted(shards)[1])
+    with pytest.raises(CheckpointError, match="weights_only"):
+        read_state_dict(tmp_path / "s" / "pytorch_model.bin.index.json")
+    assert not marker.exists()
+
+
+def test_shard_index_must_match_its_shards(tmp_path):
+    sd = {"a": torch.zeros(2), "b": torch.ones(3), "c": torch.ones(1)}
+    folder = tmp_path / "s"
+    shards = _write_shards(folder, sd, "safetensors")
+    index_path = folder / "model.safetensors.index.json"
+    index = json.loads(index_path.read_text())
+    assert read_state_dict(index_path).keys() == sd.keys()
+
+    index["weight_map"]["d"] = sorted(shards)[0]  # listed, but in no shard
+    index_path.write_text(json.dumps(index))
+    with pytest.raises(CheckpointError, match=r"model-00001-of-00002.safetensors: does not hold .*: d\)"):
+        read_state_dict(index_path)
+    index["weight_map"]["d"] = "../elsewhere.safetensors"
+    index_path.write_text(json.dumps(index))
+    with pytest.raises(CheckpointError, match="not a file name beside the index"):
+        read_state_dict(index_path)
+    index_path.write_text(json.dumps({"weight_map": ["a"]}))
+    with pytest.raises(CheckpointError, match="not a valid shard index"):
+        read_state_dict(index_path)
+    (folder / sorted(shards)[1]).unlink()
+    index_path.write_text(json.dumps({"weight_map": {k: n for n, part in shards.items() for k in part}}))
+    with pytest.raises(CheckpointError, match="not found: .*model-00002-of-00002.safetensors"):
+        read_state_dict(index_path)

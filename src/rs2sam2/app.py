@@ -277,10 +277,11 @@ def launch(demo, host: str = "127.0.0.1", port: int | None = None, *, max_upload
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from .checkpoints import CHECKPOINT_HELP, TOKENIZER_HELP
+    from .checkpoints import CHECKPOINT_HELP, TOKENIZER_HELP, add_hub_arguments
 
     parser.add_argument("--checkpoint", required=True, metavar="CKPT",
                         help=CHECKPOINT_HELP)
+    add_hub_arguments(parser)
     parser.add_argument("--tokenizer", metavar="SPM", help=TOKENIZER_HELP)
     parser.add_argument("--host", default="127.0.0.1",
                         help="interface to listen on (default 127.0.0.1: this machine only; 0.0.0.0 exposes the "
@@ -317,7 +318,8 @@ def run(args) -> int:
     try:
         predictor = Predictor.from_pretrained(args.checkpoint, device=args.device, precision=args.precision,
                                               tokenizer=args.tokenizer, threshold=args.threshold,
-                                              image_size=args.image_size)
+                                              image_size=args.image_size, subfolder=args.subfolder,
+                                              revision=args.revision)
     except (CheckpointError, InputError, FileNotFoundError) as exc:
         print(f"rs2sam2 serve: error: {exc}", file=sys.stderr)
         return 2

@@ -52,7 +52,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checkpoints import CHECKPOINT_HELP, TOKENIZER_HELP
+from .checkpoints import CHECKPOINT_HELP, TOKENIZER_HELP, add_hub_arguments
 from .fsutil import atomic_write_text
 from .metrics import (
     METRIC_NAMES,
@@ -406,6 +406,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help=CHECKPOINT_HELP)
     src.add_argument("--predictions", help="folder of <expression id>.png masks (non-zero = foreground)")
+    add_hub_arguments(parser)
     parser.add_argument("--data", required=True, help="dataset root (for jsonl: the .jsonl file or its folder)")
     from .data import DATASETS
 
@@ -450,6 +451,9 @@ def _run(args: argparse.Namespace) -> int:
     from .data import DatasetError, build_dataset
 
     rank, _ = dist_info()
+    if args.predictions and (args.subfolder or args.revision):
+        print("error: --subfolder and --revision go with --checkpoint, not --predictions", file=sys.stderr)
+        return 2
     split = None if (args.dataset == "jsonl" and args.split in ("all", "none")) else args.split
     try:
         dataset = build_dataset(args.dataset, args.data, split)
@@ -466,7 +470,7 @@ def _run(args: argparse.Namespace) -> int:
             )
             source = {"predictions": str(Path(args.predictions).resolve())}
         else:
-            located = locate(args.checkpoint)
+            located = locate(args.checkpoint, subfolder=args.subfolder, revision=args.revision)
             ckpt, tok_path = located.path, located.tokenizer_file(args.tokenizer)
             from .text import load_tokenizer
 

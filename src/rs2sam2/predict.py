@@ -56,7 +56,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checkpoints import CHECKPOINT_HELP, TOKENIZER_HELP, CheckpointError, load_pretrained, locate
+from .checkpoints import CHECKPOINT_HELP, TOKENIZER_HELP, CheckpointError, add_hub_arguments, load_pretrained, locate
 from .imageio import ImageReadError, RasterInfo, read_image, to_rgb_uint8
 from .metrics import PUBLISHED_THRESHOLD
 
@@ -269,14 +269,16 @@ class Predictor:
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, device: str | torch.device | None = "cpu",
                         precision: str = "fp32", tokenizer=None, threshold: float = PUBLISHED_THRESHOLD,
-                        image_size: int | None = None, **kwargs) -> Predictor:
+                        image_size: int | None = None, subfolder: str | None = None, revision: str | None = None,
+                        **kwargs) -> Predictor:
         """Load a checkpoint: our ``save_pretrained`` folder, a training run folder, a released RS2-SAM2
-        folder, or a weights file (see :func:`rs2sam2.checkpoints.locate`). The tokenizer is
-        ``tokenizer`` (a path or a Tokenizer) or the one saved with the checkpoint.
-        ``image_size`` overrides the SAM2 input size of released folders (default 1024).
+        folder, a weights file, or a Hugging Face Hub id with ``subfolder`` and ``revision`` (see
+        :func:`rs2sam2.checkpoints.locate`). The tokenizer is ``tokenizer`` (a path or a Tokenizer) or
+        the one saved with the checkpoint. ``image_size`` overrides the SAM2 input size of released
+        folders (default 1024).
 
         Raises :class:`~rs2sam2.CheckpointError` (checkpoint or tokenizer missing/unreadable)."""
-        located = locate(path)
+        located = locate(path, subfolder=subfolder, revision=revision)
         if tokenizer is None or isinstance(tokenizer, (str, os.PathLike)):  # before the (large) weights are read
             tokenizer = _load_tokenizer(located.tokenizer_file(tokenizer))
         model = load_pretrained(located.path, image_size=image_size)
@@ -569,6 +571,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("model")
     g.add_argument("--checkpoint", required=True, metavar="CKPT",
                    help=CHECKPOINT_HELP)
+    add_hub_arguments(g)
     g.add_argument("--tokenizer", metavar="SPM", help=TOKENIZER_HELP)
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when available; default)")
     g.add_argument("--precision", choices=PRECISIONS, default="fp32", help="fp32 (default) or bf16")
@@ -630,7 +633,8 @@ def run(args) -> int:
         validate_jobs(jobs)
         predictor = Predictor.from_pretrained(args.checkpoint, device=args.device, precision=args.precision,
                                               tokenizer=args.tokenizer, threshold=args.threshold,
-                                              image_size=args.image_size)
+                                              image_size=args.image_size, subfolder=args.subfolder,
+                                              revision=args.revision)
     except (InputError, CheckpointError, FileNotFoundError) as exc:
         return _fail(str(exc))
 

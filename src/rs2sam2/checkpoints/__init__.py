@@ -1,11 +1,13 @@
 """Loading checkpoints into the model: released RS2-SAM2 weights, official SAM2 / BEiT-3 weights, ours.
 
-Loading is always: find the files (:func:`~.folders.locate`) -> read them without executing pickled
+Loading is always: find the files (:func:`~.folders.locate`; a Hugging Face Hub id is fetched into
+the Hub cache first, :mod:`.hub`) -> read them without executing pickled
 code (:func:`~.folders.read_state_dict`) -> detect the layout and rewrite keys into our names
 (:mod:`.convert`) -> check every key and shape -> ``load_state_dict(strict=True)``.
 
 This module is the only one of the package that imports the model; :mod:`.convert` (key mapping,
-config inference) and :mod:`.folders` (files and folders) know nothing of it.
+config inference), :mod:`.folders` (files and folders), :mod:`.hub` (Hub repositories) and
+:mod:`.card` (the README.md model card) know nothing of it.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from .convert import (
     infer_config,
     unwrap_state_dict,
 )
+from .card import CardInfo, parameter_counts
 from .folders import (
     CHECKPOINT_HELP,
     CONFIG_MARKER,
@@ -37,12 +40,14 @@ from .folders import (
     TOKENIZER_NAMES,
     WEIGHTS_NAMES,
     Located,
+    add_hub_arguments,
     find_tokenizer,
     locate,
     read_config,
     read_state_dict,
     save_pretrained,
     save_state_dict,
+    shard_names,
 )
 
 __all__ = [
@@ -52,9 +57,11 @@ __all__ = [
     "TOKENIZER_HELP",
     "TOKENIZER_NAMES",
     "WEIGHTS_NAMES",
+    "CardInfo",
     "CheckpointError",
     "LoadReport",
     "Located",
+    "add_hub_arguments",
     "convert_beit3_state_dict",
     "convert_published_state_dict",
     "convert_sam2_state_dict",
@@ -67,10 +74,12 @@ __all__ = [
     "load_pretrained",
     "load_sam2_checkpoint",
     "locate",
+    "parameter_counts",
     "read_config",
     "read_state_dict",
     "save_pretrained",
     "save_state_dict",
+    "shard_names",
     "unwrap_state_dict",
 ]
 
@@ -170,11 +179,13 @@ def load_beit3_checkpoint(model: torch.nn.Module, source) -> LoadReport:
     return _check_and_load(model, converted, "beit3", ignored, partial=True)
 
 
-def load_pretrained(path: str | os.PathLike, image_size: int | None = None) -> RS2SAM2:
+def load_pretrained(path: str | os.PathLike, image_size: int | None = None, *, subfolder: str | None = None,
+                    revision: str | None = None) -> RS2SAM2:
     """Build and load a model from anything :func:`locate` accepts: our folder, a released RS2-SAM2
-    folder, a single weights file, or a training run folder. ``image_size`` overrides the SAM2 input
-    size (default: the recorded one; 1024 for released weights)."""
-    located = locate(path)
+    folder, a single weights file, a training run folder, or a Hugging Face Hub id such as
+    ``"ReeF2025/RS2-SAM2"`` with ``subfolder="rrsisd"`` (and ``revision=``, default ``main``).
+    ``image_size`` overrides the SAM2 input size (default: the recorded one; 1024 for released weights)."""
+    located = locate(path, subfolder=subfolder, revision=revision)
     sd = read_state_dict(located.weights)
     if located.config is None:  # a released folder: its config.json does not say which SAM2 size was used
         cfg = infer_config(sd, image_size=image_size or 1024)

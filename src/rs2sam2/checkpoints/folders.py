@@ -2,17 +2,20 @@
 
 :func:`locate` is the one place that turns what a user names (``--checkpoint``, ``--init``,
 ``load_pretrained(...)``) into files, and :data:`WEIGHTS_NAMES` / :func:`read_state_dict` the one
-place that knows weight file formats; a new kind of source (e.g. a Hugging Face Hub id resolved to a
-local snapshot) or weights format is added there. Weights are read without executing pickled code:
-safetensors, or ``torch.load(weights_only=True)``.
+place that knows weight file formats; a new kind of source or weights format is added there. A
+Hugging Face Hub id (``owner/name``, with a subfolder and revision) is resolved there too: only the
+files the checkpoint needs are fetched (:mod:`.hub`), and the snapshot folder they land in is then
+located like any folder. Weights are read without executing pickled code: safetensors, or
+``torch.load(weights_only=True)``, sharded or not.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Mapping
 
 import torch
@@ -20,6 +23,8 @@ from torch import Tensor
 
 from ..config import ModelConfig
 from ..fsutil import atomic_write, atomic_write_bytes, atomic_write_text
+from . import hub
+from .card import CardInfo, model_card, parameter_counts
 from .convert import CheckpointError, unwrap_state_dict
 
 #: the key of our ``config.json`` that holds the model configuration
@@ -33,7 +38,9 @@ WEIGHTS_NAMES = ("model.safetensors", "model.safetensors.index.json", "pytorch_m
 RUN_CHECKPOINTS = ("best", "last")
 #: what :func:`locate` accepts, for the ``--checkpoint`` help of the commands
 CHECKPOINT_HELP = ("a save_pretrained folder, a training run folder (its checkpoints/best, else checkpoints/last), "
-                   "a released RS2-SAM2 folder, or a weights file")
+                   "a released RS2-SAM2 folder, a weights file, or a Hugging Face Hub id owner/name (e.g. "
+                   "ReeF2025/RS2-SAM2 with --subfolder rrsisd; needs the extra rs2sam2[hub]; HF_HUB_OFFLINE=1 "
+                   "reads only the local Hub cache)")
 #: the ``--tokenizer`` help of the commands
 TOKENIZER_HELP = (f"SentencePiece model (default: the first of {', '.join(TOKENIZER_NAMES)} saved with the "
                   "checkpoint, or in its training run folder)")
@@ -73,16 +80,64 @@ class Located:
         return self.tokenizer
 
 
-def locate(path: str | os.PathLike) -> Located:
+def locate(path: str | os.PathLike, subfolder: str | None = None, revision: str | None = None) -> Located:
     """The weights, tokenizer and configuration of a checkpoint.
 
-    ``path`` is a weights file, a ``save_pretrained`` folder, a released RS2-SAM2 folder, or a
-    training run folder (``RUN/`` -> ``RUN/checkpoints/best``, else ``RUN/checkpoints/last``).
-    Reads only ``config.json``; the weights are read by :func:`read_state_dict`.
+    ``path`` is a weights file, a ``save_pretrained`` folder, a released RS2-SAM2 folder, a
+    training run folder (``RUN/`` -> ``RUN/checkpoints/best``, else ``RUN/checkpoints/last``), or,
+    when no such local path exists, a Hugging Face Hub id ``owner/name``. ``subfolder`` is a folder
+    inside it (``rrsisd`` of the released repository); ``revision`` (a branch, tag or commit; default
+    ``main``) applies to Hub ids only. A Hub id is resolved through huggingface_hub's cache
+    (``HF_HUB_OFFLINE=1``: the cache only), fetching just the weights (and their shards),
+    ``config.json`` and the tokenizer. Reads only ``config.json``; the weights are read by
+    :func:`read_state_dict`.
     """
-    path = Path(path)
-    if not path.exists():
+    sub = _subfolder(subfolder)
+    local = Path(path)
+    if local.exists():
+        if revision is not None:
+            raise CheckpointError(f"a revision ({revision!r}) applies to Hugging Face Hub ids only; {path} is a "
+                                  "local path")
+        if sub:
+            if not (local / sub).is_dir():
+                raise CheckpointError(f"checkpoint not found: {path} has no subfolder {sub!r}")
+            local = local / sub
+        return _locate_local(local)
+    if not hub.is_repo_id(str(path)):
         raise CheckpointError(f"checkpoint not found: {path}")
+    return _locate_local(_hub_folder(str(path), sub, revision))
+
+
+def _subfolder(subfolder: str | None) -> str:
+    """``subfolder`` as a relative POSIX path ("" for none); :class:`CheckpointError` when it leaves its root."""
+    if not subfolder:
+        return ""
+    parts = PurePosixPath(str(subfolder).replace("\\", "/")).parts
+    if parts[0] == "/" or ".." in parts:
+        raise CheckpointError(f"subfolder {subfolder!r} must be a relative path inside the checkpoint")
+    return "/".join(p for p in parts if p != ".")
+
+
+def _hub_folder(repo_id: str, subfolder: str, revision: str | None) -> Path:
+    """The snapshot folder of ``repo_id``/``subfolder`` in the Hub cache, holding its weights (all
+    shards), ``config.json`` when it has one, and its tokenizer when it has one."""
+    repo = hub.HubRepo(repo_id, revision)
+    prefix = f"{subfolder}/" if subfolder else ""
+    weights = next(filter(None, (repo.file(prefix + n) for n in WEIGHTS_NAMES)), None)
+    if weights is None:
+        raise CheckpointError(f"checkpoint not found: {repo_id} is not a local path, and as a Hugging Face Hub id "
+                              f"(revision {repo.revision}): {repo.why_missing(subfolder, WEIGHTS_NAMES)}")
+    if weights.name.endswith(".index.json"):
+        for shard in shard_names(weights):
+            if repo.file(prefix + shard) is None:
+                raise CheckpointError(f"{repo}: shard {prefix + shard} listed in {weights.name} is missing"
+                                      + ("" if repo.hub_said_missing else " from the cache"))
+    repo.file(prefix + "config.json")
+    next(filter(None, (repo.file(prefix + n) for n in TOKENIZER_NAMES)), None)
+    return weights.parent
+
+
+def _locate_local(path: Path) -> Located:
     if path.is_dir():
         weights = _weights_file_in(path)
         if weights is None and (path / "checkpoints").is_dir():
@@ -95,6 +150,15 @@ def locate(path: str | os.PathLike) -> Located:
     else:
         weights = path
     return Located(path, weights, find_tokenizer(path), read_config(path if path.is_dir() else path.parent))
+
+
+def add_hub_arguments(parser) -> None:
+    """The ``--subfolder`` and ``--revision`` options that go with ``--checkpoint`` in the commands."""
+    parser.add_argument("--subfolder", metavar="DIR",
+                        help="folder inside the checkpoint (a Hub repository or local folder), e.g. rrsisd or "
+                             "refseg for ReeF2025/RS2-SAM2")
+    parser.add_argument("--revision", metavar="REV",
+                        help="branch, tag or commit of a Hugging Face Hub checkpoint (default: main)")
 
 
 def _weights_file_in(folder: Path) -> Path | None:
@@ -151,15 +215,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
     if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}")
     if path.name.endswith(".index.json"):
-        try:
-            index = json.loads(path.read_text())
-            shards = sorted(set(index["weight_map"].values()))
-        except (ValueError, KeyError, TypeError, AttributeError) as e:
-            raise CheckpointError(f"{path}: not a valid shard index ({e})") from e
-        sd: dict[str, Tensor] = {}
-        for shard in shards:
-            sd.update(read_state_dict(path.parent / shard))
-        return sd
+        return _read_shards(path)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -178,21 +234,64 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
     return unwrap_state_dict(obj, str(path))
 
 
-def save_pretrained(model, folder: str | os.PathLike, tokenizer_path: str | os.PathLike | None = None) -> Path:
-    """Write ``model`` (anything with ``state_dict()`` and ``config``) as ``config.json`` +
-    ``model.safetensors`` (+ ``tokenizer.model``) into ``folder``."""
-    return save_state_dict(model.state_dict(), model.config, folder, tokenizer_path)
+def _weight_map(index: Path) -> dict[str, str]:
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()):
+            raise TypeError("keys and file names must be strings")
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"{index}: not a valid shard index ({type(e).__name__}: {e})") from e
+    for shard in set(weight_map.values()):
+        parts = PurePosixPath(shard).parts
+        if len(parts) != 1 or parts[0] in (".", ".."):
+            raise CheckpointError(f"{index}: shard {shard!r} is not a file name beside the index")
+    return weight_map
+
+
+def shard_names(index: str | os.PathLike) -> list[str]:
+    """The shard files a ``*.index.json`` names (``weight_map`` values), each a file beside it."""
+    return sorted(set(_weight_map(Path(index)).values()))
+
+
+def _read_shards(index: Path) -> dict[str, Tensor]:
+    """The state dict of a sharded checkpoint: every shard read, and each shard holding exactly the
+    tensors the index assigns to it."""
+    weight_map = _weight_map(index)
+    sd: dict[str, Tensor] = {}
+    for shard in sorted(set(weight_map.values())):
+        part = read_state_dict(index.parent / shard)
+        listed = {k for k, v in weight_map.items() if v == shard}
+        if set(part) != listed:
+            wrong = sorted(listed - set(part)) + sorted(set(part) - listed)
+            raise CheckpointError(f"{index.parent / shard}: does not hold the tensors {index.name} lists for it "
+                                  f"(missing or extra: {', '.join(wrong[:8])}{' ...' if len(wrong) > 8 else ''})")
+        sd.update(part)
+    return sd
+
+
+def save_pretrained(model, folder: str | os.PathLike, tokenizer_path: str | os.PathLike | None = None,
+                    card: CardInfo | Mapping | None = None) -> Path:
+    """Write ``model`` (anything with ``state_dict()``, ``named_parameters()`` and ``config``) as
+    ``config.json`` + ``model.safetensors`` (+ ``tokenizer.model``) + a ``README.md`` model card into
+    ``folder``. The card counts the model's parameters (total and trainable, by part) and adds what
+    ``card`` (a :class:`~.card.CardInfo` or a mapping of its fields) says: training data, metrics."""
+    info = _card_info(card)
+    if info.parameters is None:
+        info = dataclasses.replace(info, parameters=parameter_counts(model))
+    return save_state_dict(model.state_dict(), model.config, folder, tokenizer_path, card=info)
 
 
 def save_state_dict(state_dict: Mapping[str, Tensor], config: ModelConfig, folder: str | os.PathLike,
-                    tokenizer_path: str | os.PathLike | None = None) -> Path:
-    """Write a state dict of our layout with its ``config`` as a ``save_pretrained`` folder.
+                    tokenizer_path: str | os.PathLike | None = None, card: CardInfo | Mapping | None = None) -> Path:
+    """Write a state dict of our layout with its ``config`` as a ``save_pretrained`` folder, with a
+    ``README.md`` model card (:func:`~.card.model_card`; ``card`` as in :func:`save_pretrained`).
 
     Training saves gathered (FSDP) state dicts through this without a model at hand. Files are
     written to temporary names and renamed, so an interrupted save never leaves a half-written
     checkpoint behind under the final names."""
     from safetensors.torch import save_file
 
+    info = _card_info(card)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
@@ -202,4 +301,15 @@ def save_state_dict(state_dict: Mapping[str, Tensor], config: ModelConfig, folde
     atomic_write_text(folder / "config.json", json.dumps(cfg, indent=2))
     if tokenizer_path is not None:
         atomic_write_bytes(folder / "tokenizer.model", Path(tokenizer_path).read_bytes())
+    atomic_write_text(folder / "README.md",
+                      model_card(config, tensors, info, tokenizer=tokenizer_path is not None))
     return folder
+
+
+def _card_info(card: CardInfo | Mapping | None) -> CardInfo:
+    if card is None or isinstance(card, CardInfo):
+        return card or CardInfo()
+    try:
+        return CardInfo(**card)
+    except TypeError as e:
+        raise TypeError(f"card: expected the fields of CardInfo ({e})") from e
