@@ -207,13 +207,18 @@ def test_cli_geotiff_keeps_the_grid(ckpt, images, predictor, tmp_path, capsys):
     np.testing.assert_array_equal(mask == 255, expected.mask)
     assert 0 < expected.foreground_pixels < mask.size
 
+    # RFC 7946: lon/lat inside the scene's lon/lat bounds, no crs member; the source CRS is recorded
+    from rasterio.warp import transform_bounds
+
     fc = json.loads((out / "mask.geojson").read_text())
-    assert fc["crs"]["properties"]["name"] == "EPSG:32633"
+    assert "crs" not in fc and fc["properties"]["source_crs"] == "EPSG:32633"
     assert fc["properties"]["foreground_px"] == expected.foreground_pixels and fc["features"]
+    west, south, east, north = transform_bounds("EPSG:32633", "EPSG:4326", *bounds)
     xy = np.array([pt for f in fc["features"] for pt in f["geometry"]["coordinates"][0]])
-    assert bounds.left <= xy[:, 0].min() and xy[:, 0].max() <= bounds.right
-    assert bounds.bottom <= xy[:, 1].min() and xy[:, 1].max() <= bounds.top
+    assert west - 1e-7 <= xy[:, 0].min() and xy[:, 0].max() <= east + 1e-7
+    assert south - 1e-7 <= xy[:, 1].min() and xy[:, 1].max() <= north + 1e-7
     assert sum(f["properties"]["area_px"] for f in fc["features"]) == expected.foreground_pixels
+    assert {f["properties"]["text"] for f in fc["features"]} == {TEXTS[0]}
 
     with Image.open(out / "overlay.png") as ov:
         assert ov.size == (300, 200) and ov.format == "PNG"
