@@ -156,7 +156,7 @@ class Plan:
         """How many times smaller (per side) the model input was read than the region: 1 but decimated."""
         if self.read_shape is None:
             return 1.0
-        return max(self.height / self.read_shape[0], self.width / self.read_shape[1])
+        return max(self.width, self.height) / max(self.read_shape)
 
     @property
     def steps(self) -> int:
