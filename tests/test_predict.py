@@ -491,7 +491,7 @@ def test_prediction_save_vectors_plot_and_repr_png(predictor, images, tmp_path):
         np.testing.assert_allclose(p.read(1), pred.probability)
     polys = pred.polygons()
     assert sum(p.area_px for p in polys) == pred.foreground_pixels
-    assert all(0.0 <= p.score <= 1.0 for p in polys)
+    assert polys and all(p.score == pred.iou_score for p in polys)  # one model answer: its predicted IoU
     files = pred.to_vector(tmp_path / "m.geojson", min_area=1.0)
     fc = json.loads(files[0].read_text())
     assert all(f["properties"]["area"] >= 1.0 for f in fc["features"]) and "crs" not in fc
@@ -553,3 +553,31 @@ def test_cli_area_tile_and_output_errors_exit_2(case, ckpt, images, tmp_path, ca
     assert "error" in err and expect in err, err
     assert "Traceback" not in err
     assert _files(out) == []
+
+
+def test_torchrun_shares_batch_jobs_among_two_gloo_ranks(ckpt, images, tmp_path):
+    """``torchrun --nproc_per_node 2``: every image's jobs run on exactly one rank, all outputs appear once."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    work = tmp_path / "work"
+    work.mkdir()
+    rows = []
+    for i in range(4):
+        shutil.copy(images["png"] if i % 2 else images["geo"], work / f"img{i}{'.png' if i % 2 else '.tif'}")
+        rows.append(f"img{i}{'.png' if i % 2 else '.tif'},\"{TEXTS[i]}\",out/m{i}.tif")
+    (work / "jobs.csv").write_text("image,text,out\n" + "\n".join(rows) + "\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"),
+                                                        os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                        "-m", "rs2sam2", "predict", "--checkpoint", str(ckpt), "--batch", str(work / "jobs.csv"),
+                        "--device", "cpu"], capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    done = re.findall(r"\[rank (\d)\] '([^']*)': .* -> (\S+)", r.stdout)
+    assert sorted(Path(p).name for _, _, p in done) == ["m0.tif", "m1.tif", "m2.tif", "m3.tif"]  # each once
+    by_rank = {rank: sorted(Path(p).name for rk, _, p in done if rk == rank) for rank in ("0", "1")}
+    assert by_rank == {"0": ["m0.tif", "m2.tif"], "1": ["m1.tif", "m3.tif"]}
+    assert _files(work / "out") == ["m0.tif", "m1.tif", "m2.tif", "m3.tif"]

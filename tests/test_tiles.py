@@ -121,6 +121,10 @@ def test_tiles_merge_a_pixelwise_model_exactly_and_find_the_object_across_the_bo
     np.testing.assert_array_equal(pred.mask, expected)
     assert pred.mask[250:330, 200:400].all() and pred.mask.sum() == 200 * 80 + 20 * 20 + 40 * 10
     assert pred.tiles == 12 and pred.iou_score == pytest.approx((230 - 128) / 10)  # the best tile's
+    # a polygon's score: the best predicted IoU among the tiles whose cores it touches
+    score_at = {(int(p.rings[0][:, 0].min()), int(p.rings[0][:, 1].min())): p.score for p in pred.polygons()}
+    assert score_at == {(200, 250): pytest.approx((230 - 128) / 10), (700, 40): pytest.approx((220 - 128) / 10),
+                        (600, 500): pytest.approx((210 - 128) / 10)}  # each square alone in its tile
 
 
 def test_each_pixel_takes_the_nearest_tiles_answer_and_empty_tiles_add_nothing():

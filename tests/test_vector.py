@@ -53,9 +53,8 @@ def _lonlat_bounds():
 
 
 def test_polygons_in_crs_with_holes_areas_and_scores(two_blobs: np.ndarray) -> None:
-    prob = np.where(two_blobs, 0.8, 0.1).astype(np.float32)
-    prob[3:11, 4:14] = 0.6
-    polys = polygons(two_blobs, TRANSFORM, read_probability=lambda w: prob[w[1]:w[1] + w[3], w[0]:w[0] + w[2]])
+    boxes = []
+    polys = polygons(two_blobs, TRANSFORM, score_of=lambda box: boxes.append(box) or box[2] * box[3])
     assert len(polys) == 2
     left, right, bottom, top = ORIGIN_X, ORIGIN_X + W * PIXEL, ORIGIN_Y - H * PIXEL, ORIGIN_Y
     for p in polys:
@@ -67,7 +66,9 @@ def test_polygons_in_crs_with_holes_areas_and_scores(two_blobs: np.ndarray) -> N
     by_size = sorted(polys, key=lambda p: p.area_px)
     assert [p.area_px for p in by_size] == [80, 500 - 6]
     assert [len(p.rings) for p in by_size] == [1, 2]  # the hole is an inner ring
-    assert by_size[0].score == pytest.approx(0.6) and by_size[1].score == pytest.approx(0.8)
+    # the score function gets each polygon's pixel bounding box (col, row, width, height)
+    assert sorted(boxes) == [(4, 3, 10, 8), (30, 20, 25, 20)]
+    assert [p.score for p in by_size] == [80, 500]
     # the small blob's corners, in the CRS
     xy = by_size[0].rings[0]
     assert (xy[:, 0].min(), xy[:, 0].max()) == (ORIGIN_X + 40, ORIGIN_X + 140)

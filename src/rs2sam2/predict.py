@@ -149,14 +149,19 @@ def parse_bands(spec: str | Sequence[int] | None) -> tuple[int, ...] | None:
     return bands
 
 
-def open_image(image, bands: Sequence[int] | str | None = None) -> Raster:
-    """Any supported image -> an open :class:`~rs2sam2.imageio.Raster`: a path, an open rasterio
-    dataset (left open), a PIL image or a numpy array (``HxW`` or ``HxWxC``, channels last).
+def open_image(image, bands: Sequence[int] | str | None = None):
+    """Any supported image -> an open :class:`~rs2sam2.imageio.Raster` (a context manager): a path,
+    an open rasterio dataset (left open), a PIL image, a numpy array (``HxW`` or ``HxWxC``, channels
+    last), or a Raster (left open).
     ``bands`` is 1-based. Raises :class:`InputError` for other types,
     FileNotFoundError / ImageReadError naming the file."""
     bands = parse_bands(bands) if isinstance(bands, str) else bands
     if isinstance(image, torch.Tensor):
         raise InputError("pass images as a path, a PIL image or a numpy array (HxWxC), not a torch tensor")
+    if isinstance(image, Raster):  # already open: the caller closes it
+        if bands is not None:
+            raise InputError("bands are chosen when a Raster is opened, not later")
+        return contextlib.nullcontext(image)
     try:
         return Raster(image, bands=bands)
     except TypeError as exc:

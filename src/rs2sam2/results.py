@@ -86,6 +86,7 @@ class Prediction:
     tiles: int = 1
     downscale: float = 1.0
     preview: np.ndarray | None = field(default=None, repr=False)  # the input, at most PREVIEW_SIDE px
+    scores: PieceScores | None = field(default=None, repr=False)  # per answered window, for polygons
     _probability: np.ndarray | None = field(default=None, repr=False)
 
     @property
@@ -134,12 +135,11 @@ class Prediction:
 
     def polygons(self, simplify: float = 0.0, min_area: float = 0.0) -> list:
         """The mask's polygons in this grid's CRS (:class:`rs2sam2.vector.Polygon`; pixel
-        coordinates without georeference), with area and score (mean probability)."""
+        coordinates without georeference), with area and score (the predicted IoU)."""
         from .vector import polygons
 
-        prob = self.probability
-        return polygons(self.mask, self.transform, simplify=simplify, min_area=min_area,
-                        read_probability=lambda w: prob[w[1]:w[1] + w[3], w[0]:w[0] + w[2]])
+        score_of = self.scores if self.scores is not None else (lambda box: self.iou_score)
+        return polygons(self.mask, self.transform, simplify=simplify, min_area=min_area, score_of=score_of)
 
     def to_vector(self, path: str | os.PathLike, simplify: float = 0.0, min_area: float = 0.0) -> list[Path]:
         """Write the polygons: ``.gpkg`` / ``.shp`` in this grid's CRS, ``.geojson`` as RFC 7946
@@ -216,6 +216,27 @@ def _best(values: Iterable[float]) -> float:
     return max(finite) if finite else float("nan")
 
 
+class PieceScores:
+    """The model's predicted IoU for each window of the output grid it answered (a tile's core, or
+    the whole grid); a polygon's score is the best among the windows its bounding box touches."""
+
+    def __init__(self) -> None:
+        self._windows: list[tuple[int, int, int, int]] = []
+        self._scores: list[float] = []
+
+    def add(self, window, score: float) -> None:
+        self._windows.append(tuple(int(v) for v in window))
+        self._scores.append(float(score))
+
+    def __call__(self, box: tuple[int, int, int, int]) -> float:
+        if not self._windows:
+            return float("nan")
+        w = np.asarray(self._windows)
+        c, r, bw, bh = box
+        hit = (w[:, 0] < c + bw) & (c < w[:, 0] + w[:, 2]) & (w[:, 1] < r + bh) & (r < w[:, 1] + w[:, 3])
+        return _best(np.asarray(self._scores)[hit].tolist())
+
+
 def assemble(pieces: Iterable[Piece], texts: Sequence[str], info: RasterInfo, threshold: float, *,
              tiles: int = 1, downscale: float = 1.0, preview: np.ndarray | None = None) -> list[Prediction]:
     """Build one :class:`Prediction` per text from the pieces of a plan (on the grid ``info``)."""
@@ -224,6 +245,7 @@ def assemble(pieces: Iterable[Piece], texts: Sequence[str], info: RasterInfo, th
     priors: list[np.ndarray | None] = [None] * len(texts)
     valid: np.ndarray | None = None
     answers: list[list[Answer]] = [[] for _ in texts]
+    scores = [PieceScores() for _ in texts]
     for piece in pieces:
         c, r, pw, ph = piece.window
         whole = (pw, ph) == (w, h)
@@ -233,6 +255,7 @@ def assemble(pieces: Iterable[Piece], texts: Sequence[str], info: RasterInfo, th
             valid[r:r + ph, c:c + pw] = piece.valid
         for k in range(len(texts)):
             answers[k].append(piece.answers[k])
+            scores[k].add(piece.window, piece.answers[k].iou_score)
             if whole:
                 logits[k], priors[k] = piece.logits[k], piece.priors[k]
                 continue
@@ -251,7 +274,7 @@ def assemble(pieces: Iterable[Piece], texts: Sequence[str], info: RasterInfo, th
             text=text, logits=logits[k], mask=mask, prior=priors[k], threshold=threshold,
             iou_score=_best(a.iou_score for a in answers[k]), object_score=_best(a.object_score for a in answers[k]),
             crs=info.crs, transform=info.transform, valid=valid, has_nodata=info.has_nodata, tiles=tiles,
-            downscale=downscale, preview=preview))
+            downscale=downscale, preview=preview, scores=scores[k]))
     return out
 
 
@@ -428,16 +451,16 @@ class SceneWriter:
         self.simplify, self.min_area = simplify, min_area
         self.foreground_px = 0
         self.answers: list[Answer] = []
-        self._mask_tmp = stack.enter_context(atomic_write(out)) if out is not None else self._scratch(".tif")
+        self.scores = PieceScores()
+        if out is not None:
+            self._mask_tmp = stack.enter_context(atomic_write(out))
+        else:  # the polygons and the overlay are made from the mask file
+            self._mask_tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="rs2sam2-"))) / "mask.tif"
         self._mask = stack.enter_context(contextlib.closing(open_grid_writer(self._mask_tmp, info, "mask")))
-        self._prob_tmp = self._prob = None
-        if prob is not None or vector is not None:  # the polygons' scores read the probabilities back
-            self._prob_tmp = stack.enter_context(atomic_write(prob)) if prob is not None else self._scratch(".tif")
-            self._prob = stack.enter_context(contextlib.closing(open_grid_writer(self._prob_tmp, info, "probability")))
-
-    def _scratch(self, suffix: str) -> Path:
-        folder = Path(self.stack.enter_context(tempfile.TemporaryDirectory(prefix="rs2sam2-")))
-        return folder / f"scratch{suffix}"
+        self._prob = None
+        if prob is not None:
+            self._prob = stack.enter_context(contextlib.closing(open_grid_writer(
+                stack.enter_context(atomic_write(prob)), info, "probability")))
 
     def write(self, window, logits: np.ndarray, valid: np.ndarray | None, answer: Answer) -> None:
         from rasterio.windows import Window
@@ -454,6 +477,7 @@ class SceneWriter:
             prob = (1.0 / (1.0 + np.exp(-logits.astype(np.float64)))).astype(np.float32)
             self._prob.write(probability_band(prob, valid), 1, window=win)
         self.answers.append(answer)
+        self.scores.add(window, answer.iou_score)
 
     def finish(self, raster, region, *, steps: int, downscale: float, preview_side: int | None = None) -> SceneResult:
         """Close the rasters, trace the polygons, draw the overlay (all still under temporary names)."""
@@ -478,7 +502,7 @@ class SceneWriter:
                 small = mask_ds.read(1, out_shape=shape) == 255
                 if side == preview_side:
                     result.preview, result.preview_mask = rgb, small
-                    if len(self.answers) == 1 and self.answers[0].prior is not None:
+                    if steps == 1 and self.answers and self.answers[0].prior is not None:  # one model input
                         from .tiles import upsample_window
 
                         result.preview_prior = np.clip(upsample_window(self.answers[0].prior, *shape), 0, 1)
@@ -491,10 +515,8 @@ class SceneWriter:
 
         from .vector import polygons
 
-        with rasterio.open(self._prob_tmp) as prob_ds:
-            polys = polygons(rasterio.band(mask_ds, 1), self.info.transform, simplify=self.simplify,
-                             min_area=self.min_area,
-                             read_probability=lambda w: prob_ds.read(1, window=rasterio.windows.Window(*w)))
+        polys = polygons(rasterio.band(mask_ds, 1), self.info.transform, simplify=self.simplify,
+                         min_area=self.min_area, score_of=self.scores)
         return _write_vector_in(self.stack, Path(self.vector), polys, self.info.crs, self.text,
                                 _grid_properties(self.info, self.foreground_px))
 

@@ -8,7 +8,8 @@ raster's CRS. Each polygon carries:
 * ``area`` -- in the CRS's square units (square metres for a metric CRS; square pixels without
   georeference), of the polygon as written (after simplification);
 * ``area_px`` -- the number of pixels it covers (before simplification);
-* ``score`` -- the mean predicted probability over those pixels (when a probability map is given).
+* ``score`` -- the model's confidence in the mask the polygon comes from: SAM2's predicted IoU
+  (with tiles, the highest among the tiles whose cores the polygon touches).
 
 ``min_area`` (square CRS units) drops polygons whose pixel-exact area is smaller; ``simplify``
 (CRS units) simplifies every ring with the Douglas-Peucker algorithm (our own implementation, ring
@@ -156,24 +157,12 @@ def _simplify(rings: list[np.ndarray], tolerance: float) -> list[np.ndarray] | N
 # --------------------------------------------------------------------------------------------
 
 
-def _score(rings: list[np.ndarray], transform, read_probability, height: int, width: int) -> float:
-    """Mean of ``read_probability(window)`` over the pixels inside ``rings`` (pixel-exact)."""
-    from rasterio.features import rasterize
-
-    cols, rows = (~transform) @ (rings[0][:, 0], rings[0][:, 1])
+def _pixel_box(ring: np.ndarray, transform, height: int, width: int) -> tuple[int, int, int, int]:
+    """The ``(col, row, width, height)`` pixel window that holds a ring (clipped to the grid)."""
+    cols, rows = (~transform) @ (ring[:, 0], ring[:, 1])
     c0, c1 = max(int(np.floor(cols.min() + 1e-6)), 0), min(int(np.ceil(cols.max() - 1e-6)), width)
     r0, r1 = max(int(np.floor(rows.min() + 1e-6)), 0), min(int(np.ceil(rows.max() - 1e-6)), height)
-    if c1 <= c0 or r1 <= r0:
-        return float("nan")
-    from affine import Affine
-
-    inside = rasterize([({"type": "Polygon", "coordinates": [r.tolist() for r in rings]}, 1)],
-                       out_shape=(r1 - r0, c1 - c0), transform=transform @ Affine.translation(c0, r0),
-                       fill=0, dtype="uint8").astype(bool)
-    prob = np.asarray(read_probability((c0, r0, c1 - c0, r1 - r0)), dtype=np.float64)
-    values = prob[inside]
-    values = values[np.isfinite(values)]
-    return float(values.mean()) if values.size else float("nan")
+    return c0, r0, c1 - c0, r1 - r0
 
 
 def polygons(
@@ -182,7 +171,7 @@ def polygons(
     *,
     simplify: float = 0.0,
     min_area: float = 0.0,
-    read_probability: Callable[[tuple[int, int, int, int]], np.ndarray] | None = None,
+    score_of: Callable[[tuple[int, int, int, int]], float] | None = None,
     connectivity: int = 4,
 ) -> list[Polygon]:
     """Trace the foreground of ``source`` into :class:`Polygon` s (see the module docstring).
@@ -193,7 +182,7 @@ def polygons(
         transform: pixel-to-CRS affine (None: pixel coordinates).
         simplify: Douglas-Peucker tolerance in CRS units (0: pixel-exact edges).
         min_area: polygons whose pixel-exact area (CRS units squared) is below this are dropped.
-        read_probability: ``(col, row, width, height) -> probabilities there``, for ``score``.
+        score_of: ``(col, row, width, height)`` pixel window of a polygon -> its ``score``.
         connectivity: 4 or 8 pixel connectivity of the regions.
     """
     from rasterio.features import shapes
@@ -217,17 +206,15 @@ def polygons(
         height, width = source.ds.height, source.ds.width
         traced = shapes(source, mask=source, connectivity=connectivity, transform=transform)
         wanted = MASK_FOREGROUND
-    # traced in full first: scoring (GDAL rasterize) while GDAL is still polygonizing a band is ~25x slower
-    found = [geom for geom, value in traced if int(value) == wanted and geom.get("type") == "Polygon"]
     out: list[Polygon] = []
-    for geom in found:
+    for geom, value in traced:
+        if int(value) != wanted or geom.get("type") != "Polygon":
+            continue
         rings = [np.asarray(r, dtype=np.float64) for r in geom["coordinates"]]
         exact = _rings_area(rings)
         if exact < min_area:
             continue
-        score = float("nan")
-        if read_probability is not None:
-            score = _score(rings, transform, read_probability, height, width)
+        score = float("nan") if score_of is None else float(score_of(_pixel_box(rings[0], transform, height, width)))
         kept = _simplify(rings, simplify)
         if kept is None:
             continue
