@@ -78,16 +78,6 @@ def info(geotiff: Path) -> FakeRasterInfo:
     return _info_from_file(geotiff)
 
 
-@pytest.fixture()
-def two_blobs() -> np.ndarray:
-    """Two separate foreground blobs; the second has a 2x3 hole."""
-    m = np.zeros((H, W), dtype=bool)
-    m[3:11, 4:14] = True  # 80 px
-    m[20:40, 30:55] = True  # 500 px
-    m[25:27, 40:43] = False  # hole: 6 px
-    return m
-
-
 # ---------------------------------------------------------------------------------- write_mask
 
 

@@ -11,7 +11,13 @@ from affine import Affine
 from PIL import Image
 from rasterio.errors import NotGeoreferencedWarning
 
-from rs2sam2.imageio import ImageReadError, RasterInfo, read_image, stretch_to_uint8, to_rgb_uint8
+from rs2sam2.imageio import (
+    ImageReadError,
+    RasterInfo,
+    read_image,
+    stretch_to_uint8,
+    to_rgb_uint8,
+)
 
 
 def _write_tif(path, data, dtype, crs=None, transform=None, nodata=None):
@@ -241,7 +247,13 @@ def test_truncated_and_corrupt_images_are_errors_naming_the_file(tmp_path):
 
 
 def test_decode_budget_is_checked_from_the_header(tmp_path, monkeypatch):
-    from rs2sam2.imageio import DecodeBudgetError, Raster, check_decode_budget, max_pixels, set_max_pixels
+    from rs2sam2.imageio import (
+        DecodeBudgetError,
+        Raster,
+        check_decode_budget,
+        max_pixels,
+        set_max_pixels,
+    )
 
     Image.fromarray(np.zeros((100, 120, 3), np.uint8)).save(tmp_path / "p.png")
     tif = tmp_path / "t.tif"

@@ -17,7 +17,14 @@ from PIL import Image
 from rs2sam2 import CheckpointError
 from rs2sam2.cli import main as cli_main
 from rs2sam2.imageio import ImageReadError, read_image
-from rs2sam2.predict import InputError, Prediction, Predictor, parse_bands, read_jobs, write_outputs
+from rs2sam2.predict import (
+    InputError,
+    Prediction,
+    Predictor,
+    parse_bands,
+    read_jobs,
+    write_outputs,
+)
 
 TEXTS = ["the red building on the left", "ship", "the small gray vehicle near the road at the bottom", "tank"]
 

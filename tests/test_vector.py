@@ -15,23 +15,19 @@ from rasterio.warp import transform_bounds
 
 from rs2sam2.geo import write_mask
 from rs2sam2.imageio import RasterInfo
-from rs2sam2.vector import check_vector_path, geojson_collection, polygons, simplify_ring, write_vector
+from rs2sam2.vector import (
+    check_vector_path,
+    geojson_collection,
+    polygons,
+    simplify_ring,
+    write_vector,
+)
 
 H, W = 48, 64
 PIXEL = 10.0
 ORIGIN_X, ORIGIN_Y = 412_340.0, 5_123_460.0
 EPSG = 32633
 TRANSFORM = Affine(PIXEL, 0.0, ORIGIN_X, 0.0, -PIXEL, ORIGIN_Y)
-
-
-@pytest.fixture()
-def two_blobs() -> np.ndarray:
-    """Two separate foreground blobs; the second has a 2x3 hole."""
-    m = np.zeros((H, W), dtype=bool)
-    m[3:11, 4:14] = True  # 80 px
-    m[20:40, 30:55] = True  # 500 px
-    m[25:27, 40:43] = False  # hole: 6 px
-    return m
 
 
 def _shoelace(ring) -> float:

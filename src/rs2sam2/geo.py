@@ -35,8 +35,8 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
     from rasterio.crs import CRS
 
 __all__ = [
-    "MASK_FOREGROUND",
     "MASK_BACKGROUND",
+    "MASK_FOREGROUND",
     "MASK_NODATA",
     "AreaError",
     "RasterInfoLike",
@@ -205,7 +205,7 @@ def area_of_interest(
 
         try:
             src = to_crs(bbox_crs)
-        except Exception as exc:  # noqa: BLE001 - rasterio's CRSError and friends
+        except Exception as exc:
             raise AreaError(f"bbox CRS {bbox_crs!r} is not a CRS rasterio knows (like EPSG:4326): {exc}") from None
         minx, miny, maxx, maxy = transform_bounds(src, crs, minx, miny, maxx, maxy, densify_pts=21)
     inverse = ~transform

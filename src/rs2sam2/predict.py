@@ -106,13 +106,13 @@ __all__ = [
     "Prediction",
     "Predictor",
     "SceneResult",
+    "add_arguments",
     "load_image",
     "parse_bands",
     "read_jobs",
     "resolve_device",
-    "write_outputs",
-    "add_arguments",
     "run",
+    "write_outputs",
 ]
 
 PRECISIONS = ("fp32", "bf16")

@@ -31,8 +31,17 @@ from .imageio import RasterInfo
 from .metrics import PUBLISHED_THRESHOLD
 from .tiles import Answer, Piece
 
-__all__ = ["OVERLAY_MAX_SIDE", "MASK_SUFFIXES", "OVERLAY_SUFFIXES", "Prediction", "SceneResult", "SceneWriter",
-           "assemble", "check_output_paths", "write_outputs"]
+__all__ = [
+    "MASK_SUFFIXES",
+    "OVERLAY_MAX_SIDE",
+    "OVERLAY_SUFFIXES",
+    "Prediction",
+    "SceneResult",
+    "SceneWriter",
+    "assemble",
+    "check_output_paths",
+    "write_outputs",
+]
 
 MASK_SUFFIXES = (".tif", ".tiff", ".png")
 OVERLAY_SUFFIXES = (".png", ".jpg", ".jpeg")

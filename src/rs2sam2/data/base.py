@@ -22,7 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from ..imageio import read_image
+from ..imageio import check_decode_budget, read_image
 
 __all__ = ["DatasetError", "Ref", "ReferringDataset", "read_mask_file"]
 
@@ -54,6 +54,7 @@ def read_mask_file(path: str | Path) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"mask file not found: {path}")
+    check_decode_budget(path)
     try:
         import rasterio
         from rasterio.errors import NotGeoreferencedWarning
