@@ -180,6 +180,21 @@ def test_truncated_image_is_refused_naming_the_file(predictor, tmp_path):
     assert len(warned) == 1 and "cut.png" in warned[0] and "truncated" in warned[0]
 
 
+def test_upload_over_the_decode_budget_is_refused_before_decoding(predictor, tmp_path):
+    import gradio as gr
+
+    from rs2sam2.app import segment
+    from rs2sam2.imageio import set_max_pixels
+
+    png = h.write_png(tmp_path / "photo.png")  # 300 x 200: PNG is decoded whole
+    set_max_pixels(50_000)
+    try:
+        with pytest.raises(gr.Error, match=r"photo\.png.*60,000 pixels.*decode budget of 50,000.*--max-pixels"):
+            segment(predictor, str(png), "a ship", None, tmp_path)
+    finally:
+        set_max_pixels(None)
+
+
 def test_large_pixel_upload_is_read_decimated_by_the_handler(predictor, tmp_path):
     """A scene over twice the model input per side: decimated for the model, the mask on the full grid."""
     import rasterio

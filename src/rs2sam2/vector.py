@@ -237,7 +237,7 @@ def check_vector_path(path: str | os.PathLike) -> str:
     driver = VECTOR_SUFFIXES[suffix]
     if driver != "GeoJSON":
         try:
-            import pyogrio
+            import pyogrio  # noqa: F401 - only whether it is installed
         except ImportError:
             raise ImportError(f"writing {suffix} files needs pyogrio: {GIS_EXTRA}") from None
     return driver
