@@ -205,7 +205,7 @@ def area_of_interest(
 
         try:
             src = to_crs(bbox_crs)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - rasterio's CRSError and friends
             raise AreaError(f"bbox CRS {bbox_crs!r} is not a CRS rasterio knows (like EPSG:4326): {exc}") from None
         minx, miny, maxx, maxy = transform_bounds(src, crs, minx, miny, maxx, maxy, densify_pts=21)
     inverse = ~transform
