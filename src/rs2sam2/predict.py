@@ -80,10 +80,7 @@ from .imageio import (
     MAX_PIXELS_ENV,
     ImageReadError,
     Raster,
-    RasterInfo,
     max_pixels,
-    read_image,
-    to_rgb_uint8,
 )
 from .metrics import PUBLISHED_THRESHOLD
 from .results import (
@@ -107,7 +104,7 @@ __all__ = [
     "Predictor",
     "SceneResult",
     "add_arguments",
-    "load_image",
+    "open_image",
     "parse_bands",
     "read_jobs",
     "resolve_device",
@@ -170,28 +167,6 @@ def open_image(image, bands: Sequence[int] | str | None = None):
         if isinstance(image, (str, os.PathLike)) or hasattr(image, "read"):
             raise
         raise InputError(f"cannot use this image: {exc}") from exc
-
-
-def load_image(image, bands: Sequence[int] | str | None = None) -> tuple[np.ndarray, RasterInfo | None]:
-    """Any supported image -> ``(HxWx3 uint8 RGB, RasterInfo or None)``, whole.
-
-    Paths go through :func:`rs2sam2.imageio.read_image` (GeoTIFFs keep their georeferencing in the
-    info); PIL images and numpy arrays through :func:`~rs2sam2.imageio.to_rgb_uint8`, with
-    ``info = None``. ``bands`` is 1-based.
-    """
-    from PIL import Image
-
-    bands = parse_bands(bands) if isinstance(bands, str) else bands
-    if isinstance(image, (str, os.PathLike)):
-        return read_image(image, bands=bands)  # FileNotFoundError / ImageReadError name the file
-    if isinstance(image, Image.Image) or isinstance(image, np.ndarray):
-        try:
-            return to_rgb_uint8(image, bands=bands), None
-        except ValueError as exc:
-            raise InputError(f"cannot use this image: {exc}") from exc
-    if isinstance(image, torch.Tensor):
-        raise InputError("pass images as a path, a PIL image or a numpy array (HxWxC), not a torch tensor")
-    raise InputError(f"unsupported image type {type(image).__name__}; pass a path, a PIL image or a numpy array")
 
 
 def _check_texts(texts: Sequence[Any]) -> list[str]:
