@@ -2,6 +2,7 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -42,3 +43,13 @@ def tiny_parity_model(tiny_published_state_dict):
     model = rs2sam2.build_model("tiny-parity").eval()
     rs2sam2.load_official_state_dict(model, tiny_published_state_dict)
     return model.to(DEVICE)
+
+
+@pytest.fixture()
+def two_blobs() -> np.ndarray:
+    """A 48 x 64 mask with two separate foreground blobs; the second has a 2x3 hole (geo and vector tests)."""
+    m = np.zeros((48, 64), dtype=bool)
+    m[3:11, 4:14] = True  # 80 px
+    m[20:40, 30:55] = True  # 500 px
+    m[25:27, 40:43] = False  # hole: 6 px
+    return m

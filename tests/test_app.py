@@ -130,7 +130,10 @@ def test_browser_upload_and_segment(predictor, scene, tmp_path):
                 mask_bytes = page.request.get(urljoin(url, mask_href)).body()
                 assert mask_bytes[:4] in (b"II*\x00", b"MM\x00*")
                 fc = json.loads(page.request.get(urljoin(url, geojson_href)).body())
-                assert fc["crs"]["properties"]["name"] == "EPSG:32633"
+                # RFC 7946: lon/lat (UTM 33N at 500 km E, 5200 km N is near 15 E, 47 N), no crs member
+                assert "crs" not in fc and fc["properties"]["source_crs"] == "EPSG:32633"
+                lon, lat = fc["features"][0]["geometry"]["coordinates"][0][0]
+                assert 14.9 < lon < 15.1 and 46.9 < lat < 47.0
                 page.wait_for_timeout(300)
                 page.screenshot(path=str(SCREENSHOT), full_page=True)
 
@@ -151,3 +154,104 @@ def test_browser_upload_and_segment(predictor, scene, tmp_path):
     finally:
         demo.close()
     assert external == [], f"the page tried to load from the network: {external}"
+
+
+def test_truncated_image_is_refused_naming_the_file(predictor, tmp_path):
+    import gradio as gr
+
+    from rs2sam2.app import preview, segment
+
+    data = h.write_png(tmp_path / "whole.png").read_bytes()
+    cut = tmp_path / "cut.png"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(gr.Error, match=r"Could not read cut\.png as an image: .*truncated"):
+        segment(predictor, str(cut), "a ship", None, tmp_path)
+    warned = []
+    gr_warning = gr.Warning
+    try:
+        gr.Warning = lambda message: warned.append(message)  # preview() warns instead of failing
+        assert preview(str(cut)) is None
+    finally:
+        gr.Warning = gr_warning
+    assert len(warned) == 1 and "cut.png" in warned[0] and "truncated" in warned[0]
+
+
+def test_upload_over_the_decode_budget_is_refused_before_decoding(predictor, tmp_path):
+    import gradio as gr
+
+    from rs2sam2.app import segment
+    from rs2sam2.imageio import set_max_pixels
+
+    png = h.write_png(tmp_path / "photo.png")  # 300 x 200: PNG is decoded whole
+    set_max_pixels(50_000)
+    try:
+        with pytest.raises(gr.Error, match=r"photo\.png.*60,000 pixels.*decode budget of 50,000.*--max-pixels"):
+            segment(predictor, str(png), "a ship", None, tmp_path)
+    finally:
+        set_max_pixels(None)
+
+
+def test_large_pixel_upload_is_read_decimated_by_the_handler(predictor, tmp_path):
+    """A scene over twice the model input per side: decimated for the model, the mask on the full grid."""
+    import rasterio
+
+    from rs2sam2.app import segment
+
+    import helpers_scene
+
+    scene = helpers_scene.write_scene(tmp_path / "big.tif", 3000)
+    overlay, prior, mask_file, geojson_file, summary = segment(predictor, str(scene), "the white building", 0.0,
+                                                               tmp_path)
+    assert max(overlay.size) == 1024 and max(prior.size) == 1024
+    with rasterio.open(scene) as src, rasterio.open(mask_file) as m:
+        assert (m.crs, m.transform, m.shape) == (src.crs, src.transform, (3000, 3000))
+    assert "downscaled 11.7x" in summary and json.loads(Path(geojson_file).read_text())["type"] == "FeatureCollection"
+
+
+@pytest.mark.slow
+def test_web_demo_memory_stays_bounded_for_a_small_file_of_many_pixels(tmp_path_factory, tmp_path):
+    """A 0.8 MB, 15000 x 15000 GeoTIFF uploaded to a running ``rs2sam2 serve``: the server's peak resident
+    memory (VmHWM) stays under 1.2 GB (it was 6.0 GB when uploads were decoded whole)."""
+    import subprocess
+    import sys
+    import time
+
+    from gradio_client import Client, handle_file
+
+    import helpers_scene
+
+    ckpt = h.build_checkpoint(tmp_path_factory.mktemp("serve_ckpt") / "nano")
+    scene = helpers_scene.write_scene(tmp_path / "s15k.tif", 15000)
+    assert scene.stat().st_size < 1.5 * 2**20
+    port = _free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GRADIO_ANALYTICS_ENABLED": "False",
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"), os.environ.get("PYTHONPATH", "")])}
+    server = subprocess.Popen([sys.executable, "-m", "rs2sam2", "serve", "--checkpoint", str(ckpt), "--port",
+                               str(port), "--device", "cpu"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              env=env)
+
+    def peak_gb() -> float:
+        for line in Path(f"/proc/{server.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**20
+        raise AssertionError("no VmHWM")
+
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert server.poll() is None and time.time() < deadline, server.stderr.read().decode()[-2000:]
+                time.sleep(1)
+        before = peak_gb()
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=False, analytics_enabled=False)
+        result = client.predict(handle_file(str(scene)), "the white building", 0.0, api_name="/on_submit")
+        after = peak_gb()
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+    assert "15000 x 15000 px" in result[-1] and "downscaled 58.6x" in result[-1]
+    print(f"serve peak memory: {before:.2f} GB after start, {after:.2f} GB after a 15000 x 15000 upload")
+    assert after < 1.2, f"{after:.2f} GB"

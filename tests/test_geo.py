@@ -1,8 +1,8 @@
-"""Tests for rs2sam2.geo: georeferenced masks, probability rasters, GeoJSON and atomic writes."""
+"""Tests for rs2sam2.geo: areas of interest, georeferenced masks and probability rasters, atomic writes.
+(Polygons and vector files: test_vector.py.)"""
 
 from __future__ import annotations
 
-import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,9 +18,11 @@ from rasterio.crs import CRS
 from rs2sam2 import geo
 from rs2sam2.geo import (
     MASK_FOREGROUND,
+    MASK_NODATA,
+    AreaError,
     RasterInfoLike,
-    mask_to_geojson,
-    write_geojson,
+    area_of_interest,
+    open_grid_writer,
     write_mask,
     write_probability,
 )
@@ -74,30 +76,6 @@ def geotiff(tmp_path: Path) -> Path:
 @pytest.fixture()
 def info(geotiff: Path) -> FakeRasterInfo:
     return _info_from_file(geotiff)
-
-
-@pytest.fixture()
-def two_blobs() -> np.ndarray:
-    """Two separate foreground blobs; the second has a 2x3 hole."""
-    m = np.zeros((H, W), dtype=bool)
-    m[3:11, 4:14] = True  # 80 px
-    m[20:40, 30:55] = True  # 500 px
-    m[25:27, 40:43] = False  # hole: 6 px
-    return m
-
-
-def _shoelace(ring: list[list[float]]) -> float:
-    pts = np.asarray(ring, dtype=np.float64)
-    x, y = pts[:, 0], pts[:, 1]
-    return 0.5 * float(np.dot(x[:-1], y[1:]) - np.dot(x[1:], y[:-1]))
-
-
-def _polygon_area(rings: list[list[list[float]]]) -> float:
-    return abs(_shoelace(rings[0])) - sum(abs(_shoelace(r)) for r in rings[1:])
-
-
-def _leftovers(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if ".tmp" in p.name)
 
 
 # ---------------------------------------------------------------------------------- write_mask
@@ -225,73 +203,102 @@ def test_write_probability_geotiff_and_png(tmp_path: Path, info: FakeRasterInfo)
         write_probability(tmp_path / "q.tif", prob[:, :-2], info)
 
 
-# ------------------------------------------------------------------------------------- GeoJSON
+# ---------------------------------------------------------------------------------- nodata
 
 
-def test_geojson_two_polygons_in_crs(
-    tmp_path: Path, geotiff: Path, info: FakeRasterInfo, two_blobs: np.ndarray
-) -> None:
-    fc = mask_to_geojson(two_blobs, info)
-    assert fc["type"] == "FeatureCollection"
-    assert fc["crs"] == {"type": "name", "properties": {"name": f"EPSG:{EPSG}"}}
-    assert fc["properties"]["epsg"] == EPSG
-    assert CRS.from_wkt(fc["properties"]["crs_wkt"]).to_epsg() == EPSG
-    assert fc["properties"]["coordinate_space"] == "crs"
-    feats = fc["features"]
-    assert len(feats) == 2
-
-    with rasterio.open(geotiff) as src:
-        left, bottom, right, top = src.bounds
-    pixel_area = PIXEL * PIXEL
-    expected_px = sorted([80, 500 - 6])
-    got_px = []
-    for f in feats:
-        assert f["geometry"]["type"] == "Polygon"
-        assert f["properties"]["value"] == 1
-        rings = f["geometry"]["coordinates"]
-        for ring in rings:
-            xy = np.asarray(ring)
-            assert np.all((xy[:, 0] >= left) & (xy[:, 0] <= right))
-            assert np.all((xy[:, 1] >= bottom) & (xy[:, 1] <= top))
-            assert ring[0] == ring[-1]  # closed
-        assert _shoelace(rings[0]) > 0  # exterior counter-clockwise (right-hand rule)
-        area = _polygon_area(rings)
-        assert area == pytest.approx(f["properties"]["area_px"] * pixel_area)
-        assert f["properties"]["area_m2"] == pytest.approx(area)
-        got_px.append(f["properties"]["area_px"])
-    assert sorted(got_px) == expected_px
-    assert sum(got_px) == int(two_blobs.sum()) == fc["properties"]["foreground_px"]
-    # the holed blob keeps its hole as an inner ring
-    assert sorted(len(f["geometry"]["coordinates"]) for f in feats) == [1, 2]
-
-    out = write_geojson(tmp_path / "mask.geojson", fc)
-    assert json.loads(out.read_text()) == fc
-    assert _leftovers(tmp_path) == []
+def test_mask_and_probability_declare_nodata(tmp_path: Path, info: FakeRasterInfo, two_blobs: np.ndarray) -> None:
+    valid = np.ones((H, W), bool)
+    valid[:, :5] = False  # a nodata strip crossing the first blob
+    out = write_mask(tmp_path / "m.tif", two_blobs, info, valid)
+    with rasterio.open(out) as dst:
+        assert dst.nodata == MASK_NODATA and dst.tags()["NODATA_VALUE"] == str(MASK_NODATA)
+        band = dst.read(1)
+        assert (dst.read_masks(1) == 0).sum() == (~valid).sum()
+    np.testing.assert_array_equal(band[~valid], MASK_NODATA)
+    np.testing.assert_array_equal(band[valid] == 255, two_blobs[valid])
+    assert set(np.unique(band[valid]).tolist()) == {0, 255}
+    prob = np.full((H, W), 0.25, np.float32)
+    with rasterio.open(write_probability(tmp_path / "p.tif", prob, info, valid)) as dst:
+        assert np.isnan(dst.nodata)
+        got = dst.read(1)
+    assert np.isnan(got[~valid]).all() and (got[valid] == 0.25).all()
+    # PNG cannot declare nodata: those pixels are background
+    with Image.open(write_mask(tmp_path / "m.png", two_blobs, None, valid)) as im:
+        arr = np.asarray(im)
+    assert (arr[~valid] == 0).all() and ((arr == 255) == (two_blobs & valid)).all()
 
 
-def test_geojson_pixel_coordinates_without_georeference(two_blobs: np.ndarray) -> None:
-    fc = mask_to_geojson(two_blobs)
-    assert "crs" not in fc
-    assert fc["properties"]["coordinate_space"] == "pixel"
-    assert fc["properties"]["epsg"] is None
-    assert len(fc["features"]) == 2
-    for f in fc["features"]:
-        xy = np.concatenate([np.asarray(r) for r in f["geometry"]["coordinates"]])
-        assert xy[:, 0].min() >= 0 and xy[:, 0].max() <= W
-        assert xy[:, 1].min() >= 0 and xy[:, 1].max() <= H
-        assert _polygon_area(f["geometry"]["coordinates"]) == f["properties"]["area_px"]
-        assert "area_m2" not in f["properties"]
-    small = min(fc["features"], key=lambda f: f["properties"]["area_px"])
-    xy = np.asarray(small["geometry"]["coordinates"][0])
-    assert (xy[:, 0].min(), xy[:, 0].max(), xy[:, 1].min(), xy[:, 1].max()) == (4, 14, 3, 11)
+def test_windowed_writer_equals_whole_write(tmp_path: Path, info: FakeRasterInfo, two_blobs: np.ndarray) -> None:
+    from rasterio.windows import Window
+
+    from rs2sam2.geo import mask_band
+    from rs2sam2.imageio import RasterInfo
+
+    meta = RasterInfo(600, 700, crs=f"EPSG:{EPSG}", transform=tuple(info.transform)[:6], georeferenced=True,
+                      has_nodata=True)
+    rng = np.random.default_rng(3)
+    mask = rng.random((600, 700)) > 0.7
+    valid = np.ones((600, 700), bool)
+    valid[500:, :] = False
+    dst = open_grid_writer(tmp_path / "w.tif", meta, "mask")
+    for r in range(0, 600, 250):
+        for c in range(0, 700, 300):
+            win = Window(c, r, min(300, 700 - c), min(250, 600 - r))
+            sl = (slice(r, r + win.height), slice(c, c + win.width))
+            dst.write(mask_band(mask[sl], valid[sl]), 1, window=win)
+    dst.close()
+    with rasterio.open(tmp_path / "w.tif") as got:
+        assert got.profile["tiled"] and got.block_shapes == [(256, 256)]
+        assert got.nodata == MASK_NODATA and got.crs.to_epsg() == EPSG and got.transform == info.transform
+        np.testing.assert_array_equal(got.read(1), mask_band(mask, valid))
 
 
-def test_geojson_empty_mask_and_connectivity(info: FakeRasterInfo) -> None:
-    fc = mask_to_geojson(np.zeros((H, W), np.uint8), info)
-    assert fc["features"] == [] and fc["properties"]["num_polygons"] == 0
-    diag = np.zeros((H, W), bool)
-    diag[0, 0] = diag[1, 1] = True
-    assert len(mask_to_geojson(diag, info)["features"]) == 2
-    assert len(mask_to_geojson(diag, info, connectivity=8)["features"]) == 1
-    with pytest.raises(ValueError, match="does not match"):
-        mask_to_geojson(diag[:10], info)
+# ---------------------------------------------------------------------------------- areas of interest
+
+
+def test_window_is_exact_and_checked(info: FakeRasterInfo) -> None:
+    assert area_of_interest(info) == ((0, 0, W, H), False)
+    assert area_of_interest(info, window=(5, 7, 20, 10)) == ((5, 7, 20, 10), False)
+    for bad, words in [((0, 0, 0, 5), "zero size"), ((60, 0, 10, 5), "not inside"), ((-1, 0, 5, 5), "not inside"),
+                       ((0, 40, 5, 9), "not inside")]:
+        with pytest.raises(AreaError, match=words):
+            area_of_interest(info, window=bad)
+    with pytest.raises(AreaError, match="not both"):
+        area_of_interest(info, window=(0, 0, 1, 1), bbox=(0, 0, 1, 1))
+
+
+def test_bbox_snaps_outward_to_whole_pixels(info: FakeRasterInfo) -> None:
+    # pixel edges: x = ORIGIN_X + 10 * col, y = ORIGIN_Y - 10 * row
+    exact = (ORIGIN_X + 30, ORIGIN_Y - 200, ORIGIN_X + 130, ORIGIN_Y - 50)
+    assert area_of_interest(info, bbox=exact) == ((3, 5, 10, 15), False)
+    inside = (ORIGIN_X + 31, ORIGIN_Y - 199, ORIGIN_X + 129, ORIGIN_Y - 51)  # within the same pixels
+    assert area_of_interest(info, bbox=inside) == ((3, 5, 10, 15), False)
+    wider = (ORIGIN_X + 29.9, ORIGIN_Y - 200.1, ORIGIN_X + 130.1, ORIGIN_Y - 49.9)  # touches one more pixel
+    assert area_of_interest(info, bbox=wider) == ((2, 4, 12, 17), False)
+    # beyond the raster: clipped, and said so
+    (col, row, w, h), clipped = area_of_interest(info, bbox=(ORIGIN_X - 100, ORIGIN_Y - 50, ORIGIN_X + 50,
+                                                             ORIGIN_Y + 100))
+    assert (col, row, w, h) == (0, 0, 5, 5) and clipped
+    for bad, words in [((ORIGIN_X + 5000, ORIGIN_Y, ORIGIN_X + 6000, ORIGIN_Y + 10), "outside"),
+                       ((ORIGIN_X + 50, ORIGIN_Y - 50, ORIGIN_X + 50, ORIGIN_Y - 10), "zero size"),
+                       ((ORIGIN_X + 50, ORIGIN_Y - 10, ORIGIN_X + 60, ORIGIN_Y - 50), "zero size")]:
+        with pytest.raises(AreaError, match=words):
+            area_of_interest(info, bbox=bad)
+
+
+def test_bbox_in_lon_lat(info: FakeRasterInfo) -> None:
+    from rasterio.warp import transform_bounds
+
+    # the lon/lat box of pixels (3..13, 5..20): snapped outward it covers at least those pixels
+    box = (ORIGIN_X + 30, ORIGIN_Y - 200, ORIGIN_X + 130, ORIGIN_Y - 50)
+    lonlat = transform_bounds(CRS.from_epsg(EPSG), "EPSG:4326", *box)
+    (col, row, w, h), _ = area_of_interest(info, bbox=lonlat, bbox_crs="EPSG:4326")
+    assert col <= 3 and row <= 5 and col + w >= 13 and row + h >= 20
+    assert w <= 12 and h <= 17  # and not more than a pixel of slack each side (the UTM grid is rotated in lon/lat)
+    with pytest.raises(AreaError, match="not a CRS"):
+        area_of_interest(info, bbox=lonlat, bbox_crs="EPSG:nope")
+    plain = FakeRasterInfo(H, W, None, None, 3, "uint8", False)
+    with pytest.raises(AreaError, match="has no CRS"):
+        area_of_interest(plain, bbox=lonlat, bbox_crs="EPSG:4326")
+    # without georeference a bbox is in pixel coordinates
+    assert area_of_interest(plain, bbox=(2.5, 3, 10, 8.2)) == ((2, 3, 8, 6), False)

@@ -11,7 +11,13 @@ from affine import Affine
 from PIL import Image
 from rasterio.errors import NotGeoreferencedWarning
 
-from rs2sam2.imageio import ImageReadError, RasterInfo, read_image, stretch_to_uint8, to_rgb_uint8
+from rs2sam2.imageio import (
+    ImageReadError,
+    RasterInfo,
+    read_image,
+    stretch_to_uint8,
+    to_rgb_uint8,
+)
 
 
 def _write_tif(path, data, dtype, crs=None, transform=None, nodata=None):
@@ -141,3 +147,147 @@ def test_errors_name_the_file(tmp_path):
     bad.write_bytes(b"this is not an image at all")
     with pytest.raises(ImageReadError, match="broken.tif"):
         read_image(bad)
+
+
+# --------------------------------------------------------------------------------------------
+# windows, decimation, nodata, opened datasets
+# --------------------------------------------------------------------------------------------
+
+
+def test_windows_and_decimated_reads(tmp_path):
+    from rs2sam2.imageio import Raster
+
+    rng = np.random.default_rng(4)
+    data = rng.integers(0, 256, (3, 300, 500)).astype(np.uint8)
+    path = tmp_path / "t.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=500, height=300, count=3, dtype="uint8", tiled=True,
+                       blockxsize=128, blockysize=128, crs="EPSG:32633",
+                       transform=Affine(2, 0, 400000, 0, -2, 5000000)) as dst:
+        dst.write(data)
+    full, _ = read_image(path)
+    with Raster(path) as r:
+        part, valid = r.read((120, 40, 200, 100))
+        assert valid is None and part.shape == (100, 200, 3)
+        np.testing.assert_array_equal(part, full[40:140, 120:320])
+        small, _ = r.read(out_shape=(30, 50))  # averaging 10 x 10 blocks
+        expect = full.reshape(30, 10, 50, 10, 3).mean(axis=(1, 3))
+        assert np.abs(small.astype(float) - expect).max() <= 1
+        info = r.info.window(120, 40, 200, 100)
+        assert (info.width, info.height) == (200, 100)
+        assert info.transform == pytest.approx((2, 0, 400240, 0, -2, 4999920))
+        with pytest.raises(ValueError, match="not inside"):
+            r.read((450, 0, 100, 10))
+    # an open rasterio dataset is read the same way and left open
+    with rasterio.open(path) as ds:
+        with Raster(ds) as r:
+            np.testing.assert_array_equal(r.read((120, 40, 200, 100))[0], part)
+        assert not ds.closed
+
+
+def test_stretch_is_scene_wide_in_every_window(geotiff16):
+    from rs2sam2.imageio import Raster
+
+    path, _ = geotiff16
+    full, _ = read_image(path)
+    with Raster(path) as r:
+        part, valid = r.read((5, 3, 10, 9))
+    np.testing.assert_array_equal(part, full[3:12, 5:15])
+
+
+def test_validity_from_nodata_alpha_and_nan(tmp_path, geotiff16):
+    from rs2sam2.imageio import Raster
+
+    path, _ = geotiff16
+    with Raster(path) as r:
+        assert r.info.has_nodata
+        _, valid = r.read()
+        assert valid is not None and not valid[0].any() and valid[1:].all()  # nodata row 0 (all bands 0)
+    rgba = np.zeros((6, 7, 4), np.uint8)
+    rgba[..., :3] = 90
+    rgba[2:, :, 3] = 255  # transparent top rows
+    Image.fromarray(rgba).save(tmp_path / "a.png")
+    with Raster(tmp_path / "a.png") as r:
+        rgb, valid = r.read()
+        assert r.info.has_nodata and (rgb == 90).all()
+        np.testing.assert_array_equal(valid, rgba[..., 3] > 0)
+    data = np.ones((1, 5, 5), np.float32)
+    data[0, 1, 1] = np.nan
+    _write_tif(tmp_path / "f.tif", data, "float32")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with Raster(tmp_path / "f.tif") as r:
+            _, valid = r.read()
+    assert valid.sum() == 24 and not valid[1, 1]
+
+
+def test_truncated_and_corrupt_images_are_errors_naming_the_file(tmp_path):
+    from PIL import ImageFile
+
+    rng = np.random.default_rng(5)
+    img = rng.integers(0, 256, (120, 160, 3)).astype(np.uint8)
+    for fmt in ("png", "jpg"):
+        Image.fromarray(img).save(tmp_path / f"whole.{fmt}")
+        data = (tmp_path / f"whole.{fmt}").read_bytes()
+        (tmp_path / f"cut.{fmt}").write_bytes(data[: len(data) // 2])
+        with pytest.raises(ImageReadError, match=rf"cut\.{fmt}.*truncated"):
+            read_image(tmp_path / f"cut.{fmt}")
+    _write_tif(tmp_path / "whole.tif", img.transpose(2, 0, 1), "uint8")
+    data = (tmp_path / "whole.tif").read_bytes()
+    (tmp_path / "cut.tif").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ImageReadError, match=r"cut\.tif"):
+        read_image(tmp_path / "cut.tif")
+    # reading a truncated file as if it were whole must never be switched on behind our back
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is False
+    ImageFile.LOAD_TRUNCATED_IMAGES = True
+    try:
+        with pytest.raises(ImageReadError, match="LOAD_TRUNCATED_IMAGES"):
+            read_image(tmp_path / "whole.png")
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+def test_decode_budget_is_checked_from_the_header(tmp_path, monkeypatch):
+    from rs2sam2.imageio import (
+        DecodeBudgetError,
+        Raster,
+        check_decode_budget,
+        max_pixels,
+        set_max_pixels,
+    )
+
+    Image.fromarray(np.zeros((100, 120, 3), np.uint8)).save(tmp_path / "p.png")
+    tif = tmp_path / "t.tif"
+    grid = dict(crs="EPSG:32633", transform=Affine(1, 0, 500000, 0, -1, 0))
+    with rasterio.open(tif, "w", driver="GTiff", width=400, height=300, count=1, dtype="uint8", tiled=True,
+                       blockxsize=64, blockysize=64, **grid) as dst:
+        dst.write(np.zeros((1, 300, 400), np.uint8))
+    strip = tmp_path / "strip.tif"  # one strip of the whole image: any read decodes all of it
+    with rasterio.open(strip, "w", driver="GTiff", width=400, height=300, count=1, dtype="uint8",
+                       blockysize=300, compress="deflate", **grid) as dst:
+        dst.write(np.zeros((1, 300, 400), np.uint8))
+    assert max_pixels() == 100_000_000
+    monkeypatch.setenv("RS2SAM2_MAX_PIXELS", "10000")
+    assert max_pixels() == 10_000
+    calls = []
+    from PIL import ImageFile
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: calls.append(1))  # nothing may be decoded
+    with pytest.raises(DecodeBudgetError, match=r"p\.png.*120 x 100 = 12,000 pixels.*--max-pixels.*RS2SAM2_MAX_PIXELS"):
+        read_image(tmp_path / "p.png")
+    with pytest.raises(DecodeBudgetError, match="p.png"):
+        check_decode_budget(tmp_path / "p.png")
+    assert calls == []
+    monkeypatch.undo()
+    set_max_pixels(10_000)
+    try:
+        with Raster(tif) as r:  # blocks of 64 x 64 fit: windows of the scene can be read
+            assert r.read((0, 0, 100, 100))[0].shape == (100, 100, 3)
+            assert r.read(out_shape=(50, 60))[0].shape == (50, 60, 3)
+            with pytest.raises(DecodeBudgetError, match=r"t\.tif: this read would decode 400 x 300"):
+                r.read()
+        with pytest.raises(DecodeBudgetError, match=r"strip\.tif: the file is stored in pieces of 400 x 300"):
+            Raster(strip)
+        set_max_pixels(None)
+        assert read_image(strip)[0].shape == (300, 400, 3)
+    finally:
+        set_max_pixels(None)

@@ -17,7 +17,14 @@ from PIL import Image
 from rs2sam2 import CheckpointError
 from rs2sam2.cli import main as cli_main
 from rs2sam2.imageio import ImageReadError, read_image
-from rs2sam2.predict import InputError, Prediction, Predictor, parse_bands, read_jobs, write_outputs
+from rs2sam2.predict import (
+    InputError,
+    Prediction,
+    Predictor,
+    parse_bands,
+    read_jobs,
+    write_outputs,
+)
 
 TEXTS = ["the red building on the left", "ship", "the small gray vehicle near the road at the bottom", "tank"]
 
@@ -203,13 +210,18 @@ def test_cli_geotiff_keeps_the_grid(ckpt, images, predictor, tmp_path, capsys):
     np.testing.assert_array_equal(mask == 255, expected.mask)
     assert 0 < expected.foreground_pixels < mask.size
 
+    # RFC 7946: lon/lat inside the scene's lon/lat bounds, no crs member; the source CRS is recorded
+    from rasterio.warp import transform_bounds
+
     fc = json.loads((out / "mask.geojson").read_text())
-    assert fc["crs"]["properties"]["name"] == "EPSG:32633"
+    assert "crs" not in fc and fc["properties"]["source_crs"] == "EPSG:32633"
     assert fc["properties"]["foreground_px"] == expected.foreground_pixels and fc["features"]
+    west, south, east, north = transform_bounds("EPSG:32633", "EPSG:4326", *bounds)
     xy = np.array([pt for f in fc["features"] for pt in f["geometry"]["coordinates"][0]])
-    assert bounds.left <= xy[:, 0].min() and xy[:, 0].max() <= bounds.right
-    assert bounds.bottom <= xy[:, 1].min() and xy[:, 1].max() <= bounds.top
+    assert west - 1e-7 <= xy[:, 0].min() and xy[:, 0].max() <= east + 1e-7
+    assert south - 1e-7 <= xy[:, 1].min() and xy[:, 1].max() <= north + 1e-7
     assert sum(f["properties"]["area_px"] for f in fc["features"]) == expected.foreground_pixels
+    assert {f["properties"]["text"] for f in fc["features"]} == {TEXTS[0]}
 
     with Image.open(out / "overlay.png") as ov:
         assert ov.size == (300, 200) and ov.format == "PNG"
@@ -361,3 +373,232 @@ def test_cli_subprocess_entry_point(ckpt, images, tmp_path):
                         "--text", "a", "--out", str(tmp_path / "m.png")], capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 2 and "image file not found" in r.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# areas of interest, tiles, nodata, vectors (issue: large scenes)
+# --------------------------------------------------------------------------------------------
+
+
+def _geo_rgb(path: Path, height: int, width: int, *, nodata: int | None = None, seed: int = 3) -> Path:
+    """An 8-bit RGB GeoTIFF (EPSG:32633, 0.5 m) with flat ground and bright rectangles, tiled."""
+    import rasterio
+    from affine import Affine
+
+    rng = np.random.default_rng(seed)
+    data = np.empty((3, height, width), np.uint8)
+    data[:] = np.array([70, 90, 60], np.uint8)[:, None, None]
+    for _ in range(max(2, height * width // 40000)):
+        r, c = int(rng.integers(0, height - 40)), int(rng.integers(0, width - 60))
+        data[:, r:r + int(rng.integers(10, 40)), c:c + int(rng.integers(10, 60))] = 235
+    if nodata is not None:
+        data[:, :, : width // 5] = nodata
+    transform = Affine(h.GEO_PIXEL, 0.0, h.GEO_ORIGIN[0], 0.0, -h.GEO_PIXEL, h.GEO_ORIGIN[1])
+    with rasterio.open(path, "w", driver="GTiff", height=height, width=width, count=3, dtype="uint8", crs=h.GEO_CRS,
+                       transform=transform, nodata=nodata, tiled=True, blockxsize=128, blockysize=128) as dst:
+        dst.write(data)
+    return path
+
+
+def test_window_and_bbox_give_exact_grids(ckpt, predictor, images, tmp_path):
+    import rasterio
+    from affine import Affine
+    from rasterio.warp import transform_bounds
+
+    path = images["geo"]
+    with rasterio.open(path) as src:
+        t, crs = src.transform, src.crs
+    rgb, _ = read_image(path)
+    pred = predictor.predict(path, TEXTS[0], window=(50, 20, 100, 80))
+    assert pred.shape == (80, 100) and pred.crs == "EPSG:32633"
+    assert Affine(*pred.transform) == t @ Affine.translation(50, 20)
+    # only the window was read, stretched like the whole scene: the same as predicting the cut-out
+    np.testing.assert_array_equal(pred.logits, predictor.predict(rgb[20:100, 50:150], TEXTS[0]).logits)
+    # a bbox in the CRS, not on pixel edges: snapped outward to whole pixels
+    x0, y0 = h.GEO_ORIGIN
+    box = (x0 + 25.2, y0 - 50.1, x0 + 74.9, y0 - 10.0)  # columns 50.4..149.8, rows 20..100.2
+    pred = predictor.predict(path, TEXTS[0], bbox=box)
+    assert pred.shape == (81, 100) and Affine(*pred.transform) == t @ Affine.translation(50, 20)
+    # the same box in lon/lat covers at least those pixels
+    lonlat = transform_bounds(crs, "EPSG:4326", *box)
+    out = tmp_path / "aoi.tif"
+    rc = _run("--checkpoint", ckpt, "--image", path, "--text", TEXTS[0], "--out", out,
+              "--bbox", *lonlat, "--bbox-crs", "EPSG:4326", "-q")
+    assert rc == 0
+    with rasterio.open(out) as m:
+        col, row = ~t @ (m.transform.c, m.transform.f)
+        assert m.crs == crs and (m.transform.a, m.transform.e) == (t.a, t.e)
+        assert col == int(col) and row == int(row) and col <= 50 and row <= 20  # on the input's pixel grid
+        assert col + m.width >= 150 and row + m.height >= 101 and m.width <= 102 and m.height <= 83
+
+
+def test_nodata_is_carried_exactly(ckpt, predictor, tmp_path):
+    import pyogrio
+    import rasterio
+    from pyogrio.raw import read
+
+    scene = _geo_rgb(tmp_path / "nd.tif", 200, 300, nodata=0)
+    pred = predictor.predict(scene, TEXTS[0], threshold=-100.0)  # everything with data is "object"
+    assert pred.valid is not None and pred.has_nodata
+    assert not pred.valid[:, :60].any() and pred.valid[:, 60:].all()
+    assert not pred.mask[:, :60].any() and pred.mask[:, 60:].all()
+    out = tmp_path / "out"
+    rc = _run("--checkpoint", ckpt, "--image", scene, "--text", TEXTS[0], "--out", out / "m.tif", "--prob",
+              out / "p.tif", "--vector", out / "m.gpkg", "--threshold", "-100", "-q")
+    assert rc == 0
+    with rasterio.open(out / "m.tif") as m, rasterio.open(out / "p.tif") as p:
+        assert m.nodata == 127 and np.isnan(p.nodata)
+        band, prob, transform = m.read(1), p.read(1), m.transform
+    assert (band[:, :60] == 127).all() and (band[:, 60:] == 255).all()
+    assert np.isnan(prob[:, :60]).all() and np.isfinite(prob[:, 60:]).all()
+    # one polygon: the data, which it never leaves
+    meta, _, geometry, fields = read(out / "m.gpkg")
+    assert len(geometry) == 1 and dict(zip(meta["fields"], fields))["area_px"][0] == 200 * 240
+    left, bottom, right, top = pyogrio.read_info(out / "m.gpkg")["total_bounds"]
+    assert (left, right) == (transform.c + 60 * h.GEO_PIXEL, transform.c + 300 * h.GEO_PIXEL)
+
+
+def test_tiled_cli_end_to_end_on_the_full_grid(ckpt, predictor, tmp_path, capsys):
+    import pyogrio
+    import rasterio
+
+    scene = _geo_rgb(tmp_path / "scene.tif", 500, 700)
+    out = tmp_path / "out"
+    rc = _run("--checkpoint", ckpt, "--image", scene, "--text", TEXTS[0], "--out", out / "m.tif", "--prob",
+              out / "p.tif", "--vector", out / "m.shp", "--overlay", out / "o.png", "--tile", "256", "--overlap",
+              "32", "--threshold", "0", "--simplify", "0.5", "--min-area", "2")
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert "tiles" in captured.err  # the progress bar over tiles
+    assert _files(out) == ["m.cpg", "m.dbf", "m.prj", "m.shp", "m.shx", "m.tif", "o.png", "p.tif"]
+    with rasterio.open(scene) as src, rasterio.open(out / "m.tif") as m:
+        assert (m.crs, m.transform, m.width, m.height) == (src.crs, src.transform, 700, 500)
+        assert m.profile["tiled"] and m.nodata is None
+        written = m.read(1) == 255
+    pred = predictor.predict(scene, TEXTS[0], tile=256, overlap=32, threshold=0.0)
+    assert pred.tiles == 3 * 3 and pred.shape == (500, 700)  # starts 0, 224, 444 and 0, 224, 244
+    np.testing.assert_array_equal(written, pred.mask)
+    assert 0 < written.sum() < written.size
+    info = pyogrio.read_info(out / "m.shp")
+    assert "32633" in info["crs"] and info["features"] >= 1
+    with Image.open(out / "o.png") as ov:
+        assert ov.size == (700, 500)
+
+
+def test_large_area_without_tiles_is_read_decimated(ckpt, predictor, tmp_path, capsys):
+    import rasterio
+
+    scene = _geo_rgb(tmp_path / "wide.tif", 400, 1100)  # longer side > 2 x 256: decimated
+    with pytest.warns(UserWarning, match=r"downscaled 4\.3x"):
+        pred = predictor.predict(scene, TEXTS[1], threshold=0.0)
+    assert pred.shape == (400, 1100) and pred.downscale == pytest.approx(1100 / 256)
+    rc = _run("--checkpoint", ckpt, "--image", scene, "--text", TEXTS[1], "--out", tmp_path / "m.tif",
+              "--threshold", "0")
+    err = capsys.readouterr().err
+    assert rc == 0 and "downscaled 4.3x" in err and "--tile" in err
+    with rasterio.open(tmp_path / "m.tif") as m:
+        assert (m.width, m.height) == (1100, 400)
+        np.testing.assert_array_equal(m.read(1) == 255, pred.mask)
+
+
+def test_prediction_save_vectors_plot_and_repr_png(predictor, images, tmp_path):
+    import rasterio
+
+    pred = predictor.predict(images["geo"], TEXTS[0], threshold=0.0, window=(10, 10, 120, 90))
+    with rasterio.open(pred.save(tmp_path / "m.tif")) as m:
+        assert m.crs.to_epsg() == 32633 and tuple(m.transform)[:6] == pytest.approx(pred.transform)
+        np.testing.assert_array_equal(m.read(1) == 255, pred.mask)
+    with rasterio.open(pred.save_probability(tmp_path / "p.tif")) as p:
+        np.testing.assert_allclose(p.read(1), pred.probability)
+    polys = pred.polygons()
+    assert sum(p.area_px for p in polys) == pred.foreground_pixels
+    assert polys and all(p.score == pred.iou_score for p in polys)  # one model answer: its predicted IoU
+    files = pred.to_vector(tmp_path / "m.geojson", min_area=1.0)
+    fc = json.loads(files[0].read_text())
+    assert all(f["properties"]["area"] >= 1.0 for f in fc["features"]) and "crs" not in fc
+    png = pred._repr_png_()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    import matplotlib
+
+    matplotlib.use("Agg")
+    ax = pred.plot()
+    x0, x1 = ax.get_xlim()
+    assert x0 == pytest.approx(pred.transform[2]) and x1 == pytest.approx(pred.transform[2] + 120 * h.GEO_PIXEL)
+
+
+def test_an_open_rasterio_dataset_is_an_input(predictor, images):
+    import rasterio
+
+    with rasterio.open(images["geo"]) as ds:
+        a = predictor.predict(ds, TEXTS[0], window=(0, 0, 100, 100))
+        assert not ds.closed
+    b = predictor.predict(images["geo"], TEXTS[0], window=(0, 0, 100, 100))
+    np.testing.assert_array_equal(a.logits, b.logits)
+    assert a.crs == b.crs == "EPSG:32633"
+
+
+@pytest.mark.parametrize("case", ["bbox_outside", "window_zero", "window_outside", "tile_overlap", "overlap_alone",
+                                  "bbox_crs_alone", "vector_suffix", "unwritable", "png_tiles", "truncated"])
+def test_cli_area_tile_and_output_errors_exit_2(case, ckpt, images, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    image, mask = images["geo"], out / "m.tif"
+    x0, y0 = h.GEO_ORIGIN
+    extra, expect = {
+        "bbox_outside": (["--bbox", x0 + 1000, y0, x0 + 2000, y0 + 10], "outside the raster"),
+        "window_zero": (["--window", 0, 0, 0, 10], "zero size"),
+        "window_outside": (["--window", 250, 0, 100, 10], "not inside the raster"),
+        "tile_overlap": (["--tile", 128, "--overlap", 128], "--tile 128 must be larger than --overlap 128"),
+        "overlap_alone": (["--overlap", 32], "--overlap needs --tile"),
+        "bbox_crs_alone": (["--bbox-crs", "EPSG:4326"], "--bbox-crs needs --bbox"),
+        "vector_suffix": (["--vector", out / "m.kml"], "unsupported suffix '.kml'"),
+        "unwritable": ([], "is not a folder"),
+        "png_tiles": (["--tile", 128], "needs a GeoTIFF"),
+        "truncated": ([], "truncated"),
+    }[case]
+    if case == "unwritable":
+        (tmp_path / "afile").write_text("x")
+        mask = tmp_path / "afile" / "m.tif"
+    if case == "png_tiles":
+        mask = out / "m.png"
+    if case == "truncated":
+        whole = h.write_png(tmp_path / "whole.png")
+        data = whole.read_bytes()
+        image = tmp_path / "cut.png"
+        image.write_bytes(data[: len(data) // 2])
+        expect = "cut.png"
+    rc = _run("--checkpoint", ckpt, "--image", image, "--text", "a tank", "--out", mask, "--overlay",
+              out / "o.png", *extra)
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert "error" in err and expect in err, err
+    assert "Traceback" not in err
+    assert _files(out) == []
+
+
+def test_torchrun_shares_batch_jobs_among_two_gloo_ranks(ckpt, images, tmp_path):
+    """``torchrun --nproc_per_node 2``: every image's jobs run on exactly one rank, all outputs appear once."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    work = tmp_path / "work"
+    work.mkdir()
+    rows = []
+    for i in range(4):
+        shutil.copy(images["png"] if i % 2 else images["geo"], work / f"img{i}{'.png' if i % 2 else '.tif'}")
+        rows.append(f"img{i}{'.png' if i % 2 else '.tif'},\"{TEXTS[i]}\",out/m{i}.tif")
+    (work / "jobs.csv").write_text("image,text,out\n" + "\n".join(rows) + "\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"),
+                                                        os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                        "-m", "rs2sam2", "predict", "--checkpoint", str(ckpt), "--batch", str(work / "jobs.csv"),
+                        "--device", "cpu"], capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    done = re.findall(r"\[rank (\d)\] '([^']*)': .* -> (\S+)", r.stdout)
+    assert sorted(Path(p).name for _, _, p in done) == ["m0.tif", "m1.tif", "m2.tif", "m3.tif"]  # each once
+    by_rank = {rank: sorted(Path(p).name for rk, _, p in done if rk == rank) for rank in ("0", "1")}
+    assert by_rank == {"0": ["m0.tif", "m2.tif"], "1": ["m1.tif", "m3.tif"]}
+    assert _files(work / "out") == ["m0.tif", "m1.tif", "m2.tif", "m3.tif"]

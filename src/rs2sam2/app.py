@@ -6,12 +6,17 @@ or picks one of the generated example scenes, types an expression, and gets
 * the predicted mask drawn over the image,
 * the Mask Prompt Generator's prior (the dense prompt the model derived from the text) as a heatmap,
 * downloads: the mask (a GeoTIFF on the input grid when the upload was georeferenced, else a PNG;
-  255 = object) and its polygons as GeoJSON (input CRS, or pixel coordinates).
+  255 = object) and its polygons as GeoJSON (RFC 7946 lon/lat, or pixel coordinates).
 
 The server listens on the loopback interface unless ``--host`` says otherwise, refuses uploads
 over ``--max-upload-mb``, sends no usage statistics and loads nothing from the internet (the
 page's scripts, styles and fonts come with the ``gradio`` package). Needs ``pip install
 'rs2sam2[app]'`` (gradio >= 4.44).
+
+Uploads are read by windows under the decode budget (:mod:`rs2sam2.imageio`): one larger than
+twice the model input per side is predicted from a decimated copy and its full-grid mask written
+window by window, so a small file of many pixels cannot exhaust the server's memory; truncated or
+corrupt images are refused with a message naming the file.
 
 For tests and embedding: :func:`build_app` returns the ``gr.Blocks``; :func:`launch` starts it
 with the settings above.
@@ -27,12 +32,11 @@ import os
 import shutil
 import sys
 import tempfile
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 # no telemetry, no version check against the network (read when gradio is imported)
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -78,15 +82,6 @@ def make_examples(folder: str | os.PathLike, count: int = 4, seed: int = 2024) -
     return examples
 
 
-def _display(rgb: np.ndarray):
-    """The image as shown on the page: a PIL image whose longer side is at most DISPLAY_MAX_SIDE."""
-    from PIL import Image
-
-    from .viz import fit
-
-    return fit(Image.fromarray(rgb), DISPLAY_MAX_SIDE, enlarge=False)
-
-
 def _upload_path(file) -> str | None:
     if file is None:
         return None
@@ -95,10 +90,13 @@ def _upload_path(file) -> str | None:
     return getattr(file, "name", None) or getattr(file, "path", None)
 
 
-def _read_upload(path: str, max_upload_mb: float):
-    """(rgb, info, display name) of an uploaded file, or a gr.Error that says what is wrong."""
+def _open_upload(path: str, max_upload_mb: float):
+    """``(Raster, display name)`` of an uploaded file, or a gr.Error that says what is wrong.
+
+    Only the header is read here (its size checked against the decode budget); pixels are read
+    later by windows or decimated, so a small file of many pixels cannot exhaust the server's memory."""
     gr = _gradio()
-    from .imageio import ImageReadError, read_image
+    from .imageio import ImageReadError, Raster
 
     name = Path(path).name
     try:
@@ -110,73 +108,100 @@ def _read_upload(path: str, max_upload_mb: float):
     if Path(path).suffix.lower() not in IMAGE_TYPES:
         raise gr.Error(f"{name}: unsupported file type; upload a PNG, JPEG, TIFF or GeoTIFF image.")
     try:
-        rgb, info = read_image(path)
+        return Raster(path), name
     except (ImageReadError, FileNotFoundError, OSError) as exc:
         detail = str(exc).replace(str(path), name)
         raise gr.Error(f"Could not read {name} as an image: {detail}") from None
-    return rgb, info, name
+
+
+def _read_display(raster, name: str):
+    """The upload shrunk to at most DISPLAY_MAX_SIDE pixels per side (read decimated), as a PIL image."""
+    gr = _gradio()
+    from PIL import Image
+
+    from .imageio import ImageReadError
+    from .results import preview_shape
+
+    try:
+        rgb, _ = raster.read(out_shape=preview_shape(raster.height, raster.width, DISPLAY_MAX_SIDE))
+    except (ImageReadError, OSError) as exc:
+        raise gr.Error(f"Could not read {name} as an image: {exc}") from None
+    return Image.fromarray(rgb)
 
 
 def segment(predictor, file, text: str, threshold: float | None, workdir: str | os.PathLike,
             max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB):
-    """The app's event handler: ``(overlay, prior heatmap, mask file, GeoJSON file, summary markdown)``."""
+    """The app's event handler: ``(overlay, prior heatmap, mask file, GeoJSON file, summary markdown)``.
+
+    Uploads larger than twice the model input per side are predicted from a decimated copy and
+    their mask written to the full grid window by window (:meth:`Predictor.predict_to_file`), so
+    memory stays bounded whatever the upload's size in pixels."""
     gr = _gradio()
-    from .predict import InputError, write_outputs
-    from .viz import overlay, overlay_heatmap, resize_map
+    from .imageio import ImageReadError
+    from .predict import InputError
+    from .viz import overlay, overlay_heatmap
 
     path = _upload_path(file)
     if not path:
         raise gr.Error("Upload an image first (PNG, JPEG, TIFF or GeoTIFF), or pick one of the examples.")
     if not text or not str(text).strip():
         raise gr.Error("Type an expression that describes the object to segment, e.g. 'the white ship at the top'.")
-    rgb, info, name = _read_upload(path, max_upload_mb)
+    raster, name = _open_upload(path, max_upload_mb)
+    info = raster.info
+    stem = Path(name).stem or "image"
+    georef = bool(info.georeferenced)
     try:
-        pred = predictor.predict(rgb, str(text), threshold=threshold)
+        with raster, warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # the downscale note goes into the summary
+            _, plan = predictor.plan(raster)
+            # a decimated prediction is written window by window, which needs a TIFF
+            out_dir = Path(tempfile.mkdtemp(prefix="request-", dir=workdir))
+            mask_path = out_dir / f"{stem}_mask.{'tif' if georef or plan.mode != 'full' else 'png'}"
+            geojson_path = out_dir / f"{stem}_mask.geojson"
+            result = predictor.predict_to_file(raster, str(text), out=mask_path, vector=geojson_path,
+                                               threshold=threshold, preview_side=DISPLAY_MAX_SIDE)
     except InputError as exc:
         raise gr.Error(str(exc)) from None
+    except (ImageReadError, OSError) as exc:
+        raise gr.Error(f"Could not read {name} as an image: {str(exc).replace(str(path), name)}") from None
 
-    shown = _display(rgb)
-    small_rgb = np.asarray(shown)
-    overlay_img = overlay(small_rgb, resize_map(pred.mask, shown.size))
+    overlay_img = overlay(result.preview, result.preview_mask)
     prior_img = None
-    if pred.prior is not None:
-        prior_img = overlay_heatmap(small_rgb, resize_map(pred.prior, shown.size), alpha=0.6)
+    if result.preview_prior is not None:
+        prior_img = overlay_heatmap(result.preview, result.preview_prior, alpha=0.6)
     else:
         gr.Warning("This model has no Mask Prompt Generator, so there is no prior to show.")
 
-    out_dir = Path(tempfile.mkdtemp(prefix="request-", dir=workdir))
-    stem = Path(name).stem or "image"
-    georef = bool(info.georeferenced)
-    mask_path = out_dir / f"{stem}_mask.{'tif' if georef else 'png'}"
-    geojson_path = out_dir / f"{stem}_mask.geojson"
-    write_outputs(pred, rgb, info, out=mask_path, geojson=geojson_path)
-
-    h, w = pred.shape
+    w, h = result.width, result.height
     lines = [
         f"**{name}**: {w} x {h} px, {info.count} band(s), {info.dtype}"
         + (f", georeferenced ({info.crs})" if georef else ", not georeferenced"),
-        f"**Mask**: {pred.foreground_pixels} px ({100 * pred.foreground_fraction:.2f}% of the image) at logit "
-        f"threshold {pred.threshold:g}; predicted IoU {pred.iou_score:.2f}",
-        "Downloads: mask " + ("GeoTIFF on the input grid" if georef else "PNG") + " (255 = object) and GeoJSON polygons"
-        + (" in the input CRS." if georef else " in pixel coordinates."),
+        f"**Mask**: {result.foreground_px} px ({100 * result.foreground_fraction:.2f}% of the image) at logit "
+        f"threshold {predictor.threshold if threshold is None else threshold:g}; predicted IoU {result.iou_score:.2f}",
+        "Downloads: mask " + ("GeoTIFF on the input grid" if georef else mask_path.suffix[1:].upper())
+        + " (255 = object) and GeoJSON polygons" + (" in lon/lat (RFC 7946)." if georef else " in pixel coordinates."),
     ]
-    if pred.foreground_pixels == 0:
+    if plan.mode == "decimated":
+        lines.append(f"The image was read downscaled {plan.downscale:.1f}x for the model (input "
+                     f"{predictor.config.image_size} px); for native resolution use `rs2sam2 predict --tile`.")
+    if result.foreground_px == 0:
         gr.Warning("The mask is empty: the model found nothing matching the expression at this threshold.")
     return overlay_img, prior_img, str(mask_path), str(geojson_path), "\n\n".join(lines)
 
 
 def preview(file, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB):
-    """Show an upload as the model sees it (8-bit RGB), or warn when it cannot be read."""
+    """Show an upload as the model sees it (8-bit RGB, shrunk for display), or warn when it cannot be read."""
     gr = _gradio()
     path = _upload_path(file)
     if not path:
         return None
     try:
-        rgb, _, _ = _read_upload(path, max_upload_mb)
+        raster, name = _open_upload(path, max_upload_mb)
+        with raster:
+            return _read_display(raster, name)
     except gr.Error as exc:
         gr.Warning(str(exc.message if hasattr(exc, "message") else exc))
         return None
-    return _display(rgb)
 
 
 def build_app(predictor, *, examples: Sequence[Example] | None = None, examples_dir: str | os.PathLike | None = None,
@@ -293,6 +318,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     parser.add_argument("--threshold", type=float, default=0.5, help="default logit threshold (0.5 = published)")
     parser.add_argument("--image-size", type=int, metavar="N", help="SAM2 input size for released checkpoints")
+    parser.add_argument("--max-pixels", type=int, metavar="N",
+                        help="decode budget: the most pixels decoded into memory at once (default 100,000,000, or "
+                             "the environment variable RS2SAM2_MAX_PIXELS); larger uploads are read decimated")
 
 
 def _is_loopback(host: str) -> bool:
@@ -314,6 +342,14 @@ def run(args) -> int:
     if args.port is not None and not 0 < args.port < 65536:
         print(f"rs2sam2 serve: error: --port {args.port} is not a valid port", file=sys.stderr)
         return 2
+    if args.max_pixels is not None:
+        if args.max_pixels < 1:
+            print(f"rs2sam2 serve: error: --max-pixels {args.max_pixels}: expected a positive number of pixels",
+                  file=sys.stderr)
+            return 2
+        from .imageio import set_max_pixels
+
+        set_max_pixels(args.max_pixels)
     _gradio()  # before the (possibly slow) model load: a missing gradio is reported at once
     try:
         predictor = Predictor.from_pretrained(args.checkpoint, device=args.device, precision=args.precision,

@@ -1,22 +1,25 @@
-"""Georeferenced outputs: masks, probability rasters and GeoJSON polygons, written atomically.
+"""Georeferenced grids: areas of interest, and mask / probability rasters written on the input grid.
 
-A prediction is made on the pixel grid of the input image. When that image is georeferenced
-(a GeoTIFF with a CRS and an affine transform), the outputs here keep exactly the same grid,
-so they overlay the source scene in any GIS:
+A prediction is made on the pixel grid of the input image, or of a window of it. When the image is
+georeferenced (a GeoTIFF with a CRS and an affine transform), the outputs here keep exactly that
+grid, so they overlay the source scene in any GIS:
 
-* :func:`write_mask` -- single-band ``uint8`` raster, **255 = foreground, 0 = background**
-  (GeoTIFF with the input CRS/transform, or a plain TIFF / PNG without georeference).
-* :func:`write_probability` -- single-band ``float32`` raster of per-pixel probabilities.
-* :func:`mask_to_geojson` / :func:`write_geojson` -- foreground polygons in the input CRS
-  (pixel coordinates when the input has no georeference).
+* :func:`area_of_interest` -- a bounding box (in the raster's CRS or another one) or a pixel window
+  -> the window of whole pixels that covers it;
+* :func:`write_mask` -- single-band ``uint8`` raster, **255 = foreground, 0 = background**, and
+  :data:`MASK_NODATA` where the input has no data (declared as the file's nodata value);
+* :func:`write_probability` -- single-band ``float32`` raster of per-pixel probabilities (NaN nodata);
+* :func:`open_grid_writer` -- the same GeoTIFFs written window by window (tiled, compressed), for
+  scenes whose mask does not fit in memory.
 
-Every file is written through :func:`rs2sam2.fsutil.atomic_write`, so readers never see a
-half-written file. ``rasterio`` is imported lazily, so importing this module stays cheap.
+Polygons and vector files are :mod:`rs2sam2.vector`'s job. Every file is written through
+:func:`rs2sam2.fsutil.atomic_write`, so readers never see a half-written file. ``rasterio`` is
+imported lazily, so importing this module stays cheap.
 """
 
 from __future__ import annotations
 
-import json
+import math
 import os
 import warnings
 from collections.abc import Sequence
@@ -25,29 +28,44 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from .fsutil import atomic_write, atomic_write_text
+from .fsutil import atomic_write
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from affine import Affine
     from rasterio.crs import CRS
 
 __all__ = [
-    "MASK_FOREGROUND",
     "MASK_BACKGROUND",
+    "MASK_FOREGROUND",
+    "MASK_NODATA",
+    "AreaError",
     "RasterInfoLike",
+    "area_of_interest",
+    "mask_band",
+    "open_grid_writer",
+    "probability_band",
     "write_mask",
     "write_probability",
-    "mask_to_geojson",
-    "write_geojson",
 ]
 
 #: Value of foreground pixels in every mask written by :func:`write_mask`.
 MASK_FOREGROUND = 255
 #: Value of background pixels in every mask written by :func:`write_mask`.
 MASK_BACKGROUND = 0
+#: Value of nodata pixels (where the input has no data), declared as the mask file's nodata value;
+#: mid-grey in viewers that ignore nodata.
+MASK_NODATA = 127
 
 _TIFF_SUFFIXES = (".tif", ".tiff")
 _PNG_SUFFIXES = (".png",)
+# GeoTIFF blocks of the windowed writer
+_BLOCK = 256
+# a bounding box edge this close to a pixel edge (in pixels) counts as on it (floating-point slack)
+_SNAP_EPS = 1e-6
+
+
+class AreaError(ValueError):
+    """An area of interest that is empty, outside the raster, or cannot be placed on it."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -75,7 +93,12 @@ def _is_georeferenced(info: RasterInfoLike | None) -> bool:
     return info is not None and bool(getattr(info, "georeferenced", False))
 
 
-def _to_crs(crs: Any) -> CRS | None:
+def _has_nodata(info: RasterInfoLike | None) -> bool:
+    return info is not None and bool(getattr(info, "has_nodata", False))
+
+
+def to_crs(crs: Any) -> CRS | None:
+    """``crs`` as a :class:`rasterio.crs.CRS` (None stays None)."""
     if crs is None or crs == "":
         return None
     from rasterio.crs import CRS
@@ -85,7 +108,8 @@ def _to_crs(crs: Any) -> CRS | None:
     return CRS.from_user_input(crs)
 
 
-def _to_affine(transform: Any) -> Affine:
+def to_affine(transform: Any) -> Affine:
+    """``transform`` as an :class:`affine.Affine` (None: the identity, i.e. pixel coordinates)."""
     from affine import Affine
 
     if transform is None:
@@ -96,6 +120,15 @@ def _to_affine(transform: Any) -> Affine:
     if len(coeffs) < 6:
         raise ValueError(f"transform needs 6 affine coefficients, got {len(coeffs)}")
     return Affine(*coeffs[:6])
+
+
+def grid_of(info: RasterInfoLike | None) -> tuple[Affine, CRS | None]:
+    """The ``(transform, crs)`` of ``info``: pixel coordinates (identity, None) when not georeferenced."""
+    from affine import Affine
+
+    if not _is_georeferenced(info):
+        return Affine.identity(), None
+    return to_affine(info.transform), to_crs(info.crs)
 
 
 def _check_shape(array: np.ndarray, info: RasterInfoLike | None, what: str) -> None:
@@ -116,8 +149,118 @@ def _suffix(path: Path) -> str:
 
 
 # --------------------------------------------------------------------------------------------
+# Areas of interest
+# --------------------------------------------------------------------------------------------
+
+
+def area_of_interest(
+    info: RasterInfoLike,
+    *,
+    bbox: Sequence[float] | None = None,
+    bbox_crs: Any = None,
+    window: Sequence[int] | None = None,
+) -> tuple[tuple[int, int, int, int], bool]:
+    """The pixel window ``(col_off, row_off, width, height)`` of an area of interest, and whether a
+    bounding box had to be clipped to the raster.
+
+    ``window = (col, row, width, height)`` in pixels must lie inside the raster. ``bbox = (minx,
+    miny, maxx, maxy)`` is in the raster's CRS, or in ``bbox_crs`` (e.g. ``"EPSG:4326"`` for
+    lon/lat; transformed with ``rasterio.warp.transform_bounds``); it is snapped outward to whole
+    pixels (the window covers the whole box) and clipped to the raster. Neither: the whole raster.
+
+    Raises :class:`AreaError` (a ``ValueError``) for an empty area, one outside the raster, or a
+    box in another CRS on a raster without one.
+    """
+    width, height = int(info.width), int(info.height)
+    if bbox is not None and window is not None:
+        raise AreaError("give either a bbox or a window, not both")
+    if window is not None:
+        try:
+            col, row, w, h = (int(v) for v in window)
+        except (TypeError, ValueError):
+            raise AreaError(f"window must be 4 whole numbers COL ROW WIDTH HEIGHT; got {window!r}") from None
+        if w <= 0 or h <= 0:
+            raise AreaError(f"window {col} {row} {w} {h} has zero size: WIDTH and HEIGHT must be at least 1")
+        if col < 0 or row < 0 or col + w > width or row + h > height:
+            raise AreaError(f"window {col} {row} {w} {h} (COL ROW WIDTH HEIGHT) is not inside the raster of "
+                            f"{width} x {height} pixels")
+        return (col, row, w, h), False
+    if bbox is None:
+        return (0, 0, width, height), False
+    try:
+        minx, miny, maxx, maxy = (float(v) for v in bbox)
+    except (TypeError, ValueError):
+        raise AreaError(f"bbox must be 4 numbers MINX MINY MAXX MAXY; got {bbox!r}") from None
+    if not all(math.isfinite(v) for v in (minx, miny, maxx, maxy)):
+        raise AreaError(f"bbox {minx} {miny} {maxx} {maxy} has a value that is not a finite number")
+    if not (minx < maxx and miny < maxy):
+        raise AreaError(f"bbox {minx:g} {miny:g} {maxx:g} {maxy:g} has zero size: it needs MINX < MAXX and "
+                        "MINY < MAXY")
+    transform, crs = grid_of(info)
+    if bbox_crs is not None:
+        if crs is None:
+            raise AreaError(f"the bbox is given in {bbox_crs} but the raster has no CRS; give the bbox in "
+                            "pixel coordinates, or use a window")
+        from rasterio.warp import transform_bounds
+
+        try:
+            src = to_crs(bbox_crs)
+        except Exception as exc:  # noqa: BLE001 - rasterio's CRSError and friends
+            raise AreaError(f"bbox CRS {bbox_crs!r} is not a CRS rasterio knows (like EPSG:4326): {exc}") from None
+        minx, miny, maxx, maxy = transform_bounds(src, crs, minx, miny, maxx, maxy, densify_pts=21)
+    inverse = ~transform
+    cols, rows = zip(*(inverse @ (x, y) for x in (minx, maxx) for y in (miny, maxy)))
+    c0 = math.floor(min(cols) + _SNAP_EPS)
+    c1 = math.ceil(max(cols) - _SNAP_EPS)
+    r0 = math.floor(min(rows) + _SNAP_EPS)
+    r1 = math.ceil(max(rows) - _SNAP_EPS)
+    cc0, cc1, rr0, rr1 = max(c0, 0), min(c1, width), max(r0, 0), min(r1, height)
+    if cc1 <= cc0 or rr1 <= rr0:
+        raise AreaError(f"bbox {' '.join(f'{v:g}' for v in bbox)} lies outside the raster (pixel columns "
+                        f"{c0}..{c1}, rows {r0}..{r1} of a {width} x {height} image)")
+    clipped = (cc0, cc1, rr0, rr1) != (c0, c1, r0, r1)
+    return (cc0, rr0, cc1 - cc0, rr1 - rr0), clipped
+
+
+# --------------------------------------------------------------------------------------------
 # Raster writers
 # --------------------------------------------------------------------------------------------
+
+
+def mask_band(mask: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+    """A mask as written: uint8, 255 where ``mask`` is non-zero, 0 elsewhere, :data:`MASK_NODATA`
+    where ``valid`` is False."""
+    band = np.where(np.asarray(mask) != 0, MASK_FOREGROUND, MASK_BACKGROUND).astype(np.uint8)
+    if valid is not None:
+        band[~np.asarray(valid, dtype=bool)] = MASK_NODATA
+    return band
+
+
+def probability_band(prob: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+    """A probability map as written: float32, NaN where ``valid`` is False."""
+    band = np.asarray(prob).astype(np.float32)  # a copy
+    if valid is not None:
+        band[~np.asarray(valid, dtype=bool)] = np.nan
+    return band
+
+
+def _profile(height: int, width: int, dtype: str, info: RasterInfoLike | None, *, predictor: int,
+             nodata: float | None) -> dict[str, Any]:
+    profile: dict[str, Any] = {
+        "driver": "GTiff",
+        "height": height,
+        "width": width,
+        "count": 1,
+        "dtype": dtype,
+        "compress": "lzw",
+        "predictor": predictor,
+        "nodata": nodata,
+    }
+    if _is_georeferenced(info):
+        assert info is not None
+        profile["crs"] = to_crs(info.crs)
+        profile["transform"] = to_affine(info.transform)
+    return profile
 
 
 def _write_tiff(
@@ -127,26 +270,14 @@ def _write_tiff(
     *,
     predictor: int,
     tags: dict[str, str],
+    nodata: float | None = None,
 ) -> None:
-    """Write one band as a (Geo)TIFF with LZW compression and no nodata value."""
+    """Write one band as a (Geo)TIFF with LZW compression and the given nodata value (or none)."""
     import rasterio
     from rasterio.errors import NotGeoreferencedWarning
 
     height, width = band.shape
-    profile: dict[str, Any] = {
-        "driver": "GTiff",
-        "height": height,
-        "width": width,
-        "count": 1,
-        "dtype": band.dtype.name,
-        "compress": "lzw",
-        "predictor": predictor,
-        "nodata": None,
-    }
-    if _is_georeferenced(info):
-        assert info is not None
-        profile["crs"] = _to_crs(info.crs)
-        profile["transform"] = _to_affine(info.transform)
+    profile = _profile(height, width, band.dtype.name, info, predictor=predictor, nodata=nodata)
     with warnings.catch_warnings():
         # a plain TIFF without CRS/transform is what we want here, not a mistake
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
@@ -155,19 +286,31 @@ def _write_tiff(
             dst.update_tags(**tags)
 
 
+def _mask_tags(nodata: bool) -> dict[str, str]:
+    tags = {"FOREGROUND_VALUE": str(MASK_FOREGROUND), "SOFTWARE": "rs2sam2"}
+    if nodata:
+        tags["NODATA_VALUE"] = str(MASK_NODATA)
+    return tags
+
+
 def write_mask(
     path: str | os.PathLike[str],
     mask: np.ndarray,
     info: RasterInfoLike | None = None,
+    valid: np.ndarray | None = None,
 ) -> Path:
     """Write a binary mask as a single-band ``uint8`` raster: **255 = foreground, 0 = background**.
 
     Any non-zero value of ``mask`` (bool, or uint8 0/1 or 0/255, ...) counts as foreground.
 
     * ``.tif`` / ``.tiff`` and ``info`` georeferenced: a GeoTIFF on exactly the input grid
-      (same CRS, transform, width, height), LZW-compressed, nodata unset.
+      (same CRS, transform, width, height), LZW-compressed.
     * ``.tif`` / ``.tiff`` otherwise: the same TIFF without CRS/transform.
     * ``.png``: an 8-bit greyscale PNG (PNG carries no georeference; use ``.tif`` to keep it).
+
+    Nodata: when ``valid`` is given or ``info.has_nodata`` is true, pixels where ``valid`` is False
+    are :data:`MASK_NODATA` and TIFFs declare that value as nodata (PNG cannot declare it: those
+    pixels are written as background); otherwise no nodata value is declared.
 
     The file is written atomically (see :func:`atomic_write`).
 
@@ -176,6 +319,7 @@ def write_mask(
         mask: ``(H, W)`` array.
         info: the input raster's metadata (e.g. ``imageio.RasterInfo``); when given, ``mask``
             must have shape ``(info.height, info.width)``.
+        valid: ``(H, W)`` bool, False where the input has no data.
 
     Returns:
         ``Path(path)``.
@@ -186,15 +330,18 @@ def write_mask(
     dest = Path(path)
     arr = np.asarray(mask)
     _check_shape(arr, info, "mask")
-    band = np.where(arr != 0, MASK_FOREGROUND, MASK_BACKGROUND).astype(np.uint8)
+    if valid is not None:
+        _check_shape(np.asarray(valid), info, "validity mask")
     suffix = _suffix(dest)
     if suffix in _TIFF_SUFFIXES:
-        tags = {"FOREGROUND_VALUE": str(MASK_FOREGROUND), "SOFTWARE": "rs2sam2"}
+        declare = valid is not None or _has_nodata(info)
         with atomic_write(dest) as tmp:
-            _write_tiff(tmp, band, info, predictor=2, tags=tags)
+            _write_tiff(tmp, mask_band(arr, valid), info, predictor=2, tags=_mask_tags(declare),
+                        nodata=MASK_NODATA if declare else None)
     elif suffix in _PNG_SUFFIXES:
         from PIL import Image
 
+        band = mask_band(arr & np.asarray(valid, dtype=bool) if valid is not None else arr)
         with atomic_write(dest) as tmp:
             Image.fromarray(band).save(tmp, format="PNG", optimize=True)
     else:
@@ -206,18 +353,20 @@ def write_probability(
     path: str | os.PathLike[str],
     prob: np.ndarray,
     info: RasterInfoLike | None = None,
+    valid: np.ndarray | None = None,
 ) -> Path:
     """Write a per-pixel probability map.
 
     * ``.tif`` / ``.tiff``: single-band ``float32`` (Geo)TIFF, values written unchanged
-      (georeferenced exactly like :func:`write_mask`; LZW with the floating-point predictor,
-      nodata unset).
-    * ``.png``: 8-bit greyscale, ``round(clip(prob, 0, 1) * 255)``; NaN becomes 0.
+      (georeferenced exactly like :func:`write_mask`; LZW with the floating-point predictor);
+      NaN where ``valid`` is False, declared as nodata when ``valid`` is given or ``info.has_nodata``.
+    * ``.png``: 8-bit greyscale, ``round(clip(prob, 0, 1) * 255)``; NaN and nodata become 0.
 
     Args:
         path: destination; the suffix picks the format.
         prob: ``(H, W)`` float array, normally in ``[0, 1]``.
         info: the input raster's metadata; when given, ``prob`` must match its shape.
+        valid: ``(H, W)`` bool, False where the input has no data.
 
     Returns:
         ``Path(path)``.
@@ -228,11 +377,13 @@ def write_probability(
     if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)
             or arr.dtype == bool):
         raise ValueError(f"probability map must be numeric, got dtype {arr.dtype}")
-    band = arr.astype(np.float32)
+    band = probability_band(arr, valid)
     suffix = _suffix(dest)
     if suffix in _TIFF_SUFFIXES:
+        declare = valid is not None or _has_nodata(info)
         with atomic_write(dest) as tmp:
-            _write_tiff(tmp, band, info, predictor=3, tags={"SOFTWARE": "rs2sam2"})
+            _write_tiff(tmp, band, info, predictor=3, tags={"SOFTWARE": "rs2sam2"},
+                        nodata=float("nan") if declare else None)
     elif suffix in _PNG_SUFFIXES:
         from PIL import Image
 
@@ -246,157 +397,31 @@ def write_probability(
     return dest
 
 
-# --------------------------------------------------------------------------------------------
-# GeoJSON
-# --------------------------------------------------------------------------------------------
+def open_grid_writer(tmp: str | os.PathLike[str], info: RasterInfoLike, kind: str):
+    """Open a GeoTIFF on the grid of ``info`` for writing window by window (``dst.write(band, 1,
+    window=...)``): ``kind`` ``"mask"`` (uint8, values as :func:`mask_band`) or ``"probability"``
+    (float32, as :func:`probability_band`). Tiled in 256 x 256 blocks and LZW-compressed, BigTIFF
+    when needed, nodata declared as in :func:`write_mask`. Write it to a temporary path from
+    :func:`~rs2sam2.fsutil.atomic_write`; the caller closes the returned dataset."""
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning
 
-
-def _ring_signed_area(ring: Sequence[Sequence[float]]) -> float:
-    """Shoelace signed area of a closed ring (positive = counter-clockwise in x/y axes)."""
-    pts = np.asarray(ring, dtype=np.float64)
-    if len(pts) < 3:
-        return 0.0
-    x, y = pts[:, 0], pts[:, 1]
-    return 0.5 * float(np.dot(x[:-1], y[1:]) - np.dot(x[1:], y[:-1]))
-
-
-def _oriented(ring: Sequence[Sequence[float]], ccw: bool) -> list[list[float]]:
-    """Ring as a list of ``[x, y]`` lists, reversed if needed to have the requested winding."""
-    coords = [[float(x), float(y)] for x, y in ring]
-    if (_ring_signed_area(coords) > 0) != ccw:
-        coords.reverse()
-    return coords
-
-
-def _polygon_area(rings: Sequence[Sequence[Sequence[float]]]) -> float:
-    """Unsigned area of a polygon: exterior minus holes."""
-    if not rings:
-        return 0.0
-    area = abs(_ring_signed_area(rings[0]))
-    for hole in rings[1:]:
-        area -= abs(_ring_signed_area(hole))
-    return area
-
-
-def _crs_metadata(crs: CRS | None) -> tuple[dict[str, Any] | None, dict[str, Any]]:
-    """The (legacy) GeoJSON ``crs`` member, and CRS facts for the collection's properties."""
-    if crs is None:
-        return None, {"crs_wkt": None, "epsg": None}
-    epsg = crs.to_epsg()
-    props: dict[str, Any] = {"crs_wkt": crs.to_wkt(), "epsg": epsg}
-    member = {"type": "name", "properties": {"name": f"EPSG:{epsg}"}} if epsg else None
-    return member, props
-
-
-def _metre_units(crs: CRS | None) -> bool:
-    if crs is None or not crs.is_projected:
-        return False
-    try:
-        units = (crs.linear_units or "").lower()
-    except Exception:  # pragma: no cover - depends on the PROJ build
-        return False
-    return units in ("metre", "meter", "m", "metres", "meters")
-
-
-def mask_to_geojson(
-    mask: np.ndarray,
-    info: RasterInfoLike | None = None,
-    *,
-    connectivity: int = 4,
-) -> dict[str, Any]:
-    """Polygons of the foreground of ``mask`` as a GeoJSON ``FeatureCollection`` (a dict).
-
-    Each 4-connected (or 8-, see ``connectivity``) foreground region becomes one ``Polygon``
-    feature with pixel-exact edges (holes included), traced by
-    :func:`rasterio.features.shapes`.
-
-    Coordinates are in the input CRS when ``info`` is georeferenced, otherwise in pixel
-    coordinates (x = column, y = row, origin at the top-left corner of the image, y down).
-    Rings follow the GeoJSON right-hand rule in the coordinate space used (exterior
-    counter-clockwise, holes clockwise).
-
-    The collection carries:
-
-    * ``"crs": {"type": "name", "properties": {"name": "EPSG:xxxx"}}`` when the CRS has an EPSG
-      code (the GeoJSON 2008 convention GDAL/QGIS read; omitted otherwise);
-    * ``"properties"`` with ``crs_wkt``, ``epsg``, ``georeferenced``, ``coordinate_space``
-      (``"crs"`` or ``"pixel"``), ``transform`` (6 affine coefficients), ``width``, ``height``,
-      ``foreground_px`` and ``num_polygons``.
-
-    Each feature has ``properties = {"value": 1, "area_px": n}`` (``n`` = pixel count of the
-    polygon, holes excluded) plus ``"area_m2"`` when the CRS is projected in metres.
-
-    Args:
-        mask: ``(H, W)`` array; non-zero = foreground.
-        info: the input raster's metadata; when given, ``mask`` must match its shape.
-        connectivity: 4 or 8 pixel connectivity of the regions.
-
-    Returns:
-        A JSON-serialisable dict.
-    """
-    from affine import Affine
-    from rasterio.features import shapes
-
-    arr = np.asarray(mask)
-    _check_shape(arr, info, "mask")
-    if connectivity not in (4, 8):
-        raise ValueError(f"connectivity must be 4 or 8, got {connectivity}")
-    fg = arr != 0
-    georef = _is_georeferenced(info)
-    if georef:
-        assert info is not None
-        transform = _to_affine(info.transform)
-        crs = _to_crs(info.crs)
+    declare = _has_nodata(info)
+    if kind == "mask":
+        profile = _profile(int(info.height), int(info.width), "uint8", info, predictor=2,
+                           nodata=MASK_NODATA if declare else None)
+        tags = _mask_tags(declare)
+    elif kind == "probability":
+        profile = _profile(int(info.height), int(info.width), "float32", info, predictor=3,
+                           nodata=float("nan") if declare else None)
+        tags = {"SOFTWARE": "rs2sam2"}
     else:
-        transform = Affine.identity()
-        crs = None
-    pixel_area = abs(transform.determinant)
-    if pixel_area == 0:
-        raise ValueError(f"degenerate transform (zero pixel area): {tuple(transform)[:6]}")
-    metres = _metre_units(crs)
-
-    features: list[dict[str, Any]] = []
-    if fg.any():
-        source = fg.astype(np.uint8)
-        for geom, value in shapes(source, mask=fg, connectivity=connectivity, transform=transform):
-            if int(value) != 1 or geom.get("type") != "Polygon":
-                continue
-            rings = geom["coordinates"]
-            coords = [_oriented(rings[0], ccw=True)] + [_oriented(r, ccw=False) for r in rings[1:]]
-            area = _polygon_area(coords)
-            props: dict[str, Any] = {"value": 1, "area_px": int(round(area / pixel_area))}
-            if metres:
-                props["area_m2"] = area
-            features.append(
-                {
-                    "type": "Feature",
-                    "id": len(features),
-                    "geometry": {"type": "Polygon", "coordinates": coords},
-                    "properties": props,
-                }
-            )
-
-    crs_member, crs_props = _crs_metadata(crs)
-    fc: dict[str, Any] = {"type": "FeatureCollection"}
-    if crs_member is not None:
-        fc["crs"] = crs_member
-    fc["properties"] = {
-        **crs_props,
-        "georeferenced": georef,
-        "coordinate_space": "crs" if georef else "pixel",
-        "transform": [float(v) for v in tuple(transform)[:6]],
-        "width": int(arr.shape[1]),
-        "height": int(arr.shape[0]),
-        "foreground_px": int(fg.sum()),
-        "num_polygons": len(features),
-    }
-    fc["features"] = features
-    return fc
-
-
-def write_geojson(
-    path: str | os.PathLike[str], fc: dict[str, Any], *, indent: int | None = None
-) -> Path:
-    """Atomically write a GeoJSON dict (e.g. from :func:`mask_to_geojson`) as UTF-8 JSON."""
-    text = json.dumps(fc, indent=indent, ensure_ascii=False, allow_nan=False)
-    return atomic_write_text(path, text + "\n")
+        raise ValueError(f"kind must be 'mask' or 'probability', got {kind!r}")
+    tiled = info.height > _BLOCK or info.width > _BLOCK
+    if tiled:
+        profile.update(tiled=True, blockxsize=_BLOCK, blockysize=_BLOCK, BIGTIFF="IF_SAFER")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        dst = rasterio.open(tmp, "w", **profile)
+    dst.update_tags(**tags)
+    return dst

@@ -1,8 +1,9 @@
-"""Reading images of any common remote-sensing format as 8-bit RGB.
+"""Reading images of any common remote-sensing format as 8-bit RGB, whole or by windows.
 
 Everything downstream (transforms, the model, the demo) wants an ``H x W x 3`` ``uint8`` array, but
-aerial imagery arrives as PNG/JPEG, 8-bit GeoTIFF, 16-bit multispectral GeoTIFF or float rasters.
-This module applies one documented conversion to all of them:
+aerial imagery arrives as PNG/JPEG, 8-bit GeoTIFF, 16-bit multispectral GeoTIFF or float rasters,
+and a scene can be far larger than memory. This module applies one documented conversion to all of
+them:
 
 * **band count** -- 1 band is replicated to 3; 2 bands: the first band is replicated (the second is
   taken to be alpha, as in PIL's ``LA``); 3 bands are used as they are; 4 or more bands use bands
@@ -11,40 +12,147 @@ This module applies one documented conversion to all of them:
 * **data type** -- ``uint8`` is kept as is; ``bool`` becomes 0/255; every other type (``uint16``,
   ``int16``, ``float32``...) gets a per-band linear stretch of its 2nd..98th percentile to 0..255.
   Nodata pixels (the raster's nodata value, and NaN/inf) are left out of the percentiles and come
-  out as 0. A band whose percentiles coincide (a constant band) comes out as 0.
+  out as 0. A band whose percentiles coincide (a constant band) comes out as 0. The percentiles are
+  computed once per raster over the whole raster (over a decimated copy of at most
+  :data:`STATS_MAX_PIXELS` pixels when it is larger), so every window of a scene is stretched alike.
+* **nodata** -- a pixel is nodata when the raster says so (its nodata value, its internal mask or an
+  alpha band: GDAL's dataset mask; the alpha channel of PNG/GIF/WebP images) or when a floating-point
+  band is not finite. :meth:`Raster.read` returns this validity beside the pixels.
 
-:func:`read_image` returns the pixels together with a :class:`RasterInfo` carrying the size and,
-for GeoTIFFs, the georeferencing, so a predicted mask can be written back on the same grid.
+Files are read by GDAL (rasterio) by windows, so a scene never has to fit in memory:
+:class:`Raster` reads any window at full resolution or a decimated copy (``out_shape``, averaging;
+GDAL uses the file's overviews when it has them). Formats that PIL decodes (PNG, JPEG, GIF, BMP,
+WebP) are decoded by PIL, whole and strictly: a truncated or corrupt file is an error naming it
+(``PIL.ImageFile.LOAD_TRUNCATED_IMAGES`` must stay off); GDAL still supplies their georeferencing
+(world files).
+
+**Decode budget.** No read decodes more than :func:`max_pixels` pixels (width x height) into memory
+at once: the array a read returns, and the smallest piece the file lets a decoder take (a TIFF block
+or strip; the whole image for PNG/JPEG and the other PIL formats). It is checked from the header,
+before anything is decoded, and raises :class:`DecodeBudgetError` saying how to raise it
+(``--max-pixels``, the environment variable ``RS2SAM2_MAX_PIXELS``, or :func:`set_max_pixels`).
+The PIL formats also stay under PIL's own limit (``PIL.Image.MAX_IMAGE_PIXELS`` x 2).
+
+:func:`read_image` returns a whole image with a :class:`RasterInfo` carrying the size and, for
+GeoTIFFs, the georeferencing, so a predicted mask can be written back on the same grid.
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
+import os
 import warnings
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
-__all__ = ["RasterInfo", "ImageReadError", "read_image", "to_rgb_uint8", "stretch_to_uint8"]
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "DecodeBudgetError",
+    "ImageReadError",
+    "Raster",
+    "RasterInfo",
+    "check_decode_budget",
+    "gdal_env",
+    "max_pixels",
+    "read_image",
+    "read_info",
+    "set_max_pixels",
+    "stretch_to_uint8",
+    "to_rgb_uint8",
+]
 
 # the percentiles of the stretch applied to non-uint8 data
 STRETCH_PERCENTILES = (2.0, 98.0)
+#: The stretch's percentiles come from at most this many pixels per band (a decimated copy above it).
+STATS_MAX_PIXELS = 2048 * 2048
+#: Default decode budget in pixels (width x height) per read; see :func:`max_pixels`.
+DEFAULT_MAX_PIXELS = 100_000_000
+MAX_PIXELS_ENV = "RS2SAM2_MAX_PIXELS"
+#: GDAL's block cache for our reads and writes (bytes). GDAL's own default is 5% of the machine's
+#: memory, which a scene read window by window would fill; a few MB of blocks is all a window needs.
+GDAL_CACHE_BYTES = 64 * 2**20
+# formats whose pixels PIL decodes (strictly, whole); GDAL only reads their header
+_PIL_DRIVERS = frozenset({"PNG", "JPEG", "GIF", "BMP", "WEBP"})
+
+_max_pixels_override: int | None = None
 
 
 class ImageReadError(OSError):
     """An image file could not be read or converted; the message names the file."""
 
 
+class DecodeBudgetError(ImageReadError):
+    """Reading would decode more pixels at once than the decode budget allows."""
+
+
+# --------------------------------------------------------------------------------------------
+# the decode budget
+# --------------------------------------------------------------------------------------------
+
+
+def max_pixels() -> int:
+    """The decode budget: the most pixels one read may decode into memory at once.
+
+    :func:`set_max_pixels` if called, else the environment variable ``RS2SAM2_MAX_PIXELS``, else
+    :data:`DEFAULT_MAX_PIXELS` (10^8: a 10000 x 10000 image, 300 MB as 8-bit RGB)."""
+    if _max_pixels_override is not None:
+        return _max_pixels_override
+    value = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if not value:
+        return DEFAULT_MAX_PIXELS
+    try:
+        n = int(float(value))
+    except ValueError:
+        raise ValueError(f"{MAX_PIXELS_ENV}={value!r}: expected a whole number of pixels, e.g. 400000000") from None
+    if n < 1:
+        raise ValueError(f"{MAX_PIXELS_ENV}={value!r}: expected a positive number of pixels")
+    return n
+
+
+def set_max_pixels(n: int | None) -> None:
+    """Set the decode budget for this process (``None``: back to the environment / default)."""
+    global _max_pixels_override
+    if n is not None and int(n) < 1:
+        raise ValueError(f"the decode budget must be a positive number of pixels, got {n}")
+    _max_pixels_override = None if n is None else int(n)
+
+
+def _check_budget(width: int, height: int, name: str, what: str) -> None:
+    budget = max_pixels()
+    if width * height > budget:
+        raise DecodeBudgetError(
+            f"{name}: {what} {width} x {height} = {width * height:,} pixels at once, over the decode budget of "
+            f"{budget:,} pixels; raise it with --max-pixels N or the environment variable {MAX_PIXELS_ENV}=N "
+            "(Python: rs2sam2.imageio.set_max_pixels(N)) if this machine has the memory for it")
+
+
+def gdal_env():
+    """A ``rasterio.Env`` with a bounded GDAL block cache (:data:`GDAL_CACHE_BYTES`)."""
+    import rasterio
+
+    return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES)
+
+
+# --------------------------------------------------------------------------------------------
+# metadata
+# --------------------------------------------------------------------------------------------
+
+
 @dataclass
 class RasterInfo:
-    """What :func:`read_image` learned about the file besides its pixels.
+    """What a reader learned about the file besides its pixels.
 
     ``crs`` is the CRS as a string (``"EPSG:32633"`` or WKT) and ``transform`` the affine
     pixel-to-world transform as a 6-tuple ``(a, b, c, d, e, f)`` in rasterio/``affine`` order;
     both are ``None`` when the file carries no georeferencing. ``count`` and ``dtype`` describe the
-    raster *on disk* (before conversion to RGB uint8).
+    raster *on disk* (before conversion to RGB uint8). ``has_nodata`` says whether some pixels may
+    be nodata (a nodata value, an internal mask, an alpha band, or a floating-point band).
     """
 
     height: int
@@ -54,6 +162,22 @@ class RasterInfo:
     count: int = 3
     dtype: str = "uint8"
     georeferenced: bool = False
+    has_nodata: bool = False
+
+    def window(self, col_off: int, row_off: int, width: int, height: int) -> RasterInfo:
+        """The info of a window of this raster: its size, and its transform when georeferenced."""
+        transform = self.transform
+        if transform is not None:
+            from affine import Affine
+
+            t = Affine(*transform[:6]) @ Affine.translation(col_off, row_off)
+            transform = tuple(float(v) for v in t[:6])
+        return replace(self, height=int(height), width=int(width), transform=transform)
+
+
+def describe(info: RasterInfo) -> dict[str, Any]:
+    """RasterInfo as a plain dict (for JSON logs and the demo)."""
+    return dict(vars(info))
 
 
 # --------------------------------------------------------------------------------------------
@@ -82,6 +206,36 @@ def _resolve_bands(count: int, bands: Sequence[int] | None) -> tuple[int, ...]:
     return bands
 
 
+def _valid_values(values: np.ndarray, nodata: float | None) -> np.ndarray:
+    valid = np.isfinite(values)
+    if nodata is not None and not np.isnan(nodata):
+        valid &= values != nodata
+    return valid
+
+
+def _percentiles(band: np.ndarray, nodata: float | None) -> tuple[float, float] | None:
+    """The stretch's (low, high) percentiles of the valid values, or None when there are none."""
+    values = np.asarray(band).astype(np.float64)
+    valid = _valid_values(values, nodata)
+    if not valid.any():
+        return None
+    lo, hi = np.percentile(values[valid], STRETCH_PERCENTILES)
+    return float(lo), float(hi)
+
+
+def _apply_stretch(band: np.ndarray, nodata: float | None, limits: tuple[float, float] | None) -> np.ndarray:
+    """Map ``limits`` (low, high) of ``band`` linearly to 0..255; nodata and constant bands give 0."""
+    values = np.asarray(band).astype(np.float64)
+    out = np.zeros(values.shape, dtype=np.uint8)
+    if limits is None or limits[1] <= limits[0]:  # no valid pixel, or a constant band
+        return out
+    lo, hi = limits
+    valid = _valid_values(values, nodata)
+    scaled = (values - lo) * (255.0 / (hi - lo))
+    out[valid] = np.clip(np.rint(scaled[valid]), 0, 255).astype(np.uint8)
+    return out
+
+
 def stretch_to_uint8(band: np.ndarray, nodata: float | None = None) -> np.ndarray:
     """Linearly map one band's 2nd..98th percentile to 0..255 (uint8).
 
@@ -90,27 +244,22 @@ def stretch_to_uint8(band: np.ndarray, nodata: float | None = None) -> np.ndarra
     band = np.asarray(band)
     if band.dtype == np.bool_:
         return band.astype(np.uint8) * 255
-    values = band.astype(np.float64)
-    valid = np.isfinite(values)
-    if nodata is not None and not np.isnan(nodata):
-        valid &= values != nodata
-    out = np.zeros(band.shape, dtype=np.uint8)
-    if not valid.any():
-        return out
-    lo, hi = np.percentile(values[valid], STRETCH_PERCENTILES)
-    if hi <= lo:  # constant band: nothing to stretch
-        return out
-    scaled = (values - lo) * (255.0 / (hi - lo))
-    out[valid] = np.clip(np.rint(scaled[valid]), 0, 255).astype(np.uint8)
-    return out
+    return _apply_stretch(band, nodata, _percentiles(band, nodata))
 
 
-def _bands_to_rgb(stack: Sequence[np.ndarray], nodata: Sequence[float | None]) -> np.ndarray:
-    """Stack 1 or 3 selected bands (each HxW) into an HxWx3 uint8 image."""
+def _bands_to_rgb(stack: Sequence[np.ndarray], nodata: Sequence[float | None],
+                  limits: Sequence[tuple[float, float] | None] | None = None) -> np.ndarray:
+    """Stack 1 or 3 selected bands (each HxW) into an HxWx3 uint8 image (``limits``: the stretch's
+    percentiles per band when already known)."""
     converted = []
-    for band, nd in zip(stack, nodata):
+    for i, (band, nd) in enumerate(zip(stack, nodata)):
         band = np.asarray(band)
-        converted.append(band if band.dtype == np.uint8 else stretch_to_uint8(band, nd))
+        if band.dtype == np.uint8:
+            converted.append(band)
+        elif limits is None or band.dtype == np.bool_:
+            converted.append(stretch_to_uint8(band, nd))
+        else:
+            converted.append(_apply_stretch(band, nd, limits[i]))
     if len(converted) == 1:
         converted = converted * 3
     return np.ascontiguousarray(np.stack(converted, axis=-1))
@@ -125,6 +274,14 @@ def _pil_to_array(img: Image.Image) -> np.ndarray:
     elif img.mode == "1":
         img = img.convert("L")
     return np.asarray(img)
+
+
+def _pil_alpha(img: Image.Image, arr: np.ndarray) -> np.ndarray | None:
+    """Validity from the alpha channel of ``img`` (converted to ``arr``), or None without alpha."""
+    has_alpha = img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info)
+    if not has_alpha or arr.ndim != 3:
+        return None
+    return arr[:, :, -1] != 0
 
 
 def to_rgb_uint8(
@@ -148,7 +305,7 @@ def to_rgb_uint8(
 
 
 # --------------------------------------------------------------------------------------------
-# files
+# rasters, read by windows
 # --------------------------------------------------------------------------------------------
 
 
@@ -162,64 +319,306 @@ def _expand_palette(indices: np.ndarray, colormap: dict[int, tuple[int, ...]]) -
     return [rgb[:, :, c] for c in range(3)]
 
 
-def _read_with_rasterio(path: Path, bands: Sequence[int] | None) -> tuple[np.ndarray, RasterInfo]:
-    import rasterio
-    from rasterio.enums import ColorInterp
-    from rasterio.errors import NotGeoreferencedWarning
-
-    with warnings.catch_warnings():
-        # PNG/JPEG have no georeferencing; that is normal, not worth a warning
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with rasterio.open(path) as src:
-            if src.count == 1 and src.colorinterp[0] == ColorInterp.palette and bands is None:
-                # palette indices mean nothing as intensities: look the colours up
-                stack, nodata = _expand_palette(src.read(1), src.colormap(1)), [None] * 3
-            else:
-                chosen = _resolve_bands(src.count, bands)
-                stack = list(src.read(indexes=list(chosen)))
-                nodata = [src.nodatavals[b - 1] for b in chosen]
-            crs = src.crs.to_string() if src.crs else None
-            affine = src.transform
-            georef = crs is not None or not affine.is_identity
-            info = RasterInfo(
-                height=src.height,
-                width=src.width,
-                crs=crs,
-                transform=tuple(float(v) for v in affine[:6]) if georef else None,
-                count=src.count,
-                dtype=str(src.dtypes[0]),
-                georeferenced=georef,
-            )
-    return _bands_to_rgb(stack, nodata), info
+def _window_tuple(window, width: int, height: int) -> tuple[int, int, int, int]:
+    """``(col_off, row_off, width, height)`` of a rasterio Window / 4-tuple / None (the whole raster)."""
+    if window is None:
+        return 0, 0, width, height
+    if hasattr(window, "col_off"):
+        return int(window.col_off), int(window.row_off), int(window.width), int(window.height)
+    c, r, w, h = (int(v) for v in window)
+    return c, r, w, h
 
 
-def _read_with_pil(path: Path, bands: Sequence[int] | None) -> tuple[np.ndarray, RasterInfo]:
-    with Image.open(path) as img:
-        img.load()
-        arr = _pil_to_array(img)
-    count = 1 if arr.ndim == 2 else arr.shape[2]
-    rgb = to_rgb_uint8(arr, bands)
-    info = RasterInfo(height=rgb.shape[0], width=rgb.shape[1], count=count, dtype=str(arr.dtype))
-    return rgb, info
+class Raster:
+    """An image opened for reading, whole or by windows, as 8-bit RGB plus validity.
 
+    ``image`` is a path, an open ``rasterio`` dataset (not closed by this object), a PIL image or a
+    numpy array (``HxW`` or ``HxWxC``, channels last). Paths and datasets are read by windows
+    through GDAL (PNG/JPEG/GIF/BMP/WebP files are decoded whole by PIL); PIL images and arrays are
+    converted once. ``bands`` are 1-based (see the module docstring).
 
-def read_image(path: str | Path, bands: Sequence[int] | None = None) -> tuple[np.ndarray, RasterInfo]:
-    """Read PNG / JPEG / TIFF / GeoTIFF (anything GDAL or PIL reads) as ``(rgb_uint8, RasterInfo)``.
-
-    ``rgb_uint8`` is ``H x W x 3`` uint8; see the module docstring for the band and dtype rules.
-    ``bands`` picks 1 or 3 bands, 1-based (``(4, 3, 2)`` for a false-colour composite).
-    Raises :class:`FileNotFoundError` or :class:`ImageReadError`, naming the file.
+    Use as a context manager, or call :meth:`close`. Raises :class:`FileNotFoundError` and
+    :class:`ImageReadError` (:class:`DecodeBudgetError` included), naming the file.
     """
+
+    def __init__(self, image, bands: Sequence[int] | None = None) -> None:
+        self._ds = None
+        self._owns_ds = False
+        self._rgb: np.ndarray | None = None
+        self._valid: np.ndarray | None = None
+        self._limits: list[tuple[float, float] | None] | None = None
+        self._stack = contextlib.ExitStack()
+        try:
+            self._open(image, bands)
+        except BaseException:
+            self.close()
+            raise
+
+    # ---- opening ------------------------------------------------------------------------------
+
+    def _open(self, image, bands) -> None:
+        import rasterio
+        from rasterio.io import DatasetReaderBase
+
+        if isinstance(image, (str, os.PathLike)):
+            path = Path(image)
+            self.name = str(path)
+            if not path.is_file():
+                raise FileNotFoundError(f"image file not found: {path}")
+            self._stack.enter_context(gdal_env())
+            ds, gdal_error = None, None
+            try:
+                with warnings.catch_warnings():
+                    # PNG/JPEG have no georeferencing; that is normal, not worth a warning
+                    warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+                    ds = rasterio.open(path)
+            except Exception as exc:  # noqa: BLE001 - PIL may still read it
+                gdal_error = exc
+            if ds is not None and ds.driver not in _PIL_DRIVERS:
+                self._ds, self._owns_ds = ds, True
+                self._open_dataset(bands)
+                return
+            header = self._header_info(ds) if ds is not None else {}
+            if ds is not None:
+                ds.close()
+            self._open_pil_file(path, bands, header, gdal_error)
+        elif isinstance(image, DatasetReaderBase):
+            if image.closed:
+                raise ImageReadError(f"the rasterio dataset {image.name} is closed")
+            self.name = str(image.name)
+            self._stack.enter_context(gdal_env())
+            self._ds = image
+            self._open_dataset(bands)
+        elif isinstance(image, (Image.Image, np.ndarray)):
+            self.name = "the image"
+            arr = _pil_to_array(image) if isinstance(image, Image.Image) else np.asarray(image)
+            valid = _pil_alpha(image, arr) if isinstance(image, Image.Image) else None
+            self._set_array(arr, bands, valid, {})
+        else:
+            raise TypeError(f"unsupported image type {type(image).__name__}; pass a path, an open rasterio "
+                            "dataset, a PIL image or a numpy array")
+
+    @staticmethod
+    def _header_info(ds) -> dict[str, Any]:
+        crs = ds.crs.to_string() if ds.crs else None
+        affine = ds.transform
+        georef = crs is not None or not affine.is_identity
+        return {"crs": crs, "transform": tuple(float(v) for v in affine[:6]) if georef else None,
+                "georeferenced": georef}
+
+    def _open_dataset(self, bands) -> None:
+        from rasterio.enums import ColorInterp, MaskFlags
+
+        ds = self._ds
+        for bh, bw in set(ds.block_shapes):
+            _check_budget(bw, bh, self.name, "the file is stored in pieces of")
+        self._palette = ds.count == 1 and ds.colorinterp[0] == ColorInterp.palette and bands is None
+        try:
+            self._bands = (1,) if self._palette else _resolve_bands(ds.count, bands)
+        except ValueError as exc:
+            raise ImageReadError(f"cannot convert image {self.name}: {exc}") from exc
+        self._nodata = [ds.nodatavals[b - 1] for b in self._bands]
+        dtypes = [ds.dtypes[b - 1] for b in self._bands]
+        self._float = any(np.issubdtype(np.dtype(d), np.floating) for d in dtypes)
+        self._masked = any(MaskFlags.all_valid not in flags for flags in ds.mask_flag_enums)
+        self._needs_stretch = not self._palette and any(d != "uint8" for d in dtypes)
+        self.info = RasterInfo(height=ds.height, width=ds.width, count=ds.count, dtype=str(ds.dtypes[0]),
+                               has_nodata=self._masked or self._float, **self._header_info(ds))
+
+    def _open_pil_file(self, path: Path, bands, header: dict[str, Any], gdal_error) -> None:
+        from PIL import ImageFile
+
+        if ImageFile.LOAD_TRUNCATED_IMAGES:
+            raise ImageReadError(
+                f"cannot read {path} safely: PIL.ImageFile.LOAD_TRUNCATED_IMAGES is on in this process, so a "
+                "truncated image would be read as if it were whole; turn it off")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own budget decides
+                with Image.open(path) as img:
+                    _check_budget(img.width, img.height, str(path), "decoding this image takes")
+                    img.load()
+                    arr = _pil_to_array(img)
+                    valid = _pil_alpha(img, arr)
+        except DecodeBudgetError:
+            raise
+        except Image.DecompressionBombError as exc:
+            raise DecodeBudgetError(f"{path}: {exc}") from exc
+        except Exception as exc:  # noqa: BLE001 - truncated, corrupt, or not an image at all
+            detail = f"pil: {exc}" + (f"; rasterio: {gdal_error}" if gdal_error is not None else "")
+            raise ImageReadError(f"cannot read image {path} ({detail})") from exc
+        self._set_array(arr, bands, valid, header)
+
+    def _set_array(self, arr: np.ndarray, bands, valid: np.ndarray | None, header: dict[str, Any]) -> None:
+        try:
+            count = 1 if arr.ndim == 2 else (arr.shape[2] if arr.ndim == 3 else 0)
+            self._rgb = to_rgb_uint8(arr, bands)
+        except ValueError as exc:
+            raise ImageReadError(f"cannot convert image {self.name}: {exc}") from exc
+        if valid is not None and valid.all():
+            valid = None
+        self._valid = valid
+        h, w = self._rgb.shape[:2]
+        self.info = RasterInfo(height=h, width=w, count=count, dtype=str(arr.dtype), has_nodata=valid is not None,
+                               **header)
+
+    # ---- reading ------------------------------------------------------------------------------
+
+    @property
+    def height(self) -> int:
+        return self.info.height
+
+    @property
+    def width(self) -> int:
+        return self.info.width
+
+    def read(self, window=None, out_shape: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(rgb, valid)`` of ``window`` (a rasterio ``Window`` or ``(col_off, row_off, width,
+        height)``; default: everything), at full resolution or decimated to ``out_shape = (height,
+        width)`` (pixels averaged; GDAL uses overviews when the file has them).
+
+        ``rgb`` is ``h x w x 3`` uint8; ``valid`` is an ``h x w`` bool array (False = nodata), or
+        None when every pixel is valid."""
+        col, row, w, h = _window_tuple(window, self.width, self.height)
+        if w <= 0 or h <= 0 or col < 0 or row < 0 or col + w > self.width or row + h > self.height:
+            raise ValueError(f"window {(col, row, w, h)} is not inside the {self.width} x {self.height} image")
+        oh, ow = (h, w) if out_shape is None else (int(out_shape[0]), int(out_shape[1]))
+        _check_budget(ow, oh, self.name, "this read would decode")
+        if self._ds is None:
+            return self._read_array(col, row, w, h, oh, ow)
+        try:
+            return self._read_dataset(col, row, w, h, oh, ow)
+        except (ValueError, ImageReadError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - GDAL read failure: truncated / corrupt data
+            raise ImageReadError(f"cannot read image {self.name}: {exc}") from exc
+
+    def read_valid(self, window=None, out_shape: tuple[int, int] | None = None) -> np.ndarray | None:
+        """Only the validity of :meth:`read` (None when every pixel is valid), without the pixels
+        when the validity does not depend on them."""
+        if self._ds is not None and self._float:
+            return self.read(window, out_shape)[1]
+        col, row, w, h = _window_tuple(window, self.width, self.height)
+        oh, ow = (h, w) if out_shape is None else (int(out_shape[0]), int(out_shape[1]))
+        if self._ds is None:
+            return self._read_array(col, row, w, h, oh, ow)[1]
+        return self._dataset_valid(col, row, w, h, oh, ow)
+
+    def _read_array(self, col, row, w, h, oh, ow) -> tuple[np.ndarray, np.ndarray | None]:
+        rgb = self._rgb[row:row + h, col:col + w]
+        valid = None if self._valid is None else self._valid[row:row + h, col:col + w]
+        if (oh, ow) != (h, w):
+            rgb = np.asarray(Image.fromarray(np.ascontiguousarray(rgb)).resize((ow, oh), Image.Resampling.BOX))
+            if valid is not None:
+                small = Image.fromarray(valid.astype(np.uint8) * 255).resize((ow, oh), Image.Resampling.NEAREST)
+                valid = np.asarray(small) > 127
+        return np.ascontiguousarray(rgb), valid
+
+    def _dataset_valid(self, col, row, w, h, oh, ow) -> np.ndarray | None:
+        from rasterio.windows import Window
+
+        if not self._masked:
+            return None
+        mask = self._ds.dataset_mask(window=Window(col, row, w, h), out_shape=(oh, ow)) != 0
+        return None if mask.all() else mask
+
+    def _read_dataset(self, col, row, w, h, oh, ow) -> tuple[np.ndarray, np.ndarray | None]:
+        from rasterio.enums import Resampling
+        from rasterio.windows import Window
+
+        ds, win = self._ds, Window(col, row, w, h)
+        resampling = Resampling.nearest if (oh, ow) == (h, w) or self._palette else Resampling.average
+        data = ds.read(indexes=list(self._bands), window=win, out_shape=(len(self._bands), oh, ow),
+                       resampling=resampling)
+        valid = self._dataset_valid(col, row, w, h, oh, ow)
+        if self._float:
+            finite = np.isfinite(data).all(axis=0)
+            if not finite.all():
+                valid = finite if valid is None else valid & finite
+        if self._palette:
+            return np.ascontiguousarray(np.stack(_expand_palette(data[0], ds.colormap(1)), axis=-1)), valid
+        limits = self._stretch_limits() if self._needs_stretch else None
+        return _bands_to_rgb(list(data), self._nodata, limits), valid
+
+    def _stretch_limits(self) -> list[tuple[float, float] | None]:
+        """Per chosen band, the stretch's percentiles over the whole raster (decimated when large)."""
+        if self._limits is None:
+            h, w = self.height, self.width
+            scale = max(1.0, math.sqrt(h * w / STATS_MAX_PIXELS))
+            oh, ow = max(1, int(h / scale)), max(1, int(w / scale))
+            data = self._ds.read(indexes=list(self._bands), out_shape=(len(self._bands), oh, ow))
+            self._limits = [_percentiles(band, nd) for band, nd in zip(data, self._nodata)]
+        return self._limits
+
+    # ---- life cycle ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        if self._ds is not None and self._owns_ds:
+            self._ds.close()
+        self._ds = None
+        self._stack.close()
+
+    def __enter__(self) -> Raster:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Raster({self.name!r}, {self.width} x {self.height})"
+
+
+def read_info(path: str | Path) -> RasterInfo:
+    """The :class:`RasterInfo` of an image file from its header alone (no pixels decoded).
+    Raises :class:`FileNotFoundError` or :class:`ImageReadError`, naming the file."""
+    import rasterio
+    from rasterio.enums import MaskFlags
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image file not found: {path}")
-    errors: list[str] = []
-    for reader in (_read_with_rasterio, _read_with_pil):
-        try:
-            return reader(path, bands)
-        except ValueError as exc:  # bad ``bands`` or a degenerate image: no point trying again
-            raise ImageReadError(f"cannot convert image {path}: {exc}") from exc
-        except Exception as exc:  # noqa: BLE001 - any reader failure means "try the next one"
-            errors.append(f"{reader.__name__.strip('_')}: {exc}")
-    raise ImageReadError(f"cannot read image {path} ({'; '.join(errors)})")
+    header: dict[str, Any] = {}
+    try:
+        with gdal_env(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+            with rasterio.open(path) as ds:
+                header = Raster._header_info(ds)
+                if ds.driver not in _PIL_DRIVERS:
+                    floating = any(np.issubdtype(np.dtype(d), np.floating) for d in ds.dtypes)
+                    masked = any(MaskFlags.all_valid not in flags for flags in ds.mask_flag_enums)
+                    return RasterInfo(height=ds.height, width=ds.width, count=ds.count, dtype=str(ds.dtypes[0]),
+                                      has_nodata=masked or floating, **header)
+    except Exception:  # noqa: BLE001 - not a GDAL format: PIL may know it
+        pass
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                alpha = img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info
+                return RasterInfo(height=img.height, width=img.width, count=len(img.getbands()),
+                                  has_nodata=alpha, **header)
+    except Exception as exc:  # noqa: BLE001 - not an image, or refused by PIL's own limit
+        raise ImageReadError(f"cannot read image {path} ({exc})") from exc
 
+
+def check_decode_budget(path: str | Path) -> None:
+    """Raise :class:`DecodeBudgetError` when reading ``path`` whole would decode more pixels at once
+    than the decode budget allows; checked from the file's header only (a file that cannot be read
+    is left to the reader to report)."""
+    try:
+        info = read_info(path)
+    except (ImageReadError, FileNotFoundError):
+        return
+    _check_budget(info.width, info.height, str(path), "reading this image whole decodes")
+
+
+def read_image(path: str | Path, bands: Sequence[int] | None = None) -> tuple[np.ndarray, RasterInfo]:
+    """Read PNG / JPEG / TIFF / GeoTIFF (anything GDAL or PIL reads) whole, as ``(rgb_uint8, RasterInfo)``.
+
+    ``rgb_uint8`` is ``H x W x 3`` uint8; see the module docstring for the band and dtype rules and
+    the decode budget. ``bands`` picks 1 or 3 bands, 1-based (``(4, 3, 2)`` for a false-colour
+    composite). Raises :class:`FileNotFoundError` or :class:`ImageReadError`, naming the file.
+    """
+    with Raster(path, bands) as raster:
+        rgb, _ = raster.read()
+        return rgb, raster.info

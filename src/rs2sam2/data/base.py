@@ -35,7 +35,7 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
-from ..imageio import read_image
+from ..imageio import check_decode_budget, read_image
 from ..viz import caption_below, overlay, save
 
 __all__ = [
@@ -128,6 +128,7 @@ def read_mask_file(path: str | Path) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"mask file not found: {path}")
+    check_decode_budget(path)
     try:
         import rasterio
         from rasterio.errors import NotGeoreferencedWarning
