@@ -136,9 +136,9 @@ class ModelConfig:
             nearest = f"{lower} or {lower + step}" if lower else str(step)
             raise ConfigError(
                 f"image_size: {self.image_size} is not allowed for this model, which takes a multiple of {step} "
-                f"(nearest: {nearest}), because the patch embedding (stride 4) must tile its first windows "
-                f"({self.hiera.window_spec[0]} px), the {self.hiera.q_pool} poolings must halve evenly and the "
-                f"image embedding has stride {self.backbone_stride}")
+                f"(nearest: {nearest}): the first feature map (1/4 scale) must hold whole "
+                f"{self.hiera.window_spec[0]}-pixel windows, {self.hiera.q_pool} poolings must halve it evenly "
+                f"and the image embedding has stride {self.backbone_stride}")
 
     @property
     def image_size_step(self) -> int:

@@ -23,9 +23,10 @@ dataset readers):
   (non-)joiners that shape words in some scripts, control characters count as spaces, and runs of
   whitespace become one space. A text left with no visible character is empty (``""``).
 * A text with more tokens than the model reads is cut to its beginning, and a
-  :class:`TextTruncatedWarning` says so with the token count, once per call of :meth:`Tokenizer.encode`
-  / :meth:`Tokenizer.batch` (Python shows a repeated identical warning once). :func:`text_preview`
-  gives the short form to echo a long text.
+  :class:`TextTruncatedWarning` says so with the token count: one warning per call of
+  :meth:`Tokenizer.encode` / :meth:`Tokenizer.batch`, attributed to its caller, so that Python shows it
+  once however often the same text comes from the same place. :func:`text_preview` gives the short
+  form to echo a long text.
 """
 
 from __future__ import annotations
@@ -47,8 +48,8 @@ except ImportError as exc:  # pragma: no cover - dependency is declared in pypro
     raise ImportError("rs2sam2.text needs the 'sentencepiece' package (pip install sentencepiece)") from exc
 
 __all__ = [
-    "MaskRule",
     "SEG_TOKEN",
+    "MaskRule",
     "TextTruncatedWarning",
     "Tokenizer",
     "load_tokenizer",
@@ -113,9 +114,10 @@ def _warn_truncated(lengths: Sequence[int], texts: Sequence[str], max_len: int) 
     if len(over) == 1:
         what, whose, which = f"a text of {longest} tokens (BOS and EOS included) is", "its", ""
     else:
-        what, whose, which = f"{len(over)} texts of up to {longest} tokens (BOS and EOS included) are", "their", "longest: "
+        what = f"{len(over)} texts of up to {longest} tokens (BOS and EOS included) are"
+        whose, which = "their", "longest: "
     warnings.warn(f"{what} longer than the limit of {max_len}: only {whose} first {max_len} tokens are read "
-                  f"({which}{text_preview(text, 60)!r})", TextTruncatedWarning, stacklevel=3)
+                  f"({which}{text_preview(text, 60)!r})", TextTruncatedWarning, stacklevel=4)
 
 
 class Tokenizer:
