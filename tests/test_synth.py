@@ -232,3 +232,109 @@ def test_cli_documented_form_and_bad_arguments(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:  # the old positional form is gone
         cli_main(["synth", "jsonl", str(tmp_path / "g")])
     assert exc.value.code == 2
+
+
+# --------------------------------------------------------------------------------------------
+# output folder: refuse a non-empty one, --overwrite replaces the dataset cleanly, failures leave it
+# --------------------------------------------------------------------------------------------
+
+
+def _snapshot(folder):
+    """Every file under ``folder`` (hidden ones included) with its bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _synth(out, fmt="jsonl", n=3, *extra):
+    return cli_main(["synth", "--format", fmt, "--out", str(out), "--num-images", str(n), "--image-size", "64",
+                     *map(str, extra)])
+
+
+def _stderr_error(capsys):
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err.strip().removeprefix("rs2sam2 synth: error: ")
+
+
+def test_non_empty_output_is_refused_without_overwrite(tmp_path, capsys):
+    out = tmp_path / "d"
+    assert _synth(out, "jsonl", 3) == 0
+    before = _snapshot(out)
+    capsys.readouterr()
+    assert _synth(out, "jsonl", 2, "--seed", 5) == 2
+    error = _stderr_error(capsys)
+    assert error.startswith(f"output folder {out} is not empty (data.jsonl, images, masks)") and "--overwrite" in error
+    assert _snapshot(out) == before
+
+
+def test_overwrite_replaces_the_dataset_and_keeps_other_files(tmp_path, capsys):
+    out = tmp_path / "d"
+    assert _synth(out, "rrsisd", 6) == 0
+    (out / "notes.txt").write_text("mine")
+    assert _synth(out, "rrsisd", 2, "--overwrite") == 0  # fewer images: none of the old six may stay
+    assert sorted(p.name for p in (out / "images" / "rrsisd" / "JPEGImages").iterdir()) == ["00000.jpg", "00001.jpg"]
+    assert "kept in" in capsys.readouterr().err
+    assert _synth(out, "jsonl", 2, "--overwrite") == 0  # another format: the RRSIS-D files go too
+    names = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert names == ["data.jsonl", "images/00000.png", "images/00001.png", *sorted(
+        str(p.relative_to(out)) for p in (out / "masks").iterdir()), "notes.txt"]
+    assert (out / "notes.txt").read_text() == "mine"
+    err = capsys.readouterr().err
+    assert "notes.txt" in err
+    assert len(build_dataset("jsonl", out, None)) > 0
+
+
+def test_a_failed_or_interrupted_write_leaves_the_folder_as_it_was(tmp_path, monkeypatch, capsys):
+    import errno
+
+    out = tmp_path / "d"
+    assert _synth(out, "jsonl", 3) == 0
+    before = _snapshot(out)
+    real = synth._JsonlWriter.write_scene
+
+    def full_disk_at_second_scene(self, index, scene, split):
+        if index == 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(self, index, scene, split)
+
+    monkeypatch.setattr(synth._JsonlWriter, "write_scene", full_disk_at_second_scene)
+    capsys.readouterr()
+    assert _synth(out, "jsonl", 4, "--overwrite") == 2
+    assert _stderr_error(capsys) == (f"cannot write the dataset to {out}: No space left on device; the folder is left "
+                                     "as it was")
+    assert _snapshot(out) == before  # no temporary folder left either
+    assert _synth(tmp_path / "new", "jsonl", 4) == 2
+    assert not (tmp_path / "new").exists()
+
+    def interrupted(self, index, scene, split):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(synth._JsonlWriter, "write_scene", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _synth(out, "jsonl", 4, "--overwrite")
+    assert _snapshot(out) == before
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--num-images", "-3"], "num_images must be >= 1 (--num-images), got -3"),
+    (["--seed", "-1"], "seed must be an integer >= 0 (--seed), got -1"),
+    (["--image-size", "8"], "image_size must be an integer >= 32 (--image-size), got 8"),
+    (["--splits", "nan", "1", "1"], "splits must be three non-negative fractions"),
+    (["--format", "rrsisd"], None),  # a valid call, for contrast
+])
+def test_bad_synth_arguments(tmp_path, capsys, extra, message):
+    out = tmp_path / "d"
+    rc = cli_main(["synth", "--format", "jsonl", "--out", str(out), "--num-images", "2", "--image-size", "64", *extra])
+    if message is None:
+        assert rc == 0
+        return
+    assert rc == 2 and _stderr_error(capsys).startswith(message)
+    assert not out.exists()
+
+
+def test_unusable_output_folder(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    assert _synth(tmp_path / "file", "jsonl", 2) == 2
+    assert _stderr_error(capsys) == f"output folder {tmp_path / 'file'} is a file, not a folder"
+    assert _synth(tmp_path / "file" / "d", "jsonl", 2) == 2
+    assert _stderr_error(capsys).startswith(f"cannot create output folder {tmp_path / 'file' / 'd'}: Not a directory")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]

@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
 
-from rs2sam2.text import SEG_TOKEN, Tokenizer, load_tokenizer, train_tokenizer
+from rs2sam2.text import (
+    SEG_TOKEN,
+    TextTruncatedWarning,
+    Tokenizer,
+    load_tokenizer,
+    normalize_text,
+    text_preview,
+    train_tokenizer,
+)
 
 FIXTURES = Path(__file__).parent / "fixtures" / "parity" / "tokenizer"
 MODEL = FIXTURES / "test_xlmr.model"
@@ -116,3 +125,51 @@ def test_train_tokenizer_deterministic_and_usable(tmp_path: Path) -> None:
     assert bpe.encode("the river")[0] == 0
     with pytest.raises(ValueError):
         train_tokenizer(["", "  "], tmp_path / "empty.model")
+
+
+# --- the shared text rules: normalisation, long texts ----------------------------------------------
+
+
+@pytest.mark.parametrize("text", ["", "   ", "\u200b", "\u200b\u200c \ufeff\u2060", "\u00a0\u3000\t\n", "\x00\x07"])
+def test_invisible_text_is_empty(text: str) -> None:
+    assert normalize_text(text) == ""
+
+
+def test_normalize_text_keeps_words_and_joiners() -> None:
+    assert normalize_text("  the\u200b red\u00a0 car\n ") == "the red car"
+    assert normalize_text("the\x00car") == "the car"  # a control character separates words
+    assert normalize_text("\ufeffthe tank") == "the tank"  # byte-order mark of a pasted text
+    # zero-width (non-)joiners shape words in some scripts: kept inside a word
+    assert normalize_text("\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645") == "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645"
+    assert normalize_text("\u200d") == ""  # ...but alone they are nothing visible
+
+
+def test_text_preview() -> None:
+    assert text_preview("the red  car") == "the red car"
+    long = "the red car " * 500
+    short = text_preview(long, max_chars=30)
+    assert short.startswith("the red car the red car") and short.endswith("characters)")
+    head, _, rest = short.partition(" ... (+")
+    assert len(head) <= 30 and not head.endswith(" ")
+    assert int(rest.split()[0]) == len(normalize_text(long)) - len(head)
+
+
+def test_long_text_warned_once_with_its_token_count(tok: Tokenizer) -> None:
+    text = "the large red vehicle on the left " * 40
+    full = len(tok.encode(text))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        for _ in range(3):  # the same text from the same place (a loop over batches): warned once
+            ids, _ = tok.batch([text, "the car"], max_len=10)
+        assert ids.shape == (2, 10) and ids[0, -1].item() == tok.eos_id
+    found = [w for w in caught if issubclass(w.category, TextTruncatedWarning)]
+    assert len(found) == 1
+    message = str(found[0].message)
+    assert f"a text of {full} tokens" in message and "limit of 10" in message
+    assert "the large red vehicle" in message and len(message) < 300  # a preview, not the whole text
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        tok.batch([text, text + " again", "the car"], max_len=10)
+        tok.encode("the car", max_len=10)  # short enough: no warning
+    found = [w for w in caught if issubclass(w.category, TextTruncatedWarning)]
+    assert len(found) == 1 and str(found[0].message).startswith("2 texts of up to")

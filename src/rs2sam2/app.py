@@ -70,7 +70,7 @@ def make_examples(folder: str | os.PathLike, count: int = 4, seed: int = 2024) -
     from .data.synth import generate
 
     folder = Path(folder)
-    generate("jsonl", folder, num_images=count, seed=seed, image_size=256)
+    generate("jsonl", folder, num_images=count, seed=seed, image_size=256, overwrite=True)
     examples: list[Example] = []
     seen: set[str] = set()
     for line in (folder / "data.jsonl").read_text(encoding="utf-8").splitlines():
@@ -139,12 +139,13 @@ def segment(predictor, file, text: str, threshold: float | None, workdir: str | 
     gr = _gradio()
     from .imageio import ImageReadError
     from .predict import InputError
+    from .text import normalize_text
     from .viz import overlay, overlay_heatmap
 
     path = _upload_path(file)
     if not path:
         raise gr.Error("Upload an image first (PNG, JPEG, TIFF or GeoTIFF), or pick one of the examples.")
-    if not text or not str(text).strip():
+    if not text or not normalize_text(str(text)):
         raise gr.Error("Type an expression that describes the object to segment, e.g. 'the white ship at the top'.")
     raster, name = _open_upload(path, max_upload_mb)
     info = raster.info

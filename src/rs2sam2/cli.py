@@ -1,5 +1,11 @@
 """``rs2sam2`` command line. Each subcommand lives in its own module, which provides
-``add_arguments(parser)`` and ``run(args) -> int``; modules are imported only when used."""
+``add_arguments(parser)`` and ``run(args) -> int``; modules are imported only when used.
+
+Exit status: 0 done; 1 what the command reports as a finding (``check-data``: problems found); 2 a
+user error (a bad argument, file or setting: :mod:`rs2sam2.errors`), printed here as
+``rs2sam2 <command>: error: <message>`` without a traceback; 3 training stopped on a non-finite loss.
+Any other exception is a bug and propagates with its traceback.
+"""
 
 from __future__ import annotations
 
@@ -40,7 +46,22 @@ def main(argv: list[str] | None = None) -> int:
 
         tune_cpu_allocator()
     module = importlib.import_module(COMMANDS[args.command][0])
-    return int(module.run(args) or 0)
+    try:
+        return int(module.run(args) or 0)
+    except Exception as exc:
+        if not is_user_error(exc):
+            raise
+        from .errors import user_message
+
+        print(f"rs2sam2 {args.command}: error: {user_message(exc)}", file=sys.stderr)
+        return 2
+
+
+def is_user_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is the user's doing (exit status 2 with its message) rather than a bug."""
+    from .errors import UserError
+
+    return isinstance(exc, UserError)
 
 
 if __name__ == "__main__":

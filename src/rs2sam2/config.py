@@ -2,13 +2,25 @@
 
 Every size in the model (input resolution, channel widths, token grid, head counts) is derived
 from one :class:`ModelConfig`, so ``nano``, ``tiny-parity`` and ``paper`` run the same code.
+
+Every config checks its values when it is built (from Python, from a checkpoint's ``config.json`` or a
+training config): each field has the type its annotation says (a JSON list is read as a tuple, an
+integer where a float is expected as that float), numbers are finite and not negative, counts and
+widths at least 1, and the input size is one the model can take (:attr:`ModelConfig.image_size_step`).
+A bad value raises :class:`~rs2sam2.errors.ConfigError` naming the key, as a dotted path for nested
+ones (``hiera.window_spec``), and saying what is allowed.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
+import typing
 from dataclasses import dataclass, field
 from typing import Any
+
+from .errors import ConfigError
 
 BHFM_MODES = ("bi", "uni", "linear", "off")
 
@@ -31,6 +43,9 @@ class HieraConfig:
     # the lowest-resolution FPN level is computed (it feeds the top-down path) but not returned
     scalp: int = 1
 
+    def __post_init__(self) -> None:
+        _check_fields(self)
+
     @property
     def stage_dims(self) -> list[int]:
         return [int(self.embed_dim * self.dim_mul**i) for i in range(len(self.stages))]
@@ -50,6 +65,9 @@ class Beit3Config:
     max_text_positions: int = 1024
     layernorm_eps: float = 1e-5
     drop_path_rate: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check_fields(self)
 
     @property
     def grid_size(self) -> int:
@@ -86,8 +104,9 @@ class FusionConfig:
     sparse_prompt: bool = True  # CLS token as a sparse prompt token
 
     def __post_init__(self) -> None:
+        _check_fields(self)
         if self.bhfm not in BHFM_MODES:
-            raise ValueError(f"FusionConfig.bhfm must be one of {BHFM_MODES}, got {self.bhfm!r}")
+            raise ConfigError(f"bhfm: must be one of {', '.join(BHFM_MODES)}, got {self.bhfm!r}")
 
 
 @dataclass
@@ -107,19 +126,26 @@ class ModelConfig:
     backbone_stride: int = 16
 
     def __post_init__(self) -> None:
-        if isinstance(self.hiera, dict):
-            self.hiera = _from_dict(HieraConfig, self.hiera)
-        if isinstance(self.beit3, dict):
-            self.beit3 = _from_dict(Beit3Config, self.beit3)
-        if isinstance(self.fusion, dict):
-            self.fusion = _from_dict(FusionConfig, self.fusion)
-        if self.image_size % self.backbone_stride:
-            raise ValueError(f"image_size must be a multiple of {self.backbone_stride}, got {self.image_size}")
-        first = self.image_size // 4
-        if first % self.hiera.window_spec[0]:
-            raise ValueError(
-                f"image_size/4 = {first} must be a multiple of the first window size {self.hiera.window_spec[0]}"
-            )
+        _check_fields(self)
+        if len(self.hiera.window_spec) != len(self.hiera.stages):
+            raise ConfigError(f"hiera.window_spec must give one window per stage ({len(self.hiera.stages)}), "
+                              f"got {list(self.hiera.window_spec)}")
+        step = self.image_size_step
+        if self.image_size % step:
+            lower = self.image_size // step * step
+            nearest = f"{lower} or {lower + step}" if lower else str(step)
+            raise ConfigError(
+                f"image_size: {self.image_size} is not allowed for this model, which takes a multiple of {step} "
+                f"(nearest: {nearest}): the first feature map (1/4 scale) must hold whole "
+                f"{self.hiera.window_spec[0]}-pixel windows, {self.hiera.q_pool} poolings must halve it evenly "
+                f"and the image embedding has stride {self.backbone_stride}")
+
+    @property
+    def image_size_step(self) -> int:
+        """The input sizes the model takes are the multiples of this: stride 4 times the first window
+        of the trunk (its window position embedding tiles the first feature map), 4 * 2**q_pool (each
+        pooling halves the map exactly, so the FPN's top-down sums line up), and the backbone stride."""
+        return math.lcm(4 * max(1, self.hiera.window_spec[0]), 4 * 2**self.hiera.q_pool, self.backbone_stride)
 
     @property
     def embed_size(self) -> int:
@@ -139,17 +165,74 @@ class ModelConfig:
         return _from_dict(cls, d)
 
 
-def _from_dict(cls, d: dict[str, Any]):
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(d) - names
+def _from_dict(cls, d: Any):
+    """``cls(**d)`` for a mapping read from JSON / YAML; unknown keys are an error naming them."""
+    if not isinstance(d, dict):
+        raise ConfigError(f"expected a mapping of {cls.__name__} keys, got {_shown(d)}")
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(str(k) for k in d if k not in names)
     if unknown:
-        raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
-    kwargs = {}
-    for f in dataclasses.fields(cls):
-        if f.name in d:
-            v = d[f.name]
-            kwargs[f.name] = tuple(v) if isinstance(v, list) else v
-    return cls(**kwargs)
+        raise ConfigError(f"{', '.join(unknown)}: unknown key{'s' if len(unknown) > 1 else ''} "
+                          f"(valid keys: {', '.join(names)})")
+    return cls(**d)
+
+
+# fields that may be 0 (every other integer is a count or a width: at least 1)
+_MAY_BE_ZERO = {"q_pool", "scalp"}
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return f"{text[:60]}..." if len(text) > 60 else f"{text} ({type(value).__name__})"
+
+
+def _check_fields(config) -> None:
+    """Check every field of a config dataclass against its annotation (module docstring), converting
+    lists to tuples, integers to floats and mappings to nested configs in place."""
+    hints = _field_types(type(config))
+    for f in dataclasses.fields(config):
+        setattr(config, f.name, _checked(f.name, getattr(config, f.name), hints[f.name]))
+
+
+@functools.cache
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _checked(name: str, value: Any, kind: Any) -> Any:
+    if dataclasses.is_dataclass(kind):
+        if isinstance(value, kind):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{name}: expected a mapping of {kind.__name__} keys, got {_shown(value)}")
+        try:
+            return _from_dict(kind, value)
+        except ConfigError as exc:
+            raise ConfigError(f"{name}.{exc}") from None
+    if typing.get_origin(kind) is tuple:
+        args = typing.get_args(kind)
+        fixed = None if (len(args) == 2 and args[1] is Ellipsis) else len(args)
+        if not isinstance(value, (list, tuple)) or (fixed is not None and len(value) != fixed):
+            want = f"{fixed} integers" if fixed is not None else "a list of integers"
+            raise ConfigError(f"{name}: expected {want}, got {_shown(value)}")
+        for item in value:
+            _check_number(name, item, int, minimum=0)
+        return tuple(value)
+    if kind in (int, float):
+        _check_number(name, value, kind, minimum=0 if (kind is float or name in _MAY_BE_ZERO) else 1)
+        return float(value) if kind is float else value
+    if kind in (bool, str) and not isinstance(value, kind):
+        raise ConfigError(f"{name}: expected {'true or false' if kind is bool else 'a string'}, got {_shown(value)}")
+    return value
+
+
+def _check_number(name: str, value: Any, kind: type, minimum: int) -> None:
+    ok_type = isinstance(value, (int, float) if kind is float else int) and not isinstance(value, bool)
+    if not ok_type:
+        raise ConfigError(f"{name}: expected {'a number' if kind is float else 'an integer'}, got {_shown(value)}")
+    if not math.isfinite(value) or value < minimum:
+        raise ConfigError(f"{name}: expected {'a finite number' if kind is float else 'an integer'} >= {minimum}, "
+                          f"got {value!r}")
 
 
 # --- registries of the official backbone sizes ---------------------------------------------------

@@ -30,12 +30,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any, Sequence
 
 from .data import DATASETS, DatasetError, ReferringDataset, build_dataset
 from .data.base import mask_size_fits, raster_size
+from .errors import ConfigError, MissingFileError
 from .fsutil import atomic_write_text
 
 __all__ = ["KINDS", "check_dataset", "check_split", "add_arguments", "run"]
@@ -199,11 +199,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if not Path(args.data).exists():
-        print(f"error: --data {args.data}: no such file or folder", file=sys.stderr)
-        return 2
+        raise MissingFileError(f"--data {args.data}: no such file or folder")
     if args.max_list < 0:
-        print("error: --max-list must be >= 0", file=sys.stderr)
-        return 2
+        raise ConfigError(f"--max-list must be >= 0, got {args.max_list}")
     names = args.split or (["all"] if args.dataset == "jsonl" else list(DEFAULT_SPLITS))
     splits = [None if (args.dataset == "jsonl" and s in ("all", "none")) else s for s in names]
     report = check_dataset(args.dataset, args.data, splits, decode=args.decode)
@@ -211,6 +209,5 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         atomic_write_text(args.json, json.dumps(report, indent=2) + "\n")
     if all("error" in s for s in report["splits"].values()):
-        print(f"error: no split of {args.data} could be read as {args.dataset}", file=sys.stderr)
-        return 2
+        raise DatasetError(f"no split of {args.data} could be read as {args.dataset}")
     return 0 if report["clean"] else 1

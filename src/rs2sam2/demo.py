@@ -94,7 +94,7 @@ def run_demo(out: str | Path = "rs2sam2-demo", num_images: int | None = None, ep
 
     data = out / "data"
     print(f"[1/4] generating {num_images} synthetic scenes -> {data}")
-    generate("rrsisd", data, num_images=num_images, seed=seed, image_size=256)
+    generate("rrsisd", data, num_images=num_images, seed=seed, image_size=256, overwrite=True)  # the demo owns it
 
     print("[2/4] training the nano preset from scratch on the CPU")
     t_train_start = time.perf_counter()

@@ -43,7 +43,6 @@ import io
 import json
 import math
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -53,12 +52,14 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoints import CHECKPOINT_HELP, TOKENIZER_HELP, add_hub_arguments
-from .fsutil import atomic_write_text
+from .errors import ConfigError, FileFormatError, MissingFileError
+from .fsutil import atomic_write_text, check_writable
 from .metrics import (
     METRIC_NAMES,
     PUBLISHED_THRESHOLD,
     ReferringMetrics,
     binarize,
+    check_threshold,
     intersection_union,
     per_category,
     report_metrics,
@@ -237,6 +238,7 @@ def evaluate_model(
 
     core = getattr(model, "module", model)
     cfg = core.config
+    threshold = check_threshold(threshold)
     check_vocabulary(tokenizer, cfg.beit3.vocab_size)
     device = resolve_device(device, model)
     rank, world = dist_info()
@@ -326,19 +328,20 @@ def evaluate_predictions(
 
     Model-resolution protocol: prediction and target are both resized to ``image_size`` with nearest
     neighbour (pixel centres). Original resolution: the prediction is compared with the original mask,
-    nearest-resized to the image size first if it differs. Raises ``FileNotFoundError`` naming the
-    missing files before scoring anything.
+    nearest-resized to the image size first if it differs. Raises :class:`~rs2sam2.errors.MissingFileError`
+    (a ``FileNotFoundError``) naming the missing files before scoring anything, and
+    :class:`~rs2sam2.errors.FileFormatError` naming a prediction that is not an image.
     """
     folder = Path(predictions)
     if not folder.is_dir():
-        raise FileNotFoundError(f"predictions folder not found: {folder}")
+        raise MissingFileError(f"predictions folder not found: {folder}")
     n = len(dataset) if limit is None else min(int(limit), len(dataset))
     ids = [dataset.expressions[i][2] for i in range(n)]
     missing = [f"{eid}.png" for eid in ids if not (folder / f"{eid}.png").is_file()]
     if missing:
         shown = ", ".join(str(folder / m) for m in missing[:10])
         more = f" (and {len(missing) - 10} more)" if len(missing) > 10 else ""
-        raise FileNotFoundError(f"{len(missing)} prediction file(s) missing: {shown}{more}")
+        raise MissingFileError(f"{len(missing)} prediction file(s) missing: {shown}{more}")
     acc_model, acc_orig = ReferringMetrics(), (ReferringMetrics() if original_resolution else None)
     start = time.perf_counter()
     for i in _progress(range(n), n, "eval", progress):
@@ -348,7 +351,7 @@ def evaluate_predictions(
         try:
             pred = _read_prediction(path)
         except Exception as exc:  # noqa: BLE001 - name the file whatever PIL raised
-            raise ValueError(f"cannot read prediction {path}: {exc}") from exc
+            raise FileFormatError(f"cannot read prediction {path}: {exc}") from exc
         i_, u_ = intersection_union(resize_target_nearest(pred, image_size), resize_target_nearest(target, image_size))
         acc_model.update(eid, i_, u_, text=text)
         if acc_orig is not None:
@@ -435,8 +438,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             d = init_distributed(args.device)
         except ValueError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
+            raise ConfigError(str(exc)) from None
         if d.enabled:
             args.device = str(d.device)
     try:
@@ -446,48 +448,54 @@ def run(args: argparse.Namespace) -> int:
             d.close()
 
 
-def _run(args: argparse.Namespace) -> int:
-    from .checkpoints import CheckpointError, load_pretrained, locate
-    from .data import DatasetError, build_dataset
+def _check_arguments(args: argparse.Namespace) -> None:
+    """The arguments' values, before anything is read: a bad one is a ConfigError naming it; an --out
+    that cannot be written an OutputError (so an evaluation is never lost to an unwritable report)."""
+    check_threshold(args.threshold, "--threshold")
+    for flag, value, minimum in (("--batch-size", args.batch_size, 1), ("--num-workers", args.num_workers, 0),
+                                 ("--limit", args.limit, 1), ("--image-size", args.image_size, 1)):
+        if value is not None and value < minimum:
+            raise ConfigError(f"{flag} must be >= {minimum}, got {value}")
+    check_writable(args.out, "--out")
+    check_writable(per_expression_csv_path(args.out), "the per-expression CSV")
 
-    rank, _ = dist_info()
+
+def _run(args: argparse.Namespace) -> int:
+    """Evaluate as ``args`` says. Every user error (bad argument, dataset, checkpoint, prediction) is
+    raised as such and reported by :func:`rs2sam2.cli.main` (exit status 2); nothing is written then."""
+    from .checkpoints import load_pretrained, locate
+    from .data import build_dataset
+
+    _check_arguments(args)
     if args.predictions and (args.subfolder or args.revision):
-        print("error: --subfolder and --revision go with --checkpoint, not --predictions", file=sys.stderr)
-        return 2
+        raise ConfigError("--subfolder and --revision go with --checkpoint, not --predictions")
+    rank, _ = dist_info()
     split = None if (args.dataset == "jsonl" and args.split in ("all", "none")) else args.split
-    try:
-        dataset = build_dataset(args.dataset, args.data, split)
-    except (DatasetError, ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    dataset = build_dataset(args.dataset, args.data, split)
     csv_path = per_expression_csv_path(args.out)
     source: dict[str, Any]
-    try:
-        if args.predictions:
-            report = evaluate_predictions(
-                args.predictions, dataset, image_size=args.image_size or 1024, limit=args.limit,
-                progress=not args.no_progress, csv_path=csv_path,
-            )
-            source = {"predictions": str(Path(args.predictions).resolve())}
-        else:
-            located = locate(args.checkpoint, subfolder=args.subfolder, revision=args.revision)
-            ckpt, tok_path = located.path, located.tokenizer_file(args.tokenizer)
-            from .text import load_tokenizer
+    if args.predictions:
+        report = evaluate_predictions(
+            args.predictions, dataset, image_size=args.image_size or 1024, limit=args.limit,
+            progress=not args.no_progress, csv_path=csv_path,
+        )
+        source = {"predictions": str(Path(args.predictions).resolve())}
+    else:
+        located = locate(args.checkpoint, subfolder=args.subfolder, revision=args.revision)
+        ckpt, tok_path = located.path, located.tokenizer_file(args.tokenizer)
+        from .text import load_tokenizer
 
-            tokenizer = load_tokenizer(tok_path)
-            model = load_pretrained(ckpt, image_size=args.image_size)
-            device = resolve_device(args.device)
-            model.to(device)
-            report = evaluate_model(
-                model, dataset, tokenizer, threshold=args.threshold, batch_size=args.batch_size, device=device,
-                mask_rule=args.mask_rule, limit=args.limit, num_workers=args.num_workers,
-                precision=args.precision, progress=not args.no_progress, csv_path=csv_path,
-            )
-            source = {"checkpoint": str(Path(ckpt).resolve()), "tokenizer": str(Path(tok_path).resolve()),
-                      "model": model.config.name, "device": str(device), "precision": args.precision}
-    except (FileNotFoundError, CheckpointError, DatasetError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        tokenizer = load_tokenizer(tok_path)
+        model = load_pretrained(ckpt, image_size=args.image_size)
+        device = resolve_device(args.device)
+        model.to(device)
+        report = evaluate_model(
+            model, dataset, tokenizer, threshold=args.threshold, batch_size=args.batch_size, device=device,
+            mask_rule=args.mask_rule, limit=args.limit, num_workers=args.num_workers,
+            precision=args.precision, progress=not args.no_progress, csv_path=csv_path,
+        )
+        source = {"checkpoint": str(Path(ckpt).resolve()), "tokenizer": str(Path(tok_path).resolve()),
+                  "model": model.config.name, "device": str(device), "precision": args.precision}
     report = {
         "dataset": args.dataset, "split": args.split, "data": str(Path(args.data).resolve()), **source, **report,
         "per_expression_csv": csv_path.name,

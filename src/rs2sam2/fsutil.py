@@ -15,7 +15,9 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_write", "atomic_write_text", "atomic_write_bytes"]
+from .errors import OutputError
+
+__all__ = ["atomic_write", "atomic_write_text", "atomic_write_bytes", "check_writable"]
 
 
 def _current_umask() -> int:
@@ -129,3 +131,28 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     with atomic_write(path) as tmp:
         tmp.write_bytes(data)
     return Path(path)
+
+
+def check_writable(path: str | os.PathLike[str], what: str = "output") -> Path:
+    """Check, before any long work, that a file can be written at ``path``; returns ``Path(path)``.
+
+    Raises :class:`~rs2sam2.errors.OutputError` naming ``what`` (e.g. ``"--out"``) and the path when it
+    is a folder, when a folder on its way is a file, or when the nearest existing folder does not take
+    a new file (no permission, read-only or full file system). Leaves nothing behind: missing folders
+    are not created, and the probe file made in the nearest existing folder is removed at once.
+    """
+    dest = Path(path)
+    if dest.is_dir():
+        raise OutputError(f"{what} {dest} is a folder; give a file name")
+    folder = dest.parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise OutputError(f"cannot write {what} {dest}: {folder} is a file, not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".probe", dir=folder)
+    except OSError as exc:
+        raise OutputError(f"cannot write {what} {dest}: {folder}: {exc.strerror or exc}") from exc
+    os.close(fd)
+    os.unlink(probe)
+    return dest

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from .errors import UserError
 from .fsutil import atomic_write
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -64,7 +65,7 @@ _BLOCK = 256
 _SNAP_EPS = 1e-6
 
 
-class AreaError(ValueError):
+class AreaError(UserError, ValueError):
     """An area of interest that is empty, outside the raster, or cannot be placed on it."""
 
 

@@ -51,6 +51,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from .errors import UserError
+
 __all__ = [
     "DEFAULT_MAX_PIXELS",
     "DecodeBudgetError",
@@ -83,7 +85,7 @@ _PIL_DRIVERS = frozenset({"PNG", "JPEG", "GIF", "BMP", "WEBP"})
 _max_pixels_override: int | None = None
 
 
-class ImageReadError(OSError):
+class ImageReadError(UserError, OSError):
     """An image file could not be read or converted; the message names the file."""
 
 

@@ -26,10 +26,13 @@ from typing import Any, Hashable, Iterable, Mapping, Sequence, TypeVar, Union
 import numpy as np
 import torch
 
+from .errors import ConfigError
+
 __all__ = [
     "PUBLISHED_THRESHOLD",
     "PR_THRESHOLDS",
     "binarize",
+    "check_threshold",
     "resize_target_nearest",
     "intersection_union",
     "METRIC_NAMES",
@@ -54,6 +57,19 @@ METRIC_NAMES = {
     "Pr@X": "percentage of expressions with IoU >= X",
     "gIoU": "not reported: papers use the name for oIoU (DiCoR) or for mIoU (SegEarth, RSRefSeg 2)",
 }
+
+
+def check_threshold(threshold: Any, name: str = "threshold") -> float:
+    """``threshold`` as a float; anything but a finite number (NaN and infinities would silently give
+    an all-background or all-foreground mask) is a :class:`~rs2sam2.errors.ConfigError` naming ``name``."""
+    try:
+        value = float(threshold)
+    except (TypeError, ValueError):
+        value = math.nan
+    if isinstance(threshold, bool) or not math.isfinite(value):
+        raise ConfigError(f"{name} must be a finite number (a logit threshold; {PUBLISHED_THRESHOLD} is the "
+                          f"published rule), got {threshold!r}")
+    return value
 
 
 def binarize(logits: _A, threshold: float = PUBLISHED_THRESHOLD) -> _A:

@@ -73,6 +73,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .errors import UserError
 from .checkpoints import CHECKPOINT_HELP, TOKENIZER_HELP, CheckpointError, add_hub_arguments, load_pretrained, locate
 from .geo import AreaError, area_of_interest
 from .imageio import (
@@ -82,7 +83,8 @@ from .imageio import (
     Raster,
     max_pixels,
 )
-from .metrics import PUBLISHED_THRESHOLD
+from .metrics import PUBLISHED_THRESHOLD, check_threshold
+from .text import normalize_text, text_preview
 from .results import (
     OVERLAY_MAX_SIDE,
     PREVIEW_SIDE,
@@ -117,7 +119,7 @@ JOB_COLUMNS = ("image", "text", "out", "vector", "geojson", "overlay", "prob")
 REQUIRED_COLUMNS = ("image", "text", "out")
 
 
-class InputError(ValueError):
+class InputError(UserError, ValueError):
     """Bad user input (empty text, unsupported image type or output suffix, malformed batch file)."""
 
 
@@ -176,7 +178,7 @@ def _check_texts(texts: Sequence[Any]) -> list[str]:
     for i, t in enumerate(texts):
         if not isinstance(t, str):
             raise InputError(f"expression {i} is a {type(t).__name__}, not a string")
-        t = " ".join(t.split())
+        t = normalize_text(t)
         if not t:
             which = "the expression" if len(texts) == 1 else f"expression {i}"
             raise InputError(f"{which} is empty: type a sentence that describes the object to segment")
@@ -266,7 +268,7 @@ class Predictor:
                 f"only {cfg.beit3.vocab_size}: use the tokenizer the model was trained with")
         self.device = resolve_device(device)
         self.precision = precision
-        self.threshold = float(threshold)
+        self.threshold = check_threshold(threshold)
         self.tokenizer = tokenizer
         self.mask_rule = mask_rule
         self.max_len = cfg.beit3.text_len(max_len)
@@ -379,7 +381,7 @@ class Predictor:
         texts = _check_texts([text] if single else list(text))
         if batch_size < 1:
             raise InputError(f"batch_size must be >= 1, got {batch_size}")
-        threshold = self.threshold if threshold is None else float(threshold)
+        threshold = self.threshold if threshold is None else check_threshold(threshold)
         with open_image(image, bands) as raster:
             region, plan = self.plan(raster, bbox=bbox, bbox_crs=bbox_crs, window=window, tile=tile, overlap=overlap)
             if plan.width * plan.height > max_pixels():
@@ -423,7 +425,7 @@ class Predictor:
                        for k in range(len(texts))]
         for o in outputs:
             check_output_paths(o["out"], None, o["overlay"], o["prob"], o["vector"])
-        threshold = self.threshold if threshold is None else float(threshold)
+        threshold = self.threshold if threshold is None else check_threshold(threshold)
         with open_image(image, bands) as raster:
             region, plan = self.plan(raster, bbox=bbox, bbox_crs=bbox_crs, window=window, tile=tile, overlap=overlap)
             if plan.mode == "decimated":
@@ -595,7 +597,7 @@ def validate_jobs(jobs: Sequence[Job]) -> None:
     seen: dict[Path, str] = {}
     for j in jobs:
         prefix = f"{j.where}: " if j.where else ""
-        if not " ".join(j.text.split()):
+        if not normalize_text(j.text):
             problems.append(f"{prefix}the text is empty: give a sentence that describes the object")
         if not j.image.is_file():
             problems.append(f"{prefix}image file not found: {j.image}")
@@ -823,7 +825,7 @@ def run(args) -> int:
                 continue
             for j, r in zip(group, results, strict=True):
                 if not args.quiet:
-                    say(f"{who}{j.text!r}: {r.foreground_px} px ({100 * r.foreground_fraction:.2f}%) "
+                    say(f"{who}{text_preview(j.text)!r}: {r.foreground_px} px ({100 * r.foreground_fraction:.2f}%) "
                         f"-> {', '.join(map(str, r.written))}")
                 bar.update(1)
     finally:

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from .errors import UserError
 from .imageio import RasterInfo
 from .metrics import PUBLISHED_THRESHOLD
 from .tiles import Answer, Piece
@@ -297,7 +298,7 @@ def _grid_properties(info: RasterInfo, foreground_px: int) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 
 
-class OutputPathError(ValueError):
+class OutputPathError(UserError, ValueError):
     """An output path that no writer can take (wrong suffix, a folder, an unwritable place)."""
 
 

@@ -14,23 +14,49 @@ SentencePiece model (``beit3.spm``), sets its pad token to the unknown token and
 
 :func:`train_tokenizer` trains a small SentencePiece model for offline demos where
 ``beit3.spm`` is unavailable; the resulting file is used through the same conventions.
+
+Two rules about texts that every reader of user sentences shares (predict, serve, evaluate, the
+dataset readers):
+
+* :func:`normalize_text` is the one normalisation: invisible format characters (zero-width space,
+  byte-order mark, word joiner, bidirectional marks...) are removed, except the zero-width
+  (non-)joiners that shape words in some scripts, control characters count as spaces, and runs of
+  whitespace become one space. A text left with no visible character is empty (``""``).
+* A text with more tokens than the model reads is cut to its beginning, and a
+  :class:`TextTruncatedWarning` says so with the token count: one warning per call of
+  :meth:`Tokenizer.encode` / :meth:`Tokenizer.batch`, attributed to its caller, so that Python shows it
+  once however often the same text comes from the same place. :func:`text_preview` gives the short
+  form to echo a long text.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import unicodedata
+import warnings
 from pathlib import Path
 from typing import Iterable, Literal, Sequence
 
 import torch
+
+from .errors import FileFormatError, MissingFileError
 
 try:  # guarded so that a missing dependency gives an actionable message
     import sentencepiece as spm
 except ImportError as exc:  # pragma: no cover - dependency is declared in pyproject
     raise ImportError("rs2sam2.text needs the 'sentencepiece' package (pip install sentencepiece)") from exc
 
-__all__ = ["Tokenizer", "load_tokenizer", "train_tokenizer", "SEG_TOKEN", "MaskRule"]
+__all__ = [
+    "SEG_TOKEN",
+    "MaskRule",
+    "TextTruncatedWarning",
+    "Tokenizer",
+    "load_tokenizer",
+    "normalize_text",
+    "text_preview",
+    "train_tokenizer",
+]
 
 SEG_TOKEN = "[SEG]"
 MaskRule = Literal["published", "clean"]
@@ -41,6 +67,57 @@ _FAIRSEQ_PAD_ID = 1  # never emitted: the published code replaced the pad token 
 _EOS_ID = 2
 _UNK_ID = 3
 _FAIRSEQ_OFFSET = 1
+
+
+# zero-width (non-)joiners change how letters join in Arabic-script, Indic and emoji text: kept
+_KEPT_FORMAT_CHARACTERS = frozenset("\u200c\u200d")
+
+
+def normalize_text(text: str) -> str:
+    """``text`` as every command reads a sentence (module docstring); ``""`` when nothing visible is
+    left, which callers treat as an empty text."""
+    chars = []
+    for ch in text:
+        category = unicodedata.category(ch)
+        if category == "Cf" and ch not in _KEPT_FORMAT_CHARACTERS:
+            continue
+        chars.append(" " if category == "Cc" else ch)
+    words = "".join(chars).split()
+    if not any(unicodedata.category(ch)[0] not in "ZC" for word in words for ch in word):
+        return ""
+    return " ".join(words)
+
+
+def text_preview(text: str, max_chars: int = 80) -> str:
+    """A short form of ``text`` to echo: normalised, and when longer than ``max_chars``, cut at a word
+    boundary with the number of characters left out, e.g. ``'the red car next to ... (+4912 characters)'``."""
+    text = normalize_text(text)
+    if len(text) <= max_chars:
+        return text
+    head = text[:max_chars]
+    if " " in head and not text[max_chars].isspace():
+        head = head[: head.rindex(" ")]
+    head = head.rstrip()
+    return f"{head} ... (+{len(text) - len(head)} characters)"
+
+
+class TextTruncatedWarning(UserWarning):
+    """A text had more tokens than the model reads; only its beginning was used."""
+
+
+def _warn_truncated(lengths: Sequence[int], texts: Sequence[str], max_len: int) -> None:
+    """One warning for the texts of one call whose ``lengths`` (tokens, BOS/EOS included) exceed ``max_len``."""
+    over = [(n, t) for n, t in zip(lengths, texts) if n > max_len]
+    if not over:
+        return
+    longest, text = max(over, key=lambda item: item[0])
+    if len(over) == 1:
+        what, whose, which = f"a text of {longest} tokens (BOS and EOS included) is", "its", ""
+    else:
+        what = f"{len(over)} texts of up to {longest} tokens (BOS and EOS included) are"
+        whose, which = "their", "longest: "
+    warnings.warn(f"{what} longer than the limit of {max_len}: only {whose} first {max_len} tokens are read "
+                  f"({which}{text_preview(text, 60)!r})", TextTruncatedWarning, stacklevel=4)
 
 
 class Tokenizer:
@@ -111,20 +188,30 @@ class Tokenizer:
         Args:
             text: the sentence (may be empty: gives ``[0, 2]``).
             max_len: if given, the result is at most this long; ids between BOS and EOS are
-                cut at the end so that BOS and EOS are kept. Must be >= 2.
+                cut at the end so that BOS and EOS are kept (with a :class:`TextTruncatedWarning`
+                giving the token count). Must be >= 2.
         """
-        if not isinstance(text, str):
-            raise TypeError(f"text must be a str, got {type(text).__name__}")
-        ids: list[int] = []
-        for k, fragment in enumerate(text.split(SEG_TOKEN)):
-            if k > 0:
-                ids.append(self._seg_id)
-            ids.extend(self._encode_piece(fragment))
-        if max_len is not None:
-            if max_len < 2:
-                raise ValueError(f"max_len must be >= 2 to hold BOS and EOS, got {max_len}")
-            ids = ids[: max_len - 2]
-        return [_BOS_ID, *ids, _EOS_ID]
+        [ids] = self._encode_all([text], max_len)
+        return ids
+
+    def _encode_all(self, texts: Sequence[str], max_len: int | None) -> list[list[int]]:
+        """:meth:`encode` of each text, with one :class:`TextTruncatedWarning` for those cut."""
+        if max_len is not None and max_len < 2:
+            raise ValueError(f"max_len must be >= 2 to hold BOS and EOS, got {max_len}")
+        encoded = []
+        for text in texts:
+            if not isinstance(text, str):
+                raise TypeError(f"text must be a str, got {type(text).__name__}")
+            ids: list[int] = [_BOS_ID]
+            for k, fragment in enumerate(text.split(SEG_TOKEN)):
+                if k > 0:
+                    ids.append(self._seg_id)
+                ids.extend(self._encode_piece(fragment))
+            encoded.append([*ids, _EOS_ID])
+        if max_len is None:
+            return encoded
+        _warn_truncated([len(ids) for ids in encoded], texts, max_len)
+        return [ids if len(ids) <= max_len else [*ids[: max_len - 1], _EOS_ID] for ids in encoded]
 
     def batch(
         self,
@@ -151,7 +238,7 @@ class Tokenizer:
             raise ValueError(f"mask_rule must be 'published' or 'clean', got {mask_rule!r}")
         if len(texts) == 0:
             raise ValueError("batch() needs at least one text")
-        encoded = [self.encode(t, max_len=max_len) for t in texts]
+        encoded = self._encode_all(texts, max_len)
         length = max(len(e) for e in encoded)
         input_ids = torch.full((len(encoded), length), self.pad_id, dtype=torch.long)
         valid = torch.zeros((len(encoded), length), dtype=torch.bool)
@@ -197,22 +284,22 @@ def load_tokenizer(spm_path: str | os.PathLike[str]) -> Tokenizer:
     """Load a SentencePiece model file (e.g. BEiT-3's ``beit3.spm``) as a :class:`Tokenizer`.
 
     Raises:
-        FileNotFoundError: the file does not exist.
-        ValueError: the file exists but is not a readable SentencePiece model.
+        MissingFileError (a ``FileNotFoundError``): the file does not exist.
+        FileFormatError (a ``ValueError``): the file exists but is not a readable SentencePiece model.
     """
     path = Path(spm_path)
     if not path.is_file():
-        raise FileNotFoundError(f"SentencePiece model not found: {str(path)!r}")
+        raise MissingFileError(f"SentencePiece model not found: {str(path)!r}")
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise ValueError(f"cannot read SentencePiece model {str(path)!r}: {exc}") from exc
+        raise FileFormatError(f"cannot read SentencePiece model {str(path)!r}: {exc}") from exc
     sp = spm.SentencePieceProcessor()
     try:
         # load from bytes so that non-ASCII paths and odd file systems behave identically
         sp.LoadFromSerializedProto(data)
     except Exception as exc:  # sentencepiece raises RuntimeError/OSError with C++ text
-        raise ValueError(f"{str(path)!r} is not a valid SentencePiece model: {exc}") from exc
+        raise FileFormatError(f"{str(path)!r} is not a valid SentencePiece model: {exc}") from exc
     return Tokenizer(sp, source=str(path))
 
 

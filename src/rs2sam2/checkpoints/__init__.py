@@ -188,7 +188,7 @@ def load_pretrained(path: str | os.PathLike, image_size: int | None = None, *, s
     located = locate(path, subfolder=subfolder, revision=revision)
     sd = read_state_dict(located.weights)
     if located.config is None:  # a released folder: its config.json does not say which SAM2 size was used
-        cfg = infer_config(sd, image_size=image_size or 1024)
+        cfg = infer_config(sd, image_size=1024 if image_size is None else image_size)
     else:
         cfg = located.config if image_size is None else dataclasses.replace(located.config, image_size=image_size)
     model = RS2SAM2(cfg)

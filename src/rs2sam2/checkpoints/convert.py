@@ -21,9 +21,10 @@ from typing import Mapping
 from torch import Tensor
 
 from ..config import BEIT3_SIZES, HIERA_SIZES, FusionConfig, ModelConfig
+from ..errors import UserError
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint could not be read or does not fit the model; the message says which keys/file."""
 
 

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from ..config import ModelConfig
+from ..errors import ConfigError
 from ..fsutil import atomic_write, atomic_write_bytes, atomic_write_text
 from . import hub
 from .card import CardInfo, model_card, parameter_counts
@@ -201,8 +202,8 @@ def read_config(folder: str | os.PathLike) -> ModelConfig | None:
         return None
     try:
         return ModelConfig.from_dict(raw[CONFIG_MARKER])
-    except (TypeError, ValueError, KeyError) as e:
-        raise CheckpointError(f"{config_file}: invalid {CONFIG_MARKER!r} ({e})") from e
+    except ConfigError as e:  # names the key, as a dotted path under the marker
+        raise CheckpointError(f"{config_file}: {CONFIG_MARKER}.{e}") from e
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:

@@ -57,7 +57,7 @@ def build_dataset(name: str, root: str | Path, split: str | None, **kwargs: Any)
     """
     key = str(name).lower().replace("-", "")
     if key not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+        raise DatasetError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     if key != "jsonl" and split is None:
-        raise ValueError(f"dataset {name!r} needs a split (train, val or test)")
+        raise DatasetError(f"dataset {name!r} needs a split (train, val or test)")
     return DATASETS[key](root, split, **kwargs)

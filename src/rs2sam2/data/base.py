@@ -35,7 +35,9 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
-from ..imageio import check_decode_budget, read_image
+from ..errors import UserError
+from ..imageio import ImageReadError, check_decode_budget, read_image
+from ..text import normalize_text
 from ..viz import caption_below, overlay, save
 
 __all__ = [
@@ -55,7 +57,7 @@ __all__ = [
 MASK_SIZE_TOLERANCE = 0.03
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError, ValueError):
     """A dataset file is missing or malformed; the message names the file."""
 
 
@@ -200,6 +202,19 @@ class ReferringDataset:
             out.append((number, where, record))
         return out
 
+    def _text(self, value: Any, where: str, key: str = "text") -> str | None:
+        """A sentence as read (:func:`rs2sam2.text.normalize_text`), or None after reporting a
+        ``bad_entry`` problem when it is not a string or has no visible character."""
+        if not isinstance(value, str):
+            self._problem("bad_entry", f"{where}: {key!r} must be a non-empty string, got {type(value).__name__}")
+            return None
+        text = normalize_text(value)
+        if not text:
+            self._problem("bad_entry", f"{where}: {key!r} must be a non-empty string; {value!r} has no visible "
+                                       "character (only spaces or zero-width characters)")
+            return None
+        return text
+
     def _add_ref(self, ref_id: Any, image_path: Path, mask_source: Any,
                  texts: Sequence[tuple[str, str]], category: str | None = None) -> int:
         """Register a ref with its ``(text, expression_id)`` pairs; returns the ref index."""
@@ -291,7 +306,10 @@ class ReferringDataset:
             raise IndexError(f"expression index {i} out of range for {len(self)} expressions")
         ref_index, text, expression_id = self.expressions[i]
         ref = self.refs[ref_index]
-        image, _ = read_image(ref.image_path)
+        try:
+            image, _ = read_image(ref.image_path)
+        except (ImageReadError, FileNotFoundError) as exc:  # the message names the file
+            raise DatasetError(f"{self.name} {self.split or 'all'}, expression {expression_id!r}: {exc}") from exc
         height, width = image.shape[:2]
         mask = self._read_mask(ref, height, width)
         if mask.shape != (height, width):

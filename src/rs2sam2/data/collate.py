@@ -17,6 +17,8 @@ from typing import Any, Sequence
 
 import torch
 
+from ..errors import ConfigError
+
 __all__ = ["collate", "list_collate", "model_inputs", "move_batch", "check_vocabulary"]
 
 _TENSOR_KEYS = ("image", "image_evf", "mask")
@@ -84,10 +86,11 @@ def move_batch(batch: dict[str, Any], device: torch.device | str, non_blocking: 
 
 
 def check_vocabulary(tokenizer, vocab_size: int, what: str = "the model") -> None:
-    """Raise ``ValueError`` when the tokenizer can emit ids that ``vocab_size`` embeddings cannot hold."""
+    """Raise :class:`~rs2sam2.errors.ConfigError` (a ``ValueError``) when the tokenizer can emit ids
+    that ``vocab_size`` embeddings cannot hold."""
     n = len(tokenizer)
     if n > vocab_size:
-        raise ValueError(
+        raise ConfigError(
             f"tokenizer {getattr(tokenizer, 'source', '')!r} has {n} ids but {what} embeds only {vocab_size}; "
             "use the tokenizer the model was trained with (or build the model with beit3.vocab_size >= "
             f"{n})")

@@ -34,8 +34,10 @@ class JsonlDataset(ReferringDataset):
     """Expressions listed in a JSONL file (see the module docstring).
 
     ``path`` is the JSONL file, or a folder holding ``data.jsonl``. ``split=None`` keeps every line;
-    otherwise only lines whose ``split`` equals it. ``strict=False`` records bad lines in
-    ``self.problems`` instead of raising.
+    otherwise only lines whose ``split`` equals it. ``check_files`` reads the header of every image
+    and mask file the split names, so a missing file or one that is not an image is a
+    :class:`DatasetError` naming it and its line before any sample is loaded. ``strict=False``
+    records bad lines in ``self.problems`` instead of raising.
     """
 
     name = "jsonl"
@@ -52,11 +54,24 @@ class JsonlDataset(ReferringDataset):
         self._build(records)
         self._check_not_empty(self.path, splits_seen)
         if check_files:
-            for ref in self.refs:
-                files = (ref.image_path, ref.mask_source) if isinstance(ref.mask_source, Path) else (ref.image_path,)
-                for file in files:
-                    if not file.is_file():
-                        raise DatasetError(f"{self.path}: file not found: {file}")
+            self._check_files(records)
+
+    def _check_files(self, records: list[tuple[int, dict]]) -> None:
+        """Every image and mask file named by the split exists and is an image (its header is read,
+        its pixels are not); the error names the file and the first line naming it."""
+        first_line: dict[Path, tuple[int, str]] = {}
+        for number, record in records:
+            first_line.setdefault((self.path.parent / record["image"]).resolve(), (number, "image"))
+            if isinstance(record["mask"], str):
+                first_line.setdefault(self._mask_key(record["mask"]), (number, "mask"))
+        for file, (number, key) in first_line.items():
+            try:
+                raster_size(file)
+            except FileNotFoundError:
+                raise DatasetError(f"{self.path}, line {number + 1}: {key} file not found: {file}") from None
+            except DatasetError as exc:
+                raise DatasetError(f"{self.path}, line {number + 1}: {key} {file} is not a readable image "
+                                   f"({exc.__cause__ or exc})") from exc
 
     def _read_records(self) -> tuple[list[tuple[int, dict]], list[str]]:
         """``(line_number, record)`` of the lines in the split, and every split seen."""
@@ -66,9 +81,10 @@ class JsonlDataset(ReferringDataset):
             if missing:
                 self._problem("no_mask" if missing == ["mask"] else "bad_entry", f"{where}: missing {missing}")
                 continue
-            if not isinstance(record["text"], str):
-                self._problem("bad_entry", f"{where}: 'text' must be a string")
+            text = self._text(record["text"], where)
+            if text is None:
                 continue
+            record["text"] = text
             if not isinstance(record["mask"], (str, dict, list)):
                 self._problem("bad_entry", f"{where}: 'mask' must be a path, a COCO RLE or polygons")
                 continue
@@ -97,7 +113,7 @@ class JsonlDataset(ReferringDataset):
                 continue
             seen_ids[expression_id] = number
             key = ((base / record["image"]).resolve(), self._mask_key(record["mask"]))
-            by_object.setdefault(key, []).append((record["text"].strip(), expression_id))
+            by_object.setdefault(key, []).append((record["text"], expression_id))
             first_record.setdefault(key, record)
         for key, texts in by_object.items():
             image, mask_key = key

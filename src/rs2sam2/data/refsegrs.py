@@ -67,12 +67,14 @@ class RefSegRS(ReferringDataset):
         """``(line_number, id, expression)`` for every non-blank line."""
         entries = []
         for number, line in self._text_lines(self.phrase_path):
+            where = f"{self.phrase_path}, line {number + 1}"
             parts = line.strip().split(maxsplit=1)
             if len(parts) != 2:
-                self._problem("bad_entry", f"{self.phrase_path}, line {number + 1}: expected '<id> <expression>', "
-                                           f"got {line!r}")
+                self._problem("bad_entry", f"{where}: expected '<id> <expression>', got {line!r}")
                 continue
-            entries.append((number, parts[0], parts[1].strip()))
+            text = self._text(parts[1], where, key="expression")
+            if text is not None:
+                entries.append((number, parts[0], text))
         return entries
 
     def _build(self, entries: list[tuple[int, str, str]], group_by_id: bool) -> None:

@@ -66,10 +66,13 @@ class RISBench(ReferringDataset):
         if not record.get("segmentation"):
             self._problem("no_mask", f"{where}: no 'segmentation'")
             return False
-        for key in ("file_name", "sent"):
-            if not isinstance(record.get(key), str) or not record[key].strip():
-                self._problem("bad_entry", f"{where}: {key!r} must be a non-empty string")
-                return False
+        if not isinstance(record.get("file_name"), str) or not record["file_name"].strip():
+            self._problem("bad_entry", f"{where}: 'file_name' must be a non-empty string")
+            return False
+        text = self._text(record.get("sent"), where, key="sent")
+        if text is None:
+            return False
+        record["sent"] = text
         seg = record["segmentation"]
         size = seg.get("size") if isinstance(seg, dict) else None
         if (not isinstance(seg, dict) or "counts" not in seg or not isinstance(size, list) or len(size) != 2
@@ -92,7 +95,7 @@ class RISBench(ReferringDataset):
         first: dict[tuple[str, str], dict] = {}
         for number, record in records:
             key = (record["file_name"], json.dumps(record["segmentation"], sort_keys=True))
-            by_object.setdefault(key, []).append((record["sent"].strip(), str(number)))
+            by_object.setdefault(key, []).append((record["sent"], str(number)))
             first.setdefault(key, record)
         for key, texts in by_object.items():
             record = first[key]

@@ -157,16 +157,19 @@ class RRSISD(ReferringDataset):
         for k, sentence in enumerate(sentences):
             text = sentence.get(self.text_field) or sentence.get("raw") or sentence.get("sent")
             sent_id = sentence.get("sent_id", sent_ids[k] if k < len(sent_ids) else None)
+            where = f"{self.refs_path}: ref {raw_ref.get('ref_id')!r} sentence {k}"
             if not text or sent_id is None:
-                self._problem("bad_entry", f"{self.refs_path}: ref {raw_ref.get('ref_id')!r} sentence {k} "
-                                           "lacks text or sent_id")
+                self._problem("bad_entry", f"{where} lacks text or sent_id")
+                continue
+            text = self._text(text, where)
+            if text is None:
                 continue
             if str(sent_id) in seen:
                 self._problem("duplicate_id", f"{self.refs_path}: sent_id {sent_id!r} of ref "
                                               f"{raw_ref.get('ref_id')!r} is also in ref {seen[str(sent_id)]!r}")
                 continue
             seen[str(sent_id)] = raw_ref.get("ref_id")
-            texts.append((str(text).strip(), str(sent_id)))
+            texts.append((text, str(sent_id)))
         if not texts and not sentences:
             self._problem("bad_entry", f"{self.refs_path}: ref {raw_ref.get('ref_id')!r} has no sentences")
         return texts

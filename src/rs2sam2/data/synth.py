@@ -15,18 +15,28 @@ out exactly that object among the objects of its class (checked on the attribute
 RISBench on disk so that the real readers are exercised. Everything is drawn from one seeded
 ``numpy.random.Generator``: the same seed gives the same files.
 
+The output folder must be empty or absent; ``overwrite=True`` (``--overwrite``) replaces a dataset
+written there before. The dataset is written into a temporary folder inside the output folder and
+moved into place only when complete, so a failed or interrupted run leaves the folder as it was. An
+overwrite replaces every top-level entry that synth writes in any format (:data:`OWNED_NAMES`: the
+image and mask folders, the annotation files) and keeps anything else, so no stale image of the
+old dataset stays beside the new one.
+
 Command line: ``rs2sam2 synth --format rrsisd --out OUT --num-images 200 --seed 0``.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import itertools
 import json
+import math
 import os
 import pickle
 import shutil
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,10 +45,14 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-__all__ = ["CLASSES", "COLOURS", "Scene", "SceneObject", "describe", "generate", "iter_scenes", "make_scene"]
+from ..errors import ConfigError, OutputError
+
+__all__ = ["CLASSES", "COLOURS", "OWNED_NAMES", "Scene", "SceneObject", "describe", "generate", "iter_scenes",
+           "make_scene"]
 
 FORMATS = ("rrsisd", "refsegrs", "jsonl", "risbench")
 SPLIT_NAMES = ("train", "val", "test")
+MIN_IMAGE_SIZE = 32
 
 # --------------------------------------------------------------------------------------------
 # vocabulary
@@ -697,8 +711,10 @@ def _render(desc: Description, obj: SceneObject, rng: np.random.Generator, num_r
 
 def _assign_splits(num_images: int, seed: int, fractions: Sequence[float]) -> list[str]:
     """Split name per image: a seeded shuffle cut by ``fractions``; every non-zero share gets >= 1."""
-    if len(fractions) != 3 or any(f < 0 for f in fractions) or sum(fractions) <= 0:
-        raise ValueError(f"splits must be three non-negative fractions (train, val, test), got {fractions}")
+    if (len(fractions) != 3 or not all(math.isfinite(f) and f >= 0 for f in fractions)
+            or sum(fractions) <= 0):
+        raise ConfigError(f"splits must be three non-negative fractions (train, val, test; --splits), "
+                          f"got {list(fractions)}")
     fractions = np.asarray(fractions, float) / sum(fractions)
     counts = np.floor(fractions * num_images).astype(int)
     for k in np.argsort(-(fractions * num_images - counts)):  # hand out the remainder
@@ -722,7 +738,9 @@ def _tokens(text: str) -> list[str]:
 
 
 class _Writer:
-    """Base of the three layouts: collects per-split counts."""
+    """Base of the layouts: collects per-split counts. ``owns`` lists the top-level names it writes."""
+
+    owns: tuple[str, ...] = ()
 
     def __init__(self, out: Path) -> None:
         self.out = out
@@ -751,6 +769,8 @@ class _Writer:
 
 
 class _RRSISDWriter(_Writer):
+    owns = ("images", "rrsisd")
+
     def __init__(self, out: Path) -> None:
         super().__init__(out)
         self.image_dir = out / "images" / "rrsisd" / "JPEGImages"
@@ -806,6 +826,8 @@ class _RRSISDWriter(_Writer):
 
 
 class _RefSegRSWriter(_Writer):
+    owns = ("images", "masks", *(f"output_phrase_{split}.txt" for split in SPLIT_NAMES))
+
     def __init__(self, out: Path) -> None:
         super().__init__(out)
         (out / "images").mkdir(parents=True, exist_ok=True)
@@ -839,6 +861,8 @@ class _RefSegRSWriter(_Writer):
 
 
 class _JsonlWriter(_Writer):
+    owns = ("images", "masks", "data.jsonl")
+
     def __init__(self, out: Path) -> None:
         super().__init__(out)
         (out / "images").mkdir(parents=True, exist_ok=True)
@@ -865,6 +889,8 @@ class _RISBenchWriter(_Writer):
     """RISBench as RSRefSeg 2 distributes it: one JSON line per expression with the mask as a COCO
     RLE, one file per split, the images in ``images/``."""
 
+    owns = ("images", *(f"risbench_{split}.jsonl" for split in SPLIT_NAMES))
+
     def __init__(self, out: Path) -> None:
         super().__init__(out)
         (out / "images").mkdir(parents=True, exist_ok=True)
@@ -889,32 +915,104 @@ class _RISBenchWriter(_Writer):
 
 _WRITERS = {"rrsisd": _RRSISDWriter, "refsegrs": _RefSegRSWriter, "jsonl": _JsonlWriter,
             "risbench": _RISBenchWriter}
+#: the top-level entries of an output folder that synth writes, in any format: what an overwrite replaces
+OWNED_NAMES = frozenset(name for writer in _WRITERS.values() for name in writer.owns)
+# prefix of the temporary folders inside the output folder (a run killed outright leaves one behind;
+# the next overwrite removes it)
+_TEMP_PREFIX = ".synth-"
+# errors of the file system, not of this code: reported as an OutputError
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}
+
+
+def _check_arguments(format: str, num_images: int, seed: int, image_size: int) -> None:
+    if format not in _WRITERS:
+        raise ConfigError(f"unknown synthetic format {format!r}; choose one of {', '.join(FORMATS)}")
+    if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 1:
+        raise ConfigError(f"num_images must be >= 1 (--num-images), got {num_images!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ConfigError(f"seed must be an integer >= 0 (--seed), got {seed!r}")
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < MIN_IMAGE_SIZE:
+        raise ConfigError(f"image_size must be an integer >= {MIN_IMAGE_SIZE} (--image-size), got {image_size!r}")
+
+
+def _open_output(out: Path, overwrite: bool) -> bool:
+    """Make sure ``out`` can take a new dataset (module docstring); returns whether it was created."""
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"output folder {out} is a file, not a folder")
+    if out.is_dir():
+        entries = sorted(p.name for p in out.iterdir())
+        if entries and not overwrite:
+            shown = ", ".join(entries[:5]) + (f", ... ({len(entries)} entries)" if len(entries) > 5 else "")
+            raise OutputError(f"output folder {out} is not empty ({shown}); pass --overwrite (overwrite=True) to "
+                              "replace the dataset there, or choose an empty or new folder")
+        return False
+    try:
+        out.mkdir(parents=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create output folder {out}: {exc.strerror or exc}") from exc
+    return True
+
+
+def _move_in(work: Path, out: Path) -> list[str]:
+    """Replace the synth-owned entries of ``out`` by those of ``work``; returns the entries kept."""
+    old = Path(tempfile.mkdtemp(prefix=_TEMP_PREFIX, dir=out))
+    kept = []
+    for entry in sorted(out.iterdir()):
+        if entry in (work, old):
+            continue
+        if entry.name in OWNED_NAMES or entry.name.startswith(_TEMP_PREFIX):
+            os.replace(entry, old / entry.name)
+        else:
+            kept.append(entry.name)
+    for entry in work.iterdir():
+        os.replace(entry, out / entry.name)
+    work.rmdir()
+    shutil.rmtree(old)
+    return kept
 
 
 def generate(format: str, out: str | Path, num_images: int, seed: int, image_size: int = 256,
-             splits: Sequence[float] = (0.7, 0.15, 0.15)) -> dict[str, Any]:
+             splits: Sequence[float] = (0.7, 0.15, 0.15), overwrite: bool = False) -> dict[str, Any]:
     """Write ``num_images`` synthetic scenes to ``out`` in ``format`` (rrsisd | refsegrs | jsonl | risbench).
 
     ``splits`` are the train/val/test shares of the *images* (all refs of an image share its split,
-    as in RefCOCO-style datasets). Returns a summary: counts per split (images, refs,
-    expressions), the files written, and the time taken. Read the result with
+    as in RefCOCO-style datasets). ``out`` must be empty or absent unless ``overwrite`` (module
+    docstring). Returns a summary: counts per split (images, refs, expressions), the files written,
+    the entries of ``out`` kept by an overwrite (``kept``), and the time taken. Read the result with
     ``build_dataset(format, out, split)``.
+
+    Raises :class:`~rs2sam2.errors.ConfigError` for a bad argument and
+    :class:`~rs2sam2.errors.OutputError` when ``out`` cannot take the dataset; either way ``out`` is
+    left as it was.
     """
-    if format not in _WRITERS:
-        raise ValueError(f"unknown synthetic format {format!r}; choose one of {', '.join(FORMATS)}")
-    if num_images < 1:
-        raise ValueError("num_images must be >= 1")
+    _check_arguments(format, num_images, seed, image_size)
     start = time.perf_counter()
     split_of = _assign_splits(num_images, seed, splits)  # checks the shares before anything is written
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    writer = _WRITERS[format](out)
-    for index, scene in enumerate(iter_scenes(num_images, seed, image_size)):
-        writer.add(index, scene, split_of[index])
-    files = writer.finish()
+    created = _open_output(out, overwrite)
+    try:
+        work = Path(tempfile.mkdtemp(prefix=_TEMP_PREFIX, dir=out))
+    except OSError as exc:
+        if created:
+            out.rmdir()
+        raise OutputError(f"cannot write to output folder {out}: {exc.strerror or exc}") from exc
+    try:
+        writer = _WRITERS[format](work)
+        for index, scene in enumerate(iter_scenes(num_images, seed, image_size)):
+            writer.add(index, scene, split_of[index])
+        files = {key: str(out / Path(path).relative_to(work)) for key, path in writer.finish().items()}
+        kept = _move_in(work, out)
+    except BaseException as exc:
+        shutil.rmtree(work, ignore_errors=True)
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        if isinstance(exc, OSError) and exc.errno in _WRITE_ERRNOS:
+            raise OutputError(f"cannot write the dataset to {out}: {exc.strerror or exc}; the folder is left as "
+                              "it was") from exc
+        raise
     return {
         "format": format, "out": str(out), "num_images": num_images, "seed": seed,
-        "image_size": image_size, "splits": writer.counts, "files": files,
+        "image_size": image_size, "splits": writer.counts, "files": files, "kept": kept,
         "seconds": round(time.perf_counter() - start, 3),
     }
 
@@ -928,14 +1026,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--splits", type=float, nargs=3, default=(0.7, 0.15, 0.15),
                         metavar=("TRAIN", "VAL", "TEST"), help="shares of the images per split")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a dataset already in --out (its images, masks and annotation files; other "
+                             "files are kept); without it a non-empty --out is an error")
 
 
 def run(args: argparse.Namespace) -> int:
-    """Generate as ``args`` says and print the summary as JSON; a bad argument is exit code 2."""
-    try:
-        summary = generate(args.format, args.out, args.num_images, args.seed, args.image_size, args.splits)
-    except ValueError as exc:
-        print(f"rs2sam2 synth: error: {exc}", file=sys.stderr)
-        return 2
+    """Generate as ``args`` says and print the summary as JSON. A bad argument or output folder raises a
+    user error (exit status 2, see :mod:`rs2sam2.cli`)."""
+    summary = generate(args.format, args.out, args.num_images, args.seed, args.image_size, args.splits,
+                       overwrite=args.overwrite)
+    if summary["kept"]:
+        print(f"rs2sam2 synth: kept in {args.out} (not written by synth): {', '.join(summary['kept'])}",
+              file=sys.stderr)
     print(json.dumps(summary, indent=2))
     return 0
