@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -537,6 +538,116 @@ def _clean_points(points: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(xs, dtype=np.float64)[order], np.asarray(ys, dtype=np.float64)[order]
 
 
+def _data_range(data: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> tuple[bool, float, float, float, float]:
+    """``(has finite data, x_lo, x_hi, y_lo, y_hi)`` over every series (unit ranges without data)."""
+    all_x = np.concatenate([x for x, _ in data.values()]) if data else np.zeros(0)
+    all_y = np.concatenate([y for _, y in data.values()]) if data else np.zeros(0)
+    finite_y = all_y[np.isfinite(all_y)]
+    if finite_y.size:
+        xs_f = np.concatenate([x[np.isfinite(y)] for x, y in data.values()])
+        return True, float(xs_f.min()), float(xs_f.max()), float(finite_y.min()), float(finite_y.max())
+    if all_x.size:
+        return False, float(all_x.min()), float(all_x.max()), 0.0, 1.0
+    return False, 0.0, 1.0, 0.0, 1.0
+
+
+@dataclass
+class _Frame:
+    """The plot area of a chart in pixels, its ticks, and the mapping of data to pixels."""
+
+    left: int
+    top: int
+    right: int
+    bottom: int
+    width: int
+    height: int
+    xticks: list[float]
+    yticks: list[float]
+    xlabels: list[str]
+    ylabels: list[str]
+    line_h: int
+    has_data: bool
+
+    @classmethod
+    def fit(cls, draw: ImageDraw.ImageDraw, data, width: int, height: int, font: _FontT,
+            with_ylabel: bool) -> _Frame:
+        has_data, x_lo, x_hi, y_lo, y_hi = _data_range(data)
+        xticks, yticks = _nice_ticks(x_lo, x_hi, 6), _nice_ticks(y_lo, y_hi, 5)
+        xstep = xticks[1] - xticks[0] if len(xticks) > 1 else 1.0
+        ystep = yticks[1] - yticks[0] if len(yticks) > 1 else 1.0
+        ylabels = [_fmt_tick(v, ystep) for v in yticks]
+        line_h = _line_height(draw, font)
+        left = 12 + max(_text_size(draw, s, font)[0] for s in ylabels)
+        top = 14 + _line_height(draw, _font(15)) + (line_h if with_ylabel else 0)
+        return cls(left, top, width - 16, height - (10 + 2 * line_h), width, height, xticks, yticks,
+                   [_fmt_tick(v, xstep) for v in xticks], ylabels, line_h, has_data)
+
+    @property
+    def pw(self) -> int:
+        return self.right - self.left
+
+    @property
+    def ph(self) -> int:
+        return self.bottom - self.top
+
+    def px(self, x: float) -> float:
+        return self.left + (x - self.xticks[0]) / (self.xticks[-1] - self.xticks[0]) * self.pw
+
+    def py(self, y: float) -> float:
+        return self.bottom - (y - self.yticks[0]) / (self.yticks[-1] - self.yticks[0]) * self.ph
+
+    def draw_axes(self, draw: ImageDraw.ImageDraw, font: _FontT, title: str, xlabel: str, ylabel: str) -> None:
+        """Title, axis labels, grid, ticks with their labels, and the frame."""
+        title_font = _font(15)
+        tw, _ = _text_size(draw, title, title_font)
+        draw.text(((self.width - tw) // 2, 6), title, fill=_TEXT, font=title_font)
+        if ylabel:
+            draw.text((4, self.top - self.line_h - 2), ylabel, fill=_MUTED, font=font)
+        xw, _ = _text_size(draw, xlabel, font)
+        draw.text((self.left + (self.pw - xw) // 2, self.height - self.line_h - 4), xlabel, fill=_MUTED, font=font)
+        for v, s in zip(self.yticks, self.ylabels, strict=True):
+            yy = round(self.py(v))
+            draw.line([(self.left, yy), (self.right, yy)], fill=(232, 232, 232))
+            draw.line([(self.left - 4, yy), (self.left, yy)], fill=_TEXT)
+            sw, sh = _text_size(draw, s, font)
+            draw.text((self.left - 6 - sw, yy - sh // 2 - 2), s, fill=_TEXT, font=font)
+        for v, s in zip(self.xticks, self.xlabels, strict=True):
+            xx = round(self.px(v))
+            draw.line([(xx, self.top), (xx, self.bottom)], fill=(232, 232, 232))
+            draw.line([(xx, self.bottom), (xx, self.bottom + 4)], fill=_TEXT)
+            sw, _ = _text_size(draw, s, font)
+            draw.text((xx - sw // 2, self.bottom + 6), s, fill=_TEXT, font=font)
+        draw.rectangle([self.left, self.top, self.right, self.bottom], outline=_TEXT)
+
+    def draw_series(self, draw: ImageDraw.ImageDraw, x: np.ndarray, y: np.ndarray, color: Color) -> None:
+        """One series: lines through runs of finite points, a dot for an isolated one."""
+        ok = np.isfinite(y)
+        segment: list[tuple[float, float]] = []
+        for i in range(len(x) + 1):
+            if i < len(x) and ok[i]:
+                segment.append((self.px(x[i]), self.py(y[i])))
+                continue
+            if len(segment) == 1:
+                cx, cy = segment[0]
+                draw.ellipse([cx - 3, cy - 3, cx + 3, cy + 3], fill=color)
+            elif len(segment) > 1:
+                draw.line(segment, fill=color, width=2, joint="curve")
+            segment = []
+
+    def draw_legend(self, draw: ImageDraw.ImageDraw, font: _FontT, names: list[str]) -> None:
+        """The legend, top right inside the plot area."""
+        line_h = self.line_h
+        lw = max(_text_size(draw, n, font)[0] for n in names) + 34
+        lh = len(names) * line_h + 8
+        x0, y0 = self.right - lw - 8, self.top + 8
+        draw.rectangle([x0, y0, x0 + lw, y0 + lh], fill=(255, 255, 255), outline=(190, 190, 190))
+        for k, name in enumerate(names):
+            color = _PALETTE[k % len(_PALETTE)]
+            yy = y0 + 4 + k * line_h + line_h // 2
+            draw.line([(x0 + 6, yy), (x0 + 24, yy)], fill=color, width=3)
+            draw.text((x0 + 30, yy - line_h // 2), name, fill=_TEXT, font=font)
+
+
 def plot_curves(
     series: Mapping[str, Sequence[tuple[float, float]]],
     path: str | os.PathLike[str],
@@ -568,100 +679,17 @@ def plot_curves(
     if width < 200 or height < 150:
         raise ValueError(f"plot size must be at least 200x150, got {size}")
     font = _font(12)
-    title_font = _font(15)
     img = Image.new("RGB", (width, height), _BACKGROUND)
     draw = ImageDraw.Draw(img)
-
     data = {str(name): _clean_points(points) for name, points in series.items()}
-    all_x = np.concatenate([x for x, _ in data.values()]) if data else np.zeros(0)
-    all_y = np.concatenate([y for _, y in data.values()]) if data else np.zeros(0)
-    finite_y = all_y[np.isfinite(all_y)]
-    has_data = finite_y.size > 0
-    if has_data:
-        xs_f = np.concatenate([x[np.isfinite(y)] for x, y in data.values()])
-        x_lo, x_hi = float(xs_f.min()), float(xs_f.max())
-        y_lo, y_hi = float(finite_y.min()), float(finite_y.max())
-    elif all_x.size:
-        x_lo, x_hi, y_lo, y_hi = float(all_x.min()), float(all_x.max()), 0.0, 1.0
-    else:
-        x_lo, x_hi, y_lo, y_hi = 0.0, 1.0, 0.0, 1.0
-    xticks = _nice_ticks(x_lo, x_hi, 6)
-    yticks = _nice_ticks(y_lo, y_hi, 5)
-    x_min, x_max = xticks[0], xticks[-1]
-    y_min, y_max = yticks[0], yticks[-1]
-    xstep = xticks[1] - xticks[0] if len(xticks) > 1 else 1.0
-    ystep = yticks[1] - yticks[0] if len(yticks) > 1 else 1.0
-    ylabels = [_fmt_tick(v, ystep) for v in yticks]
-    xlabels = [_fmt_tick(v, xstep) for v in xticks]
-
-    line_h = _line_height(draw, font)
-    left = 12 + max(_text_size(draw, s, font)[0] for s in ylabels)
-    top = 14 + _line_height(draw, title_font) + (line_h if ylabel else 0)
-    right = width - 16
-    bottom = height - (10 + 2 * line_h)
-    pw, ph = right - left, bottom - top
-
-    def px(x: float) -> float:
-        return left + (x - x_min) / (x_max - x_min) * pw
-
-    def py(y: float) -> float:
-        return bottom - (y - y_min) / (y_max - y_min) * ph
-
-    # title and axis labels
-    tw, _ = _text_size(draw, title, title_font)
-    draw.text(((width - tw) // 2, 6), title, fill=_TEXT, font=title_font)
-    if ylabel:
-        draw.text((4, top - line_h - 2), ylabel, fill=_MUTED, font=font)
-    xw, _ = _text_size(draw, xlabel, font)
-    draw.text((left + (pw - xw) // 2, height - line_h - 4), xlabel, fill=_MUTED, font=font)
-
-    # grid, ticks and tick labels
-    for v, s in zip(yticks, ylabels, strict=True):
-        yy = round(py(v))
-        draw.line([(left, yy), (right, yy)], fill=(232, 232, 232))
-        draw.line([(left - 4, yy), (left, yy)], fill=_TEXT)
-        sw, sh = _text_size(draw, s, font)
-        draw.text((left - 6 - sw, yy - sh // 2 - 2), s, fill=_TEXT, font=font)
-    for v, s in zip(xticks, xlabels, strict=True):
-        xx = round(px(v))
-        draw.line([(xx, top), (xx, bottom)], fill=(232, 232, 232))
-        draw.line([(xx, bottom), (xx, bottom + 4)], fill=_TEXT)
-        sw, _ = _text_size(draw, s, font)
-        draw.text((xx - sw // 2, bottom + 6), s, fill=_TEXT, font=font)
-    draw.rectangle([left, top, right, bottom], outline=_TEXT)
-
-    # the series
+    frame = _Frame.fit(draw, data, width, height, font, bool(ylabel))
+    frame.draw_axes(draw, font, title, xlabel, ylabel)
     for k, (x, y) in enumerate(data.values()):
-        color = _PALETTE[k % len(_PALETTE)]
-        ok = np.isfinite(y)
-        segment: list[tuple[float, float]] = []
-        for i in range(len(x) + 1):
-            if i < len(x) and ok[i]:
-                segment.append((px(x[i]), py(y[i])))
-                continue
-            if len(segment) == 1:
-                cx, cy = segment[0]
-                draw.ellipse([cx - 3, cy - 3, cx + 3, cy + 3], fill=color)
-            elif len(segment) > 1:
-                draw.line(segment, fill=color, width=2, joint="curve")
-            segment = []
-
-    if not has_data:
+        frame.draw_series(draw, x, y, _PALETTE[k % len(_PALETTE)])
+    if not frame.has_data:
         msg = "no data"
         mw, mh = _text_size(draw, msg, font)
-        draw.text((left + (pw - mw) // 2, top + (ph - mh) // 2), msg, fill=_MUTED, font=font)
-
-    # legend, top-right inside the plot area
+        draw.text((frame.left + (frame.pw - mw) // 2, frame.top + (frame.ph - mh) // 2), msg, fill=_MUTED, font=font)
     if data:
-        names = list(data)
-        lw = max(_text_size(draw, n, font)[0] for n in names) + 34
-        lh = len(names) * line_h + 8
-        x0, y0 = right - lw - 8, top + 8
-        draw.rectangle([x0, y0, x0 + lw, y0 + lh], fill=(255, 255, 255), outline=(190, 190, 190))
-        for k, name in enumerate(names):
-            color = _PALETTE[k % len(_PALETTE)]
-            yy = y0 + 4 + k * line_h + line_h // 2
-            draw.line([(x0 + 6, yy), (x0 + 24, yy)], fill=color, width=3)
-            draw.text((x0 + 30, yy - line_h // 2), name, fill=_TEXT, font=font)
-
+        frame.draw_legend(draw, font, list(data))
     return save(img, path)
