@@ -308,8 +308,8 @@ def test_cpu_processes_listen_on_loopback_only(data, tmp_path):
     cmd = [sys.executable, "-m", "rs2sam2", "train", "--preset", "nano", "--dataset", "rrsisd", "--data", str(data),
            "--out", str(tmp_path / "run"), "--tokenizer", str(TOKENIZER), "--num-workers", "0", "--no-progress",
            "--no-tensorboard", "--set", "model.image_size=128", "--set", "model.beit3.img_size=64",
-           "--set", "model.beit3.vocab_size=128", "--freeze", "none", "--max-steps", "3", "--batch-size", "1",
-           "--val-limit", "2", "--cpu-processes", "2"]
+           "--set", "model.beit3.vocab_size=128", "--freeze", "none", "--max-steps", "2", "--batch-size", "1",
+           "--no-eval-at-end", "--cpu-processes", "2"]
     proc = subprocess.Popen(cmd, env=env, cwd=str(REPO), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     seen: set[str] = set()
     deadline = time.time() + 300
@@ -321,3 +321,21 @@ def test_cpu_processes_listen_on_loopback_only(data, tmp_path):
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["world_size"] == 2
     assert seen, "no listening socket seen: the ranks' gloo connections should listen (on loopback)"
     assert all(_loopback(a) for a in seen), seen
+
+
+def test_launcher_gives_ranks_a_grace_period_then_terminates_them():
+    """After a rank fails, the others get the grace period to stop on their own (and write
+    summary.json), then are terminated; ranks that end by themselves are simply waited for."""
+    import multiprocessing
+
+    from rs2sam2.train.launch import _wait_for_ranks
+
+    ctx = multiprocessing.get_context("fork")
+    failed = ctx.Process(target=sys.exit, args=(1,))  # as a rank that raised
+    finishing, hanging = (ctx.Process(target=time.sleep, args=(s,)) for s in (0.3, 60.0))
+    for p in (failed, finishing, hanging):
+        p.start()
+    start = time.perf_counter()
+    _wait_for_ranks([failed, finishing, hanging], grace_s=1.0)
+    assert 0.9 < time.perf_counter() - start < 30
+    assert finishing.exitcode == 0 and hanging.exitcode == -15  # SIGTERM

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import multiprocessing.connection
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +45,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
 #: bad setting, file or dataset (``ValueError``, ``DatasetError``), a clash with the run being resumed,
 #: a checkpoint that cannot be read (``CheckpointError``) or written (a full disk: ``OSError``).
 USER_ERRORS = (ValueError, OSError, CheckpointError)
-#: How long the other ranks may take to stop on their own once one has stopped (they stop together
-#: on the problems one of them finds, and rank 0 writes summary.json) before they are terminated.
+#: How long the other ranks may take to stop on their own once one has failed (they stop together on
+#: the problems one of them finds, and rank 0 writes summary.json meanwhile) before they are terminated.
 _GRACE_S = 60.0
 
 
@@ -63,6 +65,23 @@ def _cpu_worker(rank: int, world: int, folder: str, threads: int, config: dict[s
         raise
     finally:
         d.close()
+
+
+def _wait_for_ranks(processes: list, grace_s: float) -> None:
+    """Wait until every rank has ended; once one has failed, give the others ``grace_s`` to stop on
+    their own, then terminate them."""
+    pending, deadline = list(processes), None
+    while pending:
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        multiprocessing.connection.wait([p.sentinel for p in pending], timeout)
+        pending = [p for p in pending if p.exitcode is None]
+        if deadline is None and any(p.exitcode for p in processes if p.exitcode is not None):
+            deadline = time.monotonic() + grace_s
+        if pending and deadline is not None and time.monotonic() >= deadline:
+            for p in pending:
+                p.terminate()
+                p.join()
+            return
 
 
 def _rank_error(folder: Path, world: int) -> Exception | None:
@@ -109,8 +128,9 @@ def train_cpu_processes(config: TrainConfig, processes: int, threads_per_process
     with tempfile.TemporaryDirectory(prefix="rs2sam2-ranks-") as folder:
         context = mp.start_processes(_cpu_worker, args=(processes, folder, threads_per_process, cfg.to_dict()),
                                      nprocs=processes, join=False, start_method="spawn")
+        _wait_for_ranks(context.processes, _GRACE_S)
         try:
-            while not context.join(grace_period=_GRACE_S):
+            while not context.join():  # all have ended: raises for a failed rank, with its traceback
                 pass
         except (mp.ProcessRaisedException, mp.ProcessExitedException):
             error = _rank_error(Path(folder), processes)
