@@ -20,6 +20,19 @@ child.wait()
 """
 
 
+def test_autocast_rule_is_bf16_on_cuda_only():
+    """One rule for training, evaluation and the benchmark: bf16 autocast on CUDA for auto / bf16."""
+    import torch
+
+    from rs2sam2.runtime import autocast, autocast_enabled
+
+    assert autocast_enabled("cuda", "auto") and autocast_enabled(torch.device("cuda", 1), "bf16")
+    assert not autocast_enabled("cuda", "fp32")
+    assert not any(autocast_enabled("cpu", p) for p in ("auto", "bf16", "fp32"))
+    with autocast("cpu", "bf16"):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+
+
 def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:

@@ -239,6 +239,8 @@ def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(synth_data, tmp
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "stopped_nonfinite_loss" and "step 3" in summary["message"]
     assert summary["global_step"] == 2
+    # the message says what is on disk and how to go on
+    assert f"{run / 'checkpoints' / 'last'} (step 2)" in summary["message"] and "--resume" in summary["message"]
 
 
 def test_gradient_accumulation_matches_the_larger_batch(synth_data, tmp_path):

@@ -165,6 +165,7 @@ def run_train_benchmark(preset="nano", device="cpu", batch=1, text_len=12, runs=
     the published freeze policy; bf16 autocast on CUDA as in training."""
     from .losses import RS2SAM2Loss
     from .train.policy import freeze_published, param_groups, per_sample_loss
+    from .runtime import autocast
 
     if threads:
         torch.set_num_threads(threads)
@@ -183,7 +184,7 @@ def run_train_benchmark(preset="nano", device="cpu", batch=1, text_len=12, runs=
     for i in range(warmup + runs):
         _sync(device)
         t = time.perf_counter()
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device == "cuda"):
+        with autocast(device, "auto"):
             out = model(images, evf, ids, mask)
         loss = per_sample_loss(loss_fn, out.logits.float(), target, out.boundary_weight.float()).total
         loss.backward()

@@ -31,14 +31,14 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from .data import DATASETS, DatasetError, ReferringDataset, build_dataset
 from .data.base import mask_size_fits, raster_size
 from .errors import ConfigError, MissingFileError
 from .fsutil import atomic_write_text
 
-__all__ = ["KINDS", "check_dataset", "check_split", "add_arguments", "run"]
+__all__ = ["KINDS", "blocking_problems", "check_dataset", "check_split", "add_arguments", "run"]
 
 #: Problem kinds, in the order they are listed, with their titles.
 KINDS = {
@@ -94,18 +94,20 @@ def _image_size(path: Path, decode: bool) -> tuple[tuple[int, int] | None, tuple
     return size, None
 
 
-def check_split(dataset: ReferringDataset, decode: bool = False) -> dict[str, Any]:
-    """Check one split read with ``strict=False``: counts, and the problems by kind (lists of messages)."""
-    problems: dict[str, list[str]] = {kind: [] for kind in KINDS}
-    for problem in dataset.problems:
-        problems.setdefault(problem.kind, []).append(problem.message)
+def _findings(dataset: ReferringDataset, decode: bool, masks: bool) -> Iterator[tuple[str, str, bool]]:
+    """``(kind, message, blocks_loading)`` for every problem of one split: ``blocks_loading`` when
+    loading a sample of it would fail (a missing or unreadable file, a mask far off its image's
+    size), not when the reader left the entry out or the sample loads as it is. ``masks``: also
+    decode every mask (to find empty ones)."""
+    for problem in dataset.problems:  # entries the lenient reader left out
+        yield problem.kind, problem.message, False
     image_sizes: dict[Path, tuple[int, int] | None] = {}
     for ref in dataset.refs:
         if ref.image_path not in image_sizes:
             size, problem = _image_size(ref.image_path, decode)
             image_sizes[ref.image_path] = size
             if problem is not None:
-                problems[problem[0]].append(problem[1])
+                yield problem[0], problem[1], True
     mismatched: set[tuple[Path, tuple[int, int]]] = set()
     for r, ref in enumerate(dataset.refs):
         ids = ", ".join(dataset.expressions[i][2] for i in ref.expression_indices)
@@ -114,34 +116,47 @@ def check_split(dataset: ReferringDataset, decode: bool = False) -> dict[str, An
         try:
             mask_size = dataset.mask_size(r)
         except FileNotFoundError as exc:
-            problems["no_mask"].append(f"{what}: {exc}")
+            yield "no_mask", f"{what}: {exc}", True
             continue
         except (DatasetError, ValueError) as exc:
-            problems["unreadable_mask"].append(f"{what}: {exc}")
+            yield "unreadable_mask", f"{what}: {exc}", True
             continue
         if mask_size is not None and image_size is not None and mask_size != image_size:
             if (ref.image_path, mask_size) not in mismatched:
                 mismatched.add((ref.image_path, mask_size))
-                fate = ("the mask is resized to the image when loaded" if mask_size_fits(mask_size, image_size)
-                        else "too different: loading fails")
-                problems["size_mismatch"].append(
-                    f"{ref.image_path}: image {image_size[0]}x{image_size[1]}, mask {mask_size[0]}x{mask_size[1]} "
-                    f"({fate})")
+                fits = mask_size_fits(mask_size, image_size)
+                fate = "the mask is resized to the image when loaded" if fits else "too different: loading fails"
+                yield ("size_mismatch", f"{ref.image_path}: image {image_size[0]}x{image_size[1]}, mask "
+                       f"{mask_size[0]}x{mask_size[1]} ({fate})", not fits)
         grid = mask_size or image_size
-        if grid is None:  # a mask drawn on the grid of an image that cannot be read
+        if not masks or grid is None:  # grid None: a mask drawn on the grid of an image that cannot be read
             continue
         try:
             mask = dataset.ref_mask(r, *grid)
         except (DatasetError, ValueError, OSError) as exc:
-            problems["unreadable_mask"].append(f"{what}: {exc}")
+            yield "unreadable_mask", f"{what}: {exc}", True
             continue
         if not mask.any():
-            problems["empty_mask"].append(f"{what} on {ref.image_path}")
+            yield "empty_mask", f"{what} on {ref.image_path}", False
+
+
+def check_split(dataset: ReferringDataset, decode: bool = False) -> dict[str, Any]:
+    """Check one split read with ``strict=False``: counts, and the problems by kind (lists of messages)."""
+    problems: dict[str, list[str]] = {kind: [] for kind in KINDS}
+    for kind, message, _ in _findings(dataset, decode, masks=True):
+        problems.setdefault(kind, []).append(message)
     return {
         **dataset.summary(),
         "problems": {kind: messages for kind, messages in problems.items() if messages},
         "clean": not any(problems.values()),
     }
+
+
+def blocking_problems(dataset: ReferringDataset) -> list[str]:
+    """The problems that would stop a sample of ``dataset`` from loading (missing or unreadable
+    images and masks, masks too far off their image's size), from file headers and annotations
+    only: what training checks before its first step."""
+    return [message for _, message, blocks in _findings(dataset, decode=False, masks=False) if blocks]
 
 
 def check_dataset(name: str, root: str | Path, splits: Sequence[str | None] = DEFAULT_SPLITS,

@@ -66,7 +66,7 @@ from .metrics import (
     resize_target_nearest,
 )
 from .predict import resolve_device
-from .runtime import dist_info, init_distributed
+from .runtime import autocast, dist_info, init_distributed
 
 __all__ = [
     "evaluate_model",
@@ -93,11 +93,6 @@ def _shard(indices: Sequence[int], rank: int, world_size: int) -> list[int]:
     per_rank = math.ceil(len(indices) / world_size)
     padded = indices + indices[: per_rank * world_size - len(indices)]
     return padded[rank::world_size]
-
-
-def _autocast(device: torch.device, precision: str):
-    use_bf16 = device.type == "cuda" and precision in ("auto", "bf16")
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16)
 
 
 class _TransformedDataset(torch.utils.data.Dataset):
@@ -261,7 +256,7 @@ def evaluate_model(
     try:
         for samples in _progress(loader, len(loader), "eval", progress and rank == 0):
             batch = move_batch(collate(samples, tokenizer, max_len=max_len, mask_rule=mask_rule), device)
-            with _autocast(device, precision):
+            with autocast(device, precision):
                 out = model(images=batch["images"], images_evf=batch["images_evf"],
                             input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
             logits = out.logits.float()

@@ -1,5 +1,6 @@
-"""Process-level settings: a faster CPU allocator (results unchanged), worker clean-up, and the
-distributed setup (process group, rank, device) that training and evaluation share."""
+"""Process-level settings: a faster CPU allocator (results unchanged), worker clean-up, the
+distributed setup (process group, rank, device) and the autocast rule that training, evaluation and
+the benchmark share."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ _PR_SET_PDEATHSIG = 1
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 _tuned: bool | None = None
+_LOOPBACK_INTERFACE = "lo0" if sys.platform == "darwin" else "lo"
 
 
 def tune_cpu_allocator() -> bool:
@@ -24,9 +26,8 @@ def tune_cpu_allocator() -> bool:
 
     PyTorch's CPU allocator is plain malloc. By default glibc serves every block above 128 KiB-32 MiB
     with a fresh ``mmap`` and unmaps it on free, so each large activation (tens of MB per Hiera
-    block) is page-faulted in again on first touch: on the development CPU an elementwise op on a
-    37 MB tensor took 30 ms, 12 ms once memory is reused. Raising the mmap and trim thresholds keeps
-    those pages in the heap; peak memory is unchanged. This is what the usual advice of preloading
+    block) is page-faulted in again on first touch (the effect is measured in benchmarks/README.md).
+    Raising the mmap and trim thresholds keeps those pages in the heap; peak memory is unchanged. This is what the usual advice of preloading
     jemalloc/tcmalloc achieves, without the preload. Process-wide, so only the command-line entry
     points call it; returns whether it took effect (glibc only).
     """
@@ -50,6 +51,18 @@ def exit_with_parent() -> bool:
 def available_cores() -> int:
     """CPU cores this process may run on (its affinity mask where the OS has one)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def autocast_enabled(device: torch.device | str, precision: str) -> bool:
+    """Whether forward passes run under bf16 autocast: on CUDA with precision ``auto`` or ``bf16``.
+    On the CPU training and evaluation compute in fp32 (inference has its own bf16 path,
+    ``model.set_precision``)."""
+    return torch.device(device).type == "cuda" and precision in ("auto", "bf16")
+
+
+def autocast(device: torch.device | str, precision: str):
+    """The autocast context of training, evaluation and the benchmark (:func:`autocast_enabled`)."""
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast_enabled(device, precision))
 
 
 def _linux_libc_function(name: str):
@@ -97,20 +110,38 @@ class Dist:
         """The mean of ``values`` over the ranks (element-wise)."""
         return (self._reduce(values, dist.ReduceOp.SUM) / self.world_size).tolist() if self.enabled else values
 
+    def first_message(self, message: str | None) -> str | None:
+        """The message of the lowest rank that has one, on every rank; None when no rank has one.
+        This is how a problem that one rank finds (a sample it cannot load, a failed save) stops
+        every rank alike, with its message."""
+        if not self.enabled:
+            return message
+        if not self.any(message is not None):
+            return None
+        messages: list[str | None] = [None] * self.world_size
+        dist.all_gather_object(messages, message)
+        return next(m for m in messages if m is not None)
+
     def close(self) -> None:
         """Leave the process group if :func:`init_distributed` created it."""
         if self.created_group and dist.is_initialized():
             dist.destroy_process_group()
 
 
-def init_distributed(device: str = "auto", rank: int | None = None, world_size: int | None = None) -> Dist:
+def init_distributed(device: str = "auto", rank: int | None = None, world_size: int | None = None,
+                     rendezvous: str | os.PathLike | None = None) -> Dist:
     """Join the process group when the run has several ranks and pick this rank's device.
 
     The ranks come from torchrun's ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` unless ``rank`` and
-    ``world_size`` are given (then ``MASTER_ADDR``/``MASTER_PORT`` must be set). The group uses NCCL
-    on CUDA and gloo on the CPU; a rank on CUDA uses ``cuda:LOCAL_RANK``. ``device`` is ``auto``
-    (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N`` (one process only). A group that exists
-    already is joined as it is. Raises ``ValueError`` when CUDA is asked for but not available.
+    ``world_size`` are given. The group uses NCCL on CUDA and gloo on the CPU; a rank on CUDA uses
+    ``cuda:LOCAL_RANK``. ``device`` is ``auto`` (CUDA when available), ``cpu``, ``cuda`` or
+    ``cuda:N`` (one process only). A group that exists already is joined as it is. Raises
+    ``ValueError`` when CUDA is asked for but not available.
+
+    The ranks meet through ``MASTER_ADDR``/``MASTER_PORT`` (torchrun sets them), or, for CPU ranks
+    on one machine (``rendezvous``: a file path they all share), through that file: then no store
+    server listens anywhere and gloo connects the ranks over the loopback interface only, so nothing
+    is reachable from the network.
     """
     world = int(os.environ.get("WORLD_SIZE", "1")) if world_size is None else int(world_size)
     rank = int(os.environ.get("RANK", "0")) if rank is None else int(rank)
@@ -125,7 +156,14 @@ def init_distributed(device: str = "auto", rank: int | None = None, world_size: 
         torch.cuda.set_device(dev)
     created = False
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if want_cuda else "gloo", rank=rank, world_size=world)
+        if rendezvous is None:
+            dist.init_process_group(backend="nccl" if want_cuda else "gloo", rank=rank, world_size=world)
+        elif want_cuda:
+            raise ValueError("a rendezvous file joins CPU ranks on one machine; CUDA ranks use torchrun")
+        else:
+            os.environ["GLOO_SOCKET_IFNAME"] = _LOOPBACK_INTERFACE  # read when gloo creates its device
+            dist.init_process_group(backend="gloo", store=dist.FileStore(str(rendezvous), world), rank=rank,
+                                    world_size=world)
         created = True
     if dist.is_initialized():
         rank, world = dist.get_rank(), dist.get_world_size()

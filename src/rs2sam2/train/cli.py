@@ -1,7 +1,7 @@
 """``rs2sam2 train``: every :class:`TrainConfig` key is a flag whose ``dest`` is the key itself.
 
-The base configuration is ``--config`` (or, with ``--resume``, the run's saved
-``train_config.yaml``); flags given on the command line override it, then ``--set KEY=VALUE``.
+The configuration is ``--config``, overridden by the flags given, then by ``--set KEY=VALUE``;
+with ``--resume`` all of it applies on top of the run's saved ``train_config.yaml``.
 """
 
 from __future__ import annotations
@@ -13,11 +13,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from ..data import DATASETS
-from .config import TrainConfig, read_yaml
-from .launch import train, train_cpu_processes
+from .config import TrainConfig, merge_dicts, read_yaml
+from .launch import USER_ERRORS, train, train_cpu_processes
 from .trainer import NonFiniteLossError
 
 _BOOL = dict(action=argparse.BooleanOptionalAction, default=None)
@@ -143,42 +141,41 @@ def _apply_set(config: dict[str, Any], item: str) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """YAML (``--config``, or the run's saved ``train_config.yaml`` with ``--resume``) <- flags given
-    <- ``--set`` items."""
-    base: dict[str, Any] = {}
-    saved = Path(args.out) / "train_config.yaml" if args.out else None
-    if args.resume and saved is not None and saved.is_file():
-        base = read_yaml(saved)
-    elif args.config:
-        base = read_yaml(args.config)
+    """``--config`` <- flags given <- ``--set`` items; with ``--resume``, on top of the run's saved
+    ``train_config.yaml`` (model overrides merged into the run's), so that the run's values stay
+    unless the command line names others -- which the trainer then checks (``resume_clashes``)."""
+    given: dict[str, Any] = read_yaml(args.config) if args.config else {}
     for f in dataclasses.fields(TrainConfig):
         value = getattr(args, f.name, None)
         if value is not None:
-            base[f.name] = value
+            given[f.name] = value
     if args.epochs is not None:
-        base["max_steps"] = None
+        given["max_steps"] = None
+    saved = Path(args.out) / "train_config.yaml" if args.out else None
+    base = read_yaml(saved) if args.resume and saved is not None and saved.is_file() else {}
+    for key, value in given.items():
+        both_mappings = isinstance(value, dict) and isinstance(base.get(key), dict)
+        base[key] = merge_dicts(base[key], value) if both_mappings else value
     for item in args.set:
         _apply_set(base, item)
     return TrainConfig.from_dict(base)
 
 
 def run(args: argparse.Namespace) -> int:
+    """Exit status 0 done, 2 a user error (:data:`~.launch.USER_ERRORS`: its message, no traceback),
+    3 stopped on a non-finite loss; printed by rank 0 only."""
+    main_rank = int(os.environ.get("RANK", "0")) == 0
     try:
         cfg = config_from_args(args)
         missing = [f"--{k}" for k in ("preset", "dataset", "data", "out") if not getattr(cfg, k, None)]
         if missing:
             raise ValueError(f"missing {', '.join(missing)} (give them as flags or in --config)")
         summary = train_cpu_processes(cfg, args.cpu_processes) if args.cpu_processes > 1 else train(cfg)
-    except NonFiniteLossError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 3
-    except (ValueError, FileNotFoundError, FileExistsError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except torch.multiprocessing.ProcessRaisedException as exc:  # a --cpu-processes rank failed
-        print(f"error in a training process: {str(exc).strip().splitlines()[-1]}", file=sys.stderr)
-        return 2
-    if int(os.environ.get("RANK", "0")) == 0:
+    except (NonFiniteLossError, *USER_ERRORS) as exc:
+        if main_rank:
+            print(f"rs2sam2 train: error: {exc}", file=sys.stderr)
+        return 3 if isinstance(exc, NonFiniteLossError) else 2
+    if main_rank:
         _print_result(summary, Path(cfg.out))
     return 0
 

@@ -15,6 +15,15 @@ from ..fsutil import atomic_write_bytes
 
 DATASET_EPOCHS = {"rrsisd": 40, "refsegrs": 60}
 
+#: What a resumed run keeps from the run it continues -- its model and weights, its tokenizer, its
+#: data and the order and content of its samples -- so ``--resume`` refuses another value for them
+#: (:func:`resume_clashes`). The schedule's length, learning rates, clipping, logging and validation
+#: may change on resume.
+RESUME_KEYS = ("preset", "model", "init", "sam2_checkpoint", "beit3_checkpoint", "tokenizer", "train_tokenizer",
+               "tokenizer_vocab_size", "dataset", "data", "train_split", "seed", "random_boxes", "box_prob",
+               "mask_rule", "freeze")
+_PATH_KEYS = {"init", "sam2_checkpoint", "beit3_checkpoint", "tokenizer", "data"}
+
 
 @dataclass
 class TrainConfig:
@@ -212,3 +221,30 @@ def model_config_from(preset: str, overrides: dict[str, Any]) -> ModelConfig:
     """A preset's :class:`ModelConfig` with nested overrides applied."""
     base = get_config(preset).to_dict()
     return ModelConfig.from_dict(merge_dicts(base, overrides or {}))
+
+
+def resume_clashes(saved: dict[str, Any], config: TrainConfig) -> list[str]:
+    """``"KEY: X in the run, Y now"`` for every :data:`RESUME_KEYS` entry on which ``config``
+    differs from ``saved`` (the run's ``train_config.yaml``). The model is compared as the
+    configuration it resolves to, key by key (``model.image_size``), when the presets agree; paths
+    are compared as the files they name."""
+    now = config.to_dict()
+    clashes = []
+    for key in (k for k in RESUME_KEYS if k in saved):
+        then_value, now_value = saved[key], now[key]
+        if key == "model":
+            if saved.get("preset") != config.preset:
+                continue  # the preset's clash says it all
+            then_value = model_config_from(config.preset, then_value).to_dict()
+            now_value = model_config_from(config.preset, now_value).to_dict()
+        clashes += _differences(key, then_value, now_value)
+    return clashes
+
+
+def _differences(key: str, then: Any, now: Any) -> list[str]:
+    if isinstance(then, dict) and isinstance(now, dict):
+        return [c for k in sorted(set(then) | set(now)) for c in _differences(f"{key}.{k}", then.get(k), now.get(k))]
+    same = then == now
+    if not same and key in _PATH_KEYS and isinstance(then, str) and isinstance(now, str):
+        same = Path(then).resolve() == Path(now).resolve()
+    return [] if same else [f"{key}: {then!r} in the run, {now!r} now"]

@@ -8,13 +8,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
+import multiprocessing.connection
+import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..checkpoints import CheckpointError
+from ..data import DatasetError
+from ..fsutil import atomic_write_text
 from .config import TrainConfig
+from .state import CheckpointWriteError
 from .trainer import NonFiniteLossError, Trainer
 
 
@@ -22,7 +28,10 @@ def train(config: TrainConfig) -> dict[str, Any]:
     """Run (or resume, with ``config.resume``) a training run; returns the content of ``summary.json``.
 
     Under torchrun call it on every rank. Raises :class:`NonFiniteLossError` when the loss becomes
-    NaN/inf (after writing ``summary.json``; ``checkpoints/last`` keeps the last good state).
+    NaN/inf, ``DatasetError`` when a sample cannot be loaded and :class:`CheckpointWriteError` when
+    a checkpoint cannot be written (a full disk), each after writing ``summary.json`` (the
+    checkpoints on disk stay as they were); what setup finds wrong (the configuration, the data, a
+    clash with the run being resumed, an unreadable checkpoint) raises before anything is written.
     """
     trainer = Trainer(config.resolved())
     try:
@@ -32,35 +41,71 @@ def train(config: TrainConfig) -> dict[str, Any]:
         trainer.close()
 
 
-def _free_port() -> int:
-    import socket
+#: What ``rs2sam2 train`` reports as the user's doing (exit status 2, the message, no traceback): a
+#: bad setting, file or dataset (``ValueError``, ``DatasetError``), a clash with the run being resumed,
+#: a checkpoint that cannot be read (``CheckpointError``) or written (a full disk: ``OSError``).
+USER_ERRORS = (ValueError, OSError, CheckpointError)
+#: How long the other ranks may take to stop on their own once one has failed (they stop together on
+#: the problems one of them finds, and rank 0 writes summary.json meanwhile) before they are terminated.
+_GRACE_S = 60.0
 
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
-
-def _cpu_worker(rank: int, world: int, port: int, threads: int, config: dict[str, Any]) -> None:
+def _cpu_worker(rank: int, world: int, folder: str, threads: int, config: dict[str, Any]) -> None:
     from ..runtime import exit_with_parent, init_distributed, tune_cpu_allocator
 
     exit_with_parent()
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(threads)
     tune_cpu_allocator()
-    d = init_distributed("cpu", rank=rank, world_size=world)
+    d = init_distributed("cpu", rank=rank, world_size=world, rendezvous=Path(folder) / "rendezvous")
     try:
         train(TrainConfig.from_dict(config))
+    except (NonFiniteLossError, *USER_ERRORS) as exc:  # for the launcher to raise again (_rank_error)
+        kinds = [c.__name__ for c in type(exc).__mro__]
+        atomic_write_text(Path(folder) / f"rank{rank}.json", json.dumps({"kinds": kinds, "message": str(exc)}))
+        raise
     finally:
         d.close()
+
+
+def _wait_for_ranks(processes: list, grace_s: float) -> None:
+    """Wait until every rank has ended; once one has failed, give the others ``grace_s`` to stop on
+    their own, then terminate them."""
+    pending, deadline = list(processes), None
+    while pending:
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        multiprocessing.connection.wait([p.sentinel for p in pending], timeout)
+        pending = [p for p in pending if p.exitcode is None]
+        if deadline is None and any(p.exitcode for p in processes if p.exitcode is not None):
+            deadline = time.monotonic() + grace_s
+        if pending and deadline is not None and time.monotonic() >= deadline:
+            for p in pending:
+                p.terminate()
+                p.join()
+            return
+
+
+def _rank_error(folder: Path, world: int) -> Exception | None:
+    """The error the lowest failed rank recorded, as the type :func:`train` would have raised (the
+    nearest of :data:`USER_ERRORS` and :class:`NonFiniteLossError`), or None when none recorded one."""
+    known = {c.__name__: c for c in (NonFiniteLossError, DatasetError, CheckpointError, CheckpointWriteError,
+                                     FileExistsError, FileNotFoundError, *USER_ERRORS)}
+    for rank in range(world):
+        record = folder / f"rank{rank}.json"
+        if record.is_file():
+            error = json.loads(record.read_text())
+            return next(known[k] for k in error["kinds"] if k in known)(error["message"])
+    return None
 
 
 def train_cpu_processes(config: TrainConfig, processes: int, threads_per_process: int | None = None
                         ) -> dict[str, Any]:
     """Data-parallel training on this machine's CPU cores without torchrun: ``processes`` gloo ranks
     of ``threads_per_process`` threads each (default: the available cores shared between them),
-    started here and joined; returns ``summary.json``. A rank that stops on a non-finite loss raises
-    :class:`NonFiniteLossError` here, as :func:`train` does; other failures of a rank raise
-    ``torch.multiprocessing.ProcessRaisedException`` with its traceback.
+    started here and joined; returns ``summary.json``. The ranks meet through a file and connect
+    over the loopback interface: nothing listens on the network. A rank's error is raised here as
+    :func:`train` raises it (:class:`NonFiniteLossError`, the errors of :data:`USER_ERRORS`); any
+    other failure of a rank raises ``torch.multiprocessing.ProcessRaisedException`` (with its
+    traceback) or ``ProcessExitedException``.
 
     ``config.batch_size`` is per process, as under torchrun, and the result equals one process with
     ``processes x batch_size`` (per-sample loss).
@@ -80,14 +125,16 @@ def train_cpu_processes(config: TrainConfig, processes: int, threads_per_process
         return train(cfg)
     import torch.multiprocessing as mp
 
-    summary_path = Path(cfg.out) / "summary.json"
-    try:
-        mp.spawn(_cpu_worker, args=(processes, _free_port(), threads_per_process, cfg.to_dict()),
-                 nprocs=processes, join=True)
-    except mp.ProcessRaisedException:
-        # the exception object stays in the rank; summary.json tells a non-finite stop apart
-        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-        if summary.get("status") == "stopped_nonfinite_loss":
-            raise NonFiniteLossError(summary["message"]) from None
-        raise
-    return json.loads(summary_path.read_text())
+    with tempfile.TemporaryDirectory(prefix="rs2sam2-ranks-") as folder:
+        context = mp.start_processes(_cpu_worker, args=(processes, folder, threads_per_process, cfg.to_dict()),
+                                     nprocs=processes, join=False, start_method="spawn")
+        _wait_for_ranks(context.processes, _GRACE_S)
+        try:
+            while not context.join():  # all have ended: raises for a failed rank, with its traceback
+                pass
+        except (mp.ProcessRaisedException, mp.ProcessExitedException):
+            error = _rank_error(Path(folder), processes)
+            if error is None:
+                raise
+            raise error from None
+    return json.loads((Path(cfg.out) / "summary.json").read_text())

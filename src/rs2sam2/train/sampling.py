@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..data import DatasetError
 from ..data.collate import list_collate
 from ..data.transforms import SampleTransform
 
@@ -59,7 +60,10 @@ class RefSampler(torch.utils.data.Sampler):
 
 
 class TrainSamples(torch.utils.data.Dataset):
-    """``(epoch, ref)`` -> a transformed sample of one randomly chosen expression of that ref."""
+    """``(epoch, ref)`` -> a transformed sample of one randomly chosen expression of that ref, or
+    ``{"problem": message}`` when it cannot be loaded (a file unreadable or changed since the checks
+    before step 1). The trainer stops the run with that message: raised here, the error would reach
+    it wrapped in a DataLoader worker's traceback."""
 
     def __init__(self, dataset, image_size: int, evf_size: int, seed: int, random_boxes: bool,
                  box_prob: float = 0.2) -> None:
@@ -77,7 +81,11 @@ class TrainSamples(torch.utils.data.Dataset):
         index = expressions[int(rng.integers(len(expressions)))]
         transform = SampleTransform(self.image_size, self.evf_size, train=True, random_boxes=self.random_boxes,
                                     rng=rng, box_prob=self.box_prob)
-        return transform(self.dataset.load(index))
+        try:
+            sample = self.dataset.load(index)
+        except (DatasetError, OSError) as exc:  # the messages name the file
+            return {"problem": str(exc)}
+        return transform(sample)
 
 
 def _worker_init(worker_id: int) -> None:  # global RNGs of workers: not used by the pipeline, seeded anyway

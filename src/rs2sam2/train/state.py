@@ -3,12 +3,15 @@
 ``checkpoints/last`` holds everything needed to resume exactly (weights, optimizer, scheduler,
 step, epoch, position in the epoch, RNG states, best metric); ``checkpoints/best`` the weights and a
 small state without the optimizer. A folder is written completely under a temporary name and then
-swapped in, ``trainer_state.pt`` last, so a crash never leaves a half-written checkpoint. The state
-holds only tensors, numbers, strings, lists and dicts, so ``torch.load(weights_only=True)`` reads it.
+swapped in, ``trainer_state.pt`` last, so a crash never leaves a half-written checkpoint; a write
+that fails (a full disk) removes its partial folder and leaves the saved checkpoints as they were.
+The state holds only tensors, numbers, strings, lists and dicts, so ``torch.load(weights_only=True)``
+reads it.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import shutil
@@ -20,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..checkpoints import CheckpointError
 from ..fsutil import atomic_write
 
 TRAINER_STATE = "trainer_state.pt"
@@ -181,9 +185,9 @@ class Progress:
             state["optimizer"] = optimizer
         return state
 
-    def restore(self, state: dict[str, Any], world_size: int, batch_size: int, micro_per_epoch: int) -> bool:
-        """Continue from a saved state; returns False when the world size or batch size changed (the
-        position in the current epoch is then approximated)."""
+    def restore(self, state: dict[str, Any], world_size: int, batch_size: int, micro_per_epoch: int) -> None:
+        """Continue from a saved state, with as many samples per micro-batch (``world_size x
+        batch_size``) as the run had: the position in the current epoch is then exact."""
         self.global_step = int(state["global_step"])
         self.epoch = int(state["epoch"])
         done_refs = int(state["refs_done_in_epoch"])
@@ -193,22 +197,31 @@ class Progress:
         self.loss_first = state.get("loss_first")
         self.loss_last = state.get("loss_last")
         self.elapsed_before = float(state.get("elapsed_s", 0.0))
-        return int(state["world_size"]) == world_size and int(state["batch_size"]) == batch_size
 
 
 # --- files --------------------------------------------------------------------------------------
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (no space left on the device, a folder that cannot be
+    written); its partial files are removed and the checkpoints saved before are unchanged."""
+
+
 def load_trainer_state(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a ``trainer_state.pt`` (file or checkpoint folder) with ``weights_only=True``."""
+    """Read a ``trainer_state.pt`` (file or checkpoint folder) with ``weights_only=True``; a file
+    that cannot be read (truncated, or not ours) is a :class:`CheckpointError` naming it."""
     path = Path(path)
     if path.is_dir():
         path = path / TRAINER_STATE
     if not path.is_file():
         raise FileNotFoundError(f"trainer state not found: {path}")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for truncated zips and refused pickles
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"{path}: cannot read the trainer state ({reason}); is it truncated?") from exc
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-        raise RuntimeError(f"{path}: not an rs2sam2 trainer state")
+        raise CheckpointError(f"{path}: not an rs2sam2 trainer state")
     return state
 
 
@@ -224,17 +237,49 @@ def find_last_checkpoint(run: Path) -> Path | None:
 def write_checkpoint(root: Path, name: str, state_dict: dict[str, torch.Tensor], model_config,
                      tokenizer_path: Path, trainer_state: dict[str, Any]) -> Path:
     """Write ``root/name`` (weights, config, tokenizer, then ``trainer_state.pt``) under a temporary
-    name and swap it in."""
+    name and swap it in. A write that fails for want of space, or on an ``OSError``, raises
+    :class:`CheckpointWriteError` after removing the partial folder; ``root/name`` is unchanged."""
     from ..checkpoints import save_state_dict
 
     final, tmp, old = root / name, root / f"{name}.new", root / f"{name}.old"
     shutil.rmtree(tmp, ignore_errors=True)
-    save_state_dict(state_dict, model_config, tmp, tokenizer_path=tokenizer_path)
-    with atomic_write(tmp / TRAINER_STATE) as part:
-        torch.save(trainer_state, part)
+    try:
+        save_state_dict(state_dict, model_config, tmp, tokenizer_path=tokenizer_path)
+        with atomic_write(tmp / TRAINER_STATE) as part:
+            torch.save(trainer_state, part)
+    except Exception as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        reason = _write_failure(exc, final, _tensor_bytes(state_dict) + _tensor_bytes(trainer_state))
+        if reason is None:
+            raise
+        raise CheckpointWriteError(f"cannot save checkpoint {final}: {reason}") from exc
     shutil.rmtree(old, ignore_errors=True)
     if final.exists():
         os.replace(final, old)
     os.replace(tmp, final)
     shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _tensor_bytes(obj: Any) -> int:
+    """Bytes of the tensors in a nested state (what writing it needs, roughly)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
+
+
+def _write_failure(exc: Exception, checkpoint: Path, needed: int) -> str | None:
+    """Why a checkpoint write failed, for its message; None when it is not an I/O failure.
+
+    torch's writer reports a full disk as an internal assertion and safetensors as its own error
+    type, so a full disk is recognised by the space left once the partial files are gone."""
+    folder = next(p for p in (checkpoint.parent, *checkpoint.parents) if p.exists())
+    free = shutil.disk_usage(folder).free
+    if (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)) or free < needed:
+        return (f"no space left on the device of {checkpoint.parent} ({free / 2**20:.1f} MiB free; the "
+                f"checkpoint needs about {needed / 2**20:.1f} MiB)")
+    return str(exc) if isinstance(exc, OSError) else None

@@ -2,7 +2,10 @@
 
 Rank 0 logs and writes; every rank runs the same number of steps. A non-finite loss or gradient
 norm stops the run before the step is applied (:class:`NonFiniteLossError`), keeping the last
-good checkpoint.
+good checkpoint. A problem found during the run -- a sample that cannot be loaded, a checkpoint that
+cannot be written (a full disk) -- stops every rank alike and is recorded in ``summary.json``
+(``status: failed``, the message); what setup finds wrong (the data, a clash with the run being
+resumed, an unreadable checkpoint) stops the run before anything is written.
 """
 
 from __future__ import annotations
@@ -20,13 +23,15 @@ import torch
 from torch import nn
 
 from ..checkpoints import Located, locate
+from ..data import DatasetError
 from ..fsutil import atomic_write_bytes
 from ..losses import LossOutput
-from ..runtime import Dist, init_distributed
-from .config import TrainConfig, merge_dicts, model_config_from, write_yaml
+from ..runtime import Dist, autocast, autocast_enabled, init_distributed
+from .config import TrainConfig, merge_dicts, model_config_from, read_yaml, resume_clashes, write_yaml
 from .policy import apply_freeze, build_loss, build_optimizer, build_scheduler, per_sample_loss
 from .sampling import train_loader
 from .state import (
+    CheckpointWriteError,
     Progress,
     find_last_checkpoint,
     gather_model_state,
@@ -188,13 +193,14 @@ def _build_model(cfg: TrainConfig, tokenizer, trained_tok: bool, resume_dir: Pat
     notes = []
     if resume_dir is None and cfg.init and cfg.model:
         notes.append("note: the 'model' overrides are ignored: the architecture comes from the checkpoint")
-    if resume_dir is not None:
-        notes.append(f"resumed weights from {resume_dir}")
-        return load_pretrained(resume_dir), notes
-    if cfg.init:
-        path = locate(cfg.init).path
-        notes.append(f"initialised from {path}")
-        return load_pretrained(path), notes
+    if resume_dir is not None or cfg.init:
+        path = resume_dir if resume_dir is not None else locate(cfg.init).path
+        notes.append(f"{'resumed weights' if resume_dir is not None else 'initialised'} from {path}")
+        model = load_pretrained(path)
+        if model.config.name not in (cfg.preset, "custom"):  # "custom": weights that name no preset
+            raise ValueError(f"preset: {cfg.preset!r} given, but {path} holds a {model.config.name!r} model (the "
+                             f"architecture comes from the checkpoint): give --preset {model.config.name}")
+        return model, notes
     overrides = json.loads(json.dumps(cfg.model))
     if trained_tok:
         overrides = merge_dicts(overrides, {"beit3": {"vocab_size": len(tokenizer)}})
@@ -245,12 +251,13 @@ class Trainer:
         seed_everything(cfg.seed)
         self.resume_dir = self._check_run_folder()
         self._load_data()
+        self._check_data()
         self._prepare_tokenizer()
         self._prepare_model()
         self.optimizer = build_optimizer(self.core, cfg)
         self.scheduler = build_scheduler(self.optimizer, cfg)
         self.loss_fn = build_loss(cfg)
-        self.use_bf16 = d.device.type == "cuda" and cfg.precision in ("auto", "bf16")
+        self.use_bf16 = autocast_enabled(d.device, cfg.precision)
         if cfg.precision == "bf16" and d.device.type != "cuda":
             _log("bf16 autocast is used on CUDA only; training in fp32 on the CPU", d)
         self.sampler, self.loader = train_loader(self.train_ds, cfg, self.model_config, d.rank, d.world_size,
@@ -258,10 +265,9 @@ class Trainer:
         self.micro_per_epoch = math.ceil(self.sampler.per_epoch / cfg.batch_size)
         self.steps_per_epoch = math.ceil(self.micro_per_epoch / cfg.grad_accum_steps)
         self.progress = Progress()
-        self._saved_step: int | None = None
+        self.saved: dict[str, int] = {}  # checkpoints of this run on disk -> their step
         if self.resume_dir is not None:
             self._restore(self.resume_dir)
-            self._saved_step = self.progress.global_step
         if d.is_main:
             write_yaml(self.run / "train_config.yaml", {**cfg.to_dict(), "resume": False})
         self.log = _RunLog(self.run, self.progress.global_step, cfg.tensorboard, d)
@@ -280,10 +286,28 @@ class Trainer:
         if not cfg.resume and find_last_checkpoint(self.run) is not None:
             raise FileExistsError(f"{self.run} already holds a training run (checkpoints/last); pass --resume to "
                                   "continue it or choose another --out")
-        if d.is_main:
-            (self.run / "logs").mkdir(parents=True, exist_ok=True)
-        d.barrier()
+        if resume_dir is not None:
+            self._check_resume(resume_dir)
         return resume_dir
+
+    def _check_resume(self, folder: Path) -> None:
+        """Read the trainer state of ``folder`` and refuse a command line that differs from the run
+        in what a resumed run keeps (:data:`~.config.RESUME_KEYS`, and the samples per step, on which
+        the position in the epoch depends); every clash names both values."""
+        cfg, d = self.cfg, self.d
+        self.resume_state = state = load_trainer_state(folder)
+        saved_config = self.run / "train_config.yaml"
+        clashes = resume_clashes(read_yaml(saved_config), cfg) if saved_config.is_file() else []
+        run_batch = (int(state["world_size"]), int(state["batch_size"]), int(state["grad_accum_steps"]))
+        batch = (d.world_size, cfg.batch_size, cfg.grad_accum_steps)
+        if run_batch[0] * run_batch[1] != batch[0] * batch[1] or run_batch[2] != batch[2]:
+            clashes.append("samples per step: {} process(es) x batch {} x {} accumulation in the run, {} x {} x {} "
+                           "now".format(*run_batch, *batch))
+        if clashes:
+            raise ValueError(
+                f"--resume {self.run}: the command line differs from the run ({saved_config}, {folder}) in what a "
+                f"resumed run keeps: {'; '.join(clashes)}. Leave those settings out to continue the run, or start a "
+                f"new run from its weights with --init {folder} --out NEW_RUN")
 
     def _load_data(self) -> None:
         from ..data import build_dataset
@@ -300,6 +324,23 @@ class Trainer:
                 self.val_ds = build_dataset(cfg.dataset, cfg.data, split(cfg.val_split))
             except ValueError as exc:  # DatasetError is a ValueError
                 _log(f"no validation ({exc}); the best checkpoint is not tracked", self.d)
+
+    def _check_data(self) -> None:
+        """Before step 1: the checks of ``rs2sam2 check-data`` that need no decoding (every image and
+        mask present and readable, image sizes from the headers against the annotations), on the
+        training and validation splits; a problem that would stop a sample from loading stops here."""
+        from ..datacheck import blocking_problems
+
+        cfg, problem = self.cfg, None
+        if self.d.is_main:
+            found = [m for ds in (self.train_ds, self.val_ds) if ds is not None for m in blocking_problems(ds)]
+            if found:
+                more = f"; ... and {len(found) - 3} more" if len(found) > 3 else ""
+                problem = (f"{len(found)} dataset problem(s) that stop samples from loading: {'; '.join(found[:3])}"
+                           f"{more}. `rs2sam2 check-data --dataset {cfg.dataset} --data {cfg.data}` lists them all")
+        problem = self.d.first_message(problem)
+        if problem is not None:
+            raise DatasetError(problem)
 
     def _prepare_tokenizer(self) -> None:
         """Find (or train) the tokenizer and keep a copy in the run folder."""
@@ -343,16 +384,15 @@ class Trainer:
         self.trainable = [p for p in model.parameters() if p.requires_grad]
 
     def _restore(self, folder: Path) -> None:
-        cfg, d = self.cfg, self.d
-        state = load_trainer_state(folder)
+        cfg, d, state = self.cfg, self.d, self.resume_state
         load_optimizer_state(self.module, self.optimizer, state["optimizer"], self.names, self.fsdp)
         self.scheduler.load_state_dict(state["scheduler"])
-        if not self.progress.restore(state, d.world_size, cfg.batch_size, self.micro_per_epoch):
-            _log(f"resuming with world size {d.world_size} x batch {cfg.batch_size} instead of "
-                 f"{state['world_size']} x {state['batch_size']}: the data order of the current epoch is "
-                 "approximated (not bit-exact)", d)
-        set_rng_state(state["rng"])
         p = self.progress
+        p.restore(state, d.world_size, cfg.batch_size, self.micro_per_epoch)
+        set_rng_state(state["rng"])
+        self.saved["last"] = p.global_step
+        if p.best["step"] is not None and (self.run / "checkpoints" / "best" / "model.safetensors").is_file():
+            self.saved["best"] = p.best["step"]
         _log(f"resumed at step {p.global_step}, epoch {p.epoch} (+{p.micro_done} batches)", d)
 
     # ------------------------------------------------------------------------------ checkpoints
@@ -360,20 +400,38 @@ class Trainer:
         return self.progress.elapsed_before + (time.perf_counter() - self.t_start)
 
     def save(self, name: str) -> None:
-        """Write ``checkpoints/<name>`` (``last``: full trainer state; ``best``: without the optimizer)."""
+        """Write ``checkpoints/<name>`` (``last``: full trainer state; ``best``: without the optimizer).
+        A failed write (:class:`CheckpointWriteError`) stops every rank, the checkpoints on disk unchanged."""
         cfg, d, p = self.cfg, self.d, self.progress
         full = name == "last"
-        if full and self._saved_step == p.global_step:
+        if full and self.saved.get("last") == p.global_step:
             return  # already written at this step
         sd = gather_model_state(self.module, self.core, self.fsdp, d.is_main)
         osd = gather_optimizer_state(self.module, self.optimizer, self.names, self.fsdp, d.is_main) if full else None
+        problem = None
         if d.is_main:
             state = p.state(world_size=d.world_size, batch_size=cfg.batch_size, grad_accum_steps=cfg.grad_accum_steps,
                             elapsed_s=self._elapsed(), scheduler=self.scheduler.state_dict(), optimizer=osd)
-            write_checkpoint(self.run / "checkpoints", name, sd, self.model_config, self.tokenizer_path, state)
-        if full:
-            self._saved_step = p.global_step
-        d.barrier()
+            try:
+                write_checkpoint(self.run / "checkpoints", name, sd, self.model_config, self.tokenizer_path, state)
+            except CheckpointWriteError as exc:
+                problem = f"{exc}. {self._on_disk()}. Free some space, then {self._next_run()}"
+        problem = d.first_message(problem)  # also the barrier after the write
+        if problem is not None:
+            raise CheckpointWriteError(problem)
+        self.saved[name] = p.global_step
+
+    def _on_disk(self) -> str:
+        """The checkpoints of this run on disk, for the messages of a run that stops."""
+        if not self.saved:
+            return f"No checkpoint of this run is on disk ({self.run / 'checkpoints'} holds none)"
+        return "Checkpoints on disk, unchanged: " + ", ".join(
+            f"{self.run / 'checkpoints' / name} (step {self.saved[name]})" for name in ("last", "best")
+            if name in self.saved)
+
+    def _next_run(self) -> str:
+        """How to go on after a stop: resume from checkpoints/last, or start again without one."""
+        return "--resume" if "last" in self.saved else "start the run again"
 
     # ------------------------------------------------------------------------------- evaluation
     def evaluate(self) -> dict[str, Any] | None:
@@ -429,14 +487,23 @@ class Trainer:
             "parameters": self.param_counts,
             "model": self.model_config.name,
             "vocab_size": self.model_config.beit3.vocab_size,
-            "checkpoints": {"last": str(self.run / "checkpoints" / "last"),
-                            "best": str(self.run / "checkpoints" / "best") if p.best["step"] is not None else None},
+            "checkpoints": {name: str(self.run / "checkpoints" / name) if name in self.saved else None
+                            for name in ("last", "best")},
             "config": cfg.to_dict(),
         }
         if d.is_main:
             atomic_write_bytes(self.run / "summary.json", (json.dumps(summary, indent=2, default=str) + "\n").encode())
         self.summary = summary
         return summary
+
+    def _record_stop(self, status: str, exc: Exception) -> None:
+        """``summary.json`` of a run that stopped early; when even that cannot be written (a full
+        disk), say so on stderr and let the original error go on."""
+        try:
+            self.write_summary(status, str(exc))
+        except OSError as write_error:
+            print(f"[rs2sam2 train] {self.run / 'summary.json'} could not be written either: {write_error}",
+                  file=sys.stderr, flush=True)
 
     # --------------------------------------------------------------------------------- training
     def _done(self) -> bool:
@@ -462,8 +529,10 @@ class Trainer:
                 self.evaluate()
             self.save("last")
         except NonFiniteLossError as exc:
-            _log(str(exc), self.d)
-            self.write_summary("stopped_nonfinite_loss", str(exc))
+            self._record_stop("stopped_nonfinite_loss", exc)
+            raise
+        except (DatasetError, OSError) as exc:  # a sample that cannot be loaded, a failed write (full disk)
+            self._record_stop("failed", exc)
             raise
         finally:
             self.log.close()
@@ -500,7 +569,8 @@ class Trainer:
         group = min(cfg.grad_accum_steps, self.micro_per_epoch - p.micro_done)
         step_number = p.global_step + 1
         self.optimizer.zero_grad(set_to_none=True)
-        losses = [self._micro_step(next(batches), k == group - 1, group, step_number) for k in range(group)]
+        losses = [self._micro_step(self._next_samples(batches, step_number), k == group - 1, group, step_number)
+                  for k in range(group)]
         self._check_finite([v for v, _, _ in losses], step_number)
         if cfg.clip_grad_norm:
             self._clip_gradients(step_number)
@@ -511,6 +581,15 @@ class Trainer:
             p.loss_first = self.d.mean([step_loss])[0]
         self.window.add(losses)
         return step_loss
+
+    def _next_samples(self, batches, step_number: int) -> list:
+        """The next micro-batch; a sample that could not be loaded (on any rank) stops every rank
+        with a :class:`DatasetError` naming its file."""
+        samples = next(batches)
+        problem = self.d.first_message(next((s["problem"] for s in samples if "problem" in s), None))
+        if problem is not None:
+            raise DatasetError(f"a training sample could not be loaded at step {step_number}: {problem}")
+        return samples
 
     def _micro_step(self, samples: list, sync: bool, group: int, step_number: int) -> tuple[float, dict, int]:
         """Forward and backward of one micro-batch; gradients are synchronised over the ranks on the
@@ -533,7 +612,7 @@ class Trainer:
 
         batch = move_batch(collate(samples, self.tokenizer, max_len=self.max_len, mask_rule=self.cfg.mask_rule),
                            self.d.device, non_blocking=True)
-        with torch.autocast("cuda", dtype=torch.bfloat16) if self.use_bf16 else nullcontext():
+        with autocast(self.d.device, self.cfg.precision):
             out = self.module(images=batch["images"], images_evf=batch["images_evf"], input_ids=batch["input_ids"],
                               attention_mask=batch["attention_mask"])
         return per_sample_loss(self.loss_fn, out.logits.float(), batch["masks"], out.boundary_weight.float())
@@ -541,20 +620,20 @@ class Trainer:
     def _check_finite(self, losses: list[float], step_number: int) -> None:
         if self.d.any(not all(math.isfinite(v) for v in losses)):
             bad = [v for v in losses if not math.isfinite(v)]
-            raise NonFiniteLossError(
-                f"non-finite loss ({bad[0] if bad else 'on another rank'}) at step {step_number} "
-                f"(epoch {self.progress.epoch}); stopped without applying it. The last good checkpoint is kept "
-                f"in {self.run / 'checkpoints' / 'last'} (step of the last save) -- lower the learning "
-                "rate, enable --clip-grad-norm or check the data, then --resume")
+            raise NonFiniteLossError(f"non-finite loss ({bad[0] if bad else 'on another rank'}) at step {step_number} "
+                                     f"{self._nonfinite_advice()}")
+
+    def _nonfinite_advice(self) -> str:
+        """What a non-finite stop leaves and what to do next, as far as the checkpoints on disk allow."""
+        return (f"(epoch {self.progress.epoch}); stopped without applying it. {self._on_disk()}. Lower the learning "
+                f"rate, enable --clip-grad-norm or check the data, then {self._next_run()}")
 
     def _clip_gradients(self, step_number: int) -> None:
         norm = torch.nn.utils.clip_grad_norm_(self.trainable, self.cfg.clip_grad_norm)
         self.grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # FSDP: DTensor
         # gradients are all-reduced, so every rank computes the same norm and stops alike
         if not math.isfinite(self.grad_norm):
-            raise NonFiniteLossError(
-                f"non-finite gradient norm at step {step_number} (epoch {self.progress.epoch}); stopped "
-                f"without applying it. The last good checkpoint is kept in {self.run / 'checkpoints' / 'last'}")
+            raise NonFiniteLossError(f"non-finite gradient norm at step {step_number} {self._nonfinite_advice()}")
 
     def _after_step(self) -> None:
         cfg, p = self.cfg, self.progress
