@@ -18,7 +18,6 @@ from rs2sam2.train.policy import (
     is_fusion_parameter,
     param_groups,
     per_sample_loss,
-    trainable_parameter_counts,
     unreachable_parameter_names,
 )
 
@@ -176,6 +175,8 @@ def test_fusion_group_matches_the_published_name_rule():
 
 
 def test_trainable_parameter_counts_totals():
+    from rs2sam2.checkpoints import parameter_counts
+
     model = build_model("nano")
-    counts = trainable_parameter_counts(model)
+    counts = parameter_counts(model)
     assert counts["total"]["trainable"] == counts["total"]["total"] == sum(p.numel() for p in model.parameters())

@@ -210,6 +210,10 @@ def test_resume_continues_exactly(synth_data, tmp_path):
     assert summary["world_size"] == 1 and summary["global_step"] == 4 and summary["status"] == "completed"
     assert summary["best"]["step"] == 3 and "mIoU" in summary["best"]["metrics"]  # validated at the epoch end
     assert (part / "checkpoints" / "best" / "model.safetensors").is_file()
+    # the model card of the best checkpoint names the training data and the validation metrics it was kept for
+    card = (part / "checkpoints" / "best" / "README.md").read_text()
+    assert "rrsisd" in card and "val split, best at step 3" in card
+    assert f"{summary['best']['metrics']['mIoU']:.4g}" in card
     rows = list(csv.DictReader((part / "logs" / "train.csv").open()))
     assert [int(r["step"]) for r in rows] == [2, 4]  # logged at each stop (log_every_steps is 10)
     assert {"loss", "ce", "dice", "boundary", "lr_fusion", "lr_base", "samples_per_s"} <= set(rows[0])

@@ -64,9 +64,9 @@ def test_full_disk_while_saving_keeps_the_saved_checkpoint(data, tmp_path, monke
     run = tmp_path / "run"
     real_save, saved_before = checkpoints.save_state_dict, {}
 
-    def save_until_the_disk_is_full(state_dict, config, folder, tokenizer_path=None):
+    def save_until_the_disk_is_full(state_dict, config, folder, tokenizer_path=None, card=None):
         if not (run / "checkpoints" / "last").is_dir():
-            return real_save(state_dict, config, folder, tokenizer_path)
+            return real_save(state_dict, config, folder, tokenizer_path, card=card)
         saved_before.update(_files(run / "checkpoints" / "last"))
         Path(folder).mkdir(parents=True, exist_ok=True)
         (Path(folder) / "model.safetensors").write_bytes(b"\0" * 1000)  # the part written before the disk filled

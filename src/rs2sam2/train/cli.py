@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data import DATASETS
+from ..errors import ConfigError
 from .config import TrainConfig, merge_dicts, read_yaml
 from .launch import USER_ERRORS, train, train_cpu_processes
 from .trainer import NonFiniteLossError
@@ -131,7 +132,7 @@ def _apply_set(config: dict[str, Any], item: str) -> None:
     import yaml
 
     if "=" not in item:
-        raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
     key, raw = item.split("=", 1)
     parts = key.strip().split(".")
     target = config
@@ -169,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
         cfg = config_from_args(args)
         missing = [f"--{k}" for k in ("preset", "dataset", "data", "out") if not getattr(cfg, k, None)]
         if missing:
-            raise ValueError(f"missing {', '.join(missing)} (give them as flags or in --config)")
+            raise ConfigError(f"missing {', '.join(missing)} (give them as flags or in --config)")
         summary = train_cpu_processes(cfg, args.cpu_processes) if args.cpu_processes > 1 else train(cfg)
     except (NonFiniteLossError, *USER_ERRORS) as exc:
         if main_rank:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ModelConfig, get_config
+from ..errors import ConfigError
 from ..fsutil import atomic_write_bytes
 
 DATASET_EPOCHS = {"rrsisd": 40, "refsegrs": 60}
@@ -120,7 +121,7 @@ class TrainConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
-            raise ValueError(f"unknown training config keys: {unknown}; valid keys: {sorted(names)}")
+            raise ConfigError(f"unknown training config keys: {unknown}; valid keys: {sorted(names)}")
         return cls(**d)
 
     @classmethod
@@ -144,22 +145,22 @@ class TrainConfig:
         if c.epochs is None and c.max_steps is None:
             c.epochs = DATASET_EPOCHS.get(ds, 40)
         if c.freeze not in ("published", "none"):
-            raise ValueError(f"freeze must be 'published' or 'none', got {c.freeze!r}")
+            raise ConfigError(f"freeze must be 'published' or 'none', got {c.freeze!r}")
         if c.boundary_loss not in ("hard", "soft"):
-            raise ValueError(f"boundary_loss must be 'hard' or 'soft', got {c.boundary_loss!r}")
+            raise ConfigError(f"boundary_loss must be 'hard' or 'soft', got {c.boundary_loss!r}")
         if c.precision not in ("auto", "bf16", "fp32"):
-            raise ValueError(f"precision must be auto, bf16 or fp32, got {c.precision!r}")
+            raise ConfigError(f"precision must be auto, bf16 or fp32, got {c.precision!r}")
         if c.best_metric not in ("mIoU+oIoU", "mIoU", "oIoU"):
-            raise ValueError(f"best_metric must be mIoU+oIoU, mIoU or oIoU, got {c.best_metric!r}")
+            raise ConfigError(f"best_metric must be mIoU+oIoU, mIoU or oIoU, got {c.best_metric!r}")
         for name in ("batch_size", "grad_accum_steps", "eval_batch_size", "log_every_steps", "eval_every_epochs"):
             if int(getattr(c, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(c, name)}")
+                raise ConfigError(f"{name} must be >= 1, got {getattr(c, name)}")
         if c.max_steps is not None and c.max_steps < 0:
-            raise ValueError(f"max_steps must be >= 0, got {c.max_steps}")
+            raise ConfigError(f"max_steps must be >= 0, got {c.max_steps}")
         if not c.data:
-            raise ValueError("no dataset root given (--data ROOT)")
+            raise ConfigError("no dataset root given (--data ROOT)")
         if not c.out:
-            raise ValueError("no run folder given (--out RUN)")
+            raise ConfigError("no run folder given (--out RUN)")
         return c
 
 
@@ -176,13 +177,13 @@ def _coerce(name: str, value: str, hint: Any) -> Any:
                 return True
             if low in ("false", "no", "off", "0"):
                 return False
-            raise ValueError(value)
+            raise ConfigError(value)
         if int in args:
             return int(value)
         if float in args:
             return float(value)
     except ValueError:
-        raise ValueError(f"training config {name!r}: cannot read {value!r} as {hint}") from None
+        raise ConfigError(f"training config {name!r}: cannot read {value!r} as {hint}") from None
     return value
 
 
@@ -196,9 +197,9 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
     try:
         d = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: invalid YAML ({exc})") from exc
+        raise ConfigError(f"{path}: invalid YAML ({exc})") from exc
     if not isinstance(d, dict):
-        raise ValueError(f"{path}: expected a mapping of config keys")
+        raise ConfigError(f"{path}: expected a mapping of config keys")
     return d
 
 

@@ -18,6 +18,7 @@ import torch
 
 from ..checkpoints import CheckpointError
 from ..data import DatasetError
+from ..errors import ConfigError, FileFormatError, MissingFileError, OutputError, UserError
 from ..fsutil import atomic_write_text
 from .config import TrainConfig
 from .state import CheckpointWriteError
@@ -42,9 +43,10 @@ def train(config: TrainConfig) -> dict[str, Any]:
 
 
 #: What ``rs2sam2 train`` reports as the user's doing (exit status 2, the message, no traceback): a
-#: bad setting, file or dataset (``ValueError``, ``DatasetError``), a clash with the run being resumed,
-#: a checkpoint that cannot be read (``CheckpointError``) or written (a full disk: ``OSError``).
-USER_ERRORS = (ValueError, OSError, CheckpointError)
+#: bad setting, file or dataset, a clash with the run being resumed, a checkpoint that cannot be read
+#: (every :class:`~rs2sam2.errors.UserError`), and the run folder's file system failing (a full disk,
+#: no permission: ``OSError``).
+USER_ERRORS = (UserError, OSError)
 #: How long the other ranks may take to stop on their own once one has failed (they stop together on
 #: the problems one of them finds, and rank 0 writes summary.json meanwhile) before they are terminated.
 _GRACE_S = 60.0
@@ -88,6 +90,7 @@ def _rank_error(folder: Path, world: int) -> Exception | None:
     """The error the lowest failed rank recorded, as the type :func:`train` would have raised (the
     nearest of :data:`USER_ERRORS` and :class:`NonFiniteLossError`), or None when none recorded one."""
     known = {c.__name__: c for c in (NonFiniteLossError, DatasetError, CheckpointError, CheckpointWriteError,
+                                     ConfigError, MissingFileError, FileFormatError, OutputError,
                                      FileExistsError, FileNotFoundError, *USER_ERRORS)}
     for rank in range(world):
         record = folder / f"rank{rank}.json"
@@ -115,9 +118,9 @@ def train_cpu_processes(config: TrainConfig, processes: int, threads_per_process
     if threads_per_process is None:
         threads_per_process = max(1, available_cores() // max(processes, 1))
     if processes < 1 or threads_per_process < 1:
-        raise ValueError(f"processes and threads_per_process must be >= 1, got {processes}, {threads_per_process}")
+        raise ConfigError(f"processes and threads_per_process must be >= 1, got {processes}, {threads_per_process}")
     if config.device not in ("cpu", "auto") or (config.device == "auto" and torch.cuda.is_available()):
-        raise ValueError(f"train_cpu_processes trains on the CPU; got device {config.device!r}")
+        raise ConfigError(f"train_cpu_processes trains on the CPU; got device {config.device!r}")
     cfg = dataclasses.replace(config, device="cpu")
     cfg.resolved()  # configuration errors surface here, before any process starts
     if processes == 1:

@@ -20,6 +20,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from ..checkpoints import parameter_counts
 from ..losses import LossOutput, RS2SAM2Loss
 from .config import TrainConfig
 
@@ -89,7 +90,7 @@ def _published_trainable(name: str) -> bool:
 
 
 def freeze_published(model: nn.Module) -> dict[str, dict[str, int]]:
-    """Apply the published freeze policy in place and return :func:`trainable_parameter_counts`.
+    """Apply the published freeze policy in place and return :func:`~rs2sam2.checkpoints.parameter_counts`.
 
     The SAM2 image encoder (``image_encoder.*``: Hiera trunk + FPN neck) is frozen except every
     block's ``space_adapter`` and ``mlp_adapter``; every other parameter trains (BEiT-3, text
@@ -100,30 +101,18 @@ def freeze_published(model: nn.Module) -> dict[str, dict[str, int]]:
     for n, p in core.named_parameters():
         p.requires_grad_(_published_trainable(n))
     freeze_unreachable(core)
-    return trainable_parameter_counts(core)
+    return parameter_counts(core)
 
 
 def apply_freeze(model: nn.Module, freeze: str) -> dict[str, dict[str, int]]:
     """``published`` (:func:`freeze_published`) or ``none`` (only the unreachable parameters are
-    frozen); returns :func:`trainable_parameter_counts`."""
+    frozen); returns :func:`~rs2sam2.checkpoints.parameter_counts`."""
     if freeze == "published":
         return freeze_published(model)
     for p in model.parameters():
         p.requires_grad_(True)
     freeze_unreachable(model)
-    return trainable_parameter_counts(model)
-
-
-def trainable_parameter_counts(model: nn.Module) -> dict[str, dict[str, int]]:
-    """``{top-level part: {"trainable": n, "total": n}}`` plus a ``"total"`` entry (element counts)."""
-    out: dict[str, dict[str, int]] = {}
-    for n, p in _core(model).named_parameters():
-        part = out.setdefault(n.split(".")[0], {"trainable": 0, "total": 0})
-        part["total"] += p.numel()
-        part["trainable"] += p.numel() if p.requires_grad else 0
-    out["total"] = {"trainable": sum(v["trainable"] for v in out.values()),
-                    "total": sum(v["total"] for v in out.values())}
-    return out
+    return parameter_counts(model)
 
 
 def is_fusion_parameter(name: str) -> bool:

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ..checkpoints import CheckpointError
+from ..errors import OutputError
 from ..fsutil import atomic_write
 
 TRAINER_STATE = "trainer_state.pt"
@@ -202,7 +203,7 @@ class Progress:
 # --- files --------------------------------------------------------------------------------------
 
 
-class CheckpointWriteError(OSError):
+class CheckpointWriteError(OutputError, OSError):
     """A checkpoint could not be written (no space left on the device, a folder that cannot be
     written); its partial files are removed and the checkpoints saved before are unchanged."""
 
@@ -235,7 +236,7 @@ def find_last_checkpoint(run: Path) -> Path | None:
 
 
 def write_checkpoint(root: Path, name: str, state_dict: dict[str, torch.Tensor], model_config,
-                     tokenizer_path: Path, trainer_state: dict[str, Any]) -> Path:
+                     tokenizer_path: Path, trainer_state: dict[str, Any], card=None) -> Path:
     """Write ``root/name`` (weights, config, tokenizer, then ``trainer_state.pt``) under a temporary
     name and swap it in. A write that fails for want of space, or on an ``OSError``, raises
     :class:`CheckpointWriteError` after removing the partial folder; ``root/name`` is unchanged."""
@@ -244,7 +245,7 @@ def write_checkpoint(root: Path, name: str, state_dict: dict[str, torch.Tensor],
     final, tmp, old = root / name, root / f"{name}.new", root / f"{name}.old"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        save_state_dict(state_dict, model_config, tmp, tokenizer_path=tokenizer_path)
+        save_state_dict(state_dict, model_config, tmp, tokenizer_path=tokenizer_path, card=card)
         with atomic_write(tmp / TRAINER_STATE) as part:
             torch.save(trainer_state, part)
     except Exception as exc:

@@ -22,8 +22,9 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from ..checkpoints import Located, locate
+from ..checkpoints import CardInfo, Located, locate
 from ..data import DatasetError
+from ..errors import ConfigError
 from ..fsutil import atomic_write_bytes
 from ..losses import LossOutput
 from ..runtime import Dist, autocast, autocast_enabled, init_distributed
@@ -179,7 +180,7 @@ def _resolve_tokenizer(cfg: TrainConfig, run: Path, init: Located | None, train_
             train_tokenizer(texts, run_tok, vocab_size=cfg.tokenizer_vocab_size)
         d.barrier()
         return load_tokenizer(run_tok), run_tok, True
-    raise ValueError(
+    raise ConfigError(
         "no tokenizer: pass --tokenizer PATH (BEiT-3's beit3.spm for the paper models), start from a checkpoint "
         "that has one (--init), or build one from the training sentences with --train-tokenizer")
 
@@ -198,7 +199,7 @@ def _build_model(cfg: TrainConfig, tokenizer, trained_tok: bool, resume_dir: Pat
         notes.append(f"{'resumed weights' if resume_dir is not None else 'initialised'} from {path}")
         model = load_pretrained(path)
         if model.config.name not in (cfg.preset, "custom"):  # "custom": weights that name no preset
-            raise ValueError(f"preset: {cfg.preset!r} given, but {path} holds a {model.config.name!r} model (the "
+            raise ConfigError(f"preset: {cfg.preset!r} given, but {path} holds a {model.config.name!r} model (the "
                              f"architecture comes from the checkpoint): give --preset {model.config.name}")
         return model, notes
     overrides = json.loads(json.dumps(cfg.model))
@@ -304,7 +305,7 @@ class Trainer:
             clashes.append("samples per step: {} process(es) x batch {} x {} accumulation in the run, {} x {} x {} "
                            "now".format(*run_batch, *batch))
         if clashes:
-            raise ValueError(
+            raise ConfigError(
                 f"--resume {self.run}: the command line differs from the run ({saved_config}, {folder}) in what a "
                 f"resumed run keeps: {'; '.join(clashes)}. Leave those settings out to continue the run, or start a "
                 f"new run from its weights with --init {folder} --out NEW_RUN")
@@ -413,13 +414,23 @@ class Trainer:
             state = p.state(world_size=d.world_size, batch_size=cfg.batch_size, grad_accum_steps=cfg.grad_accum_steps,
                             elapsed_s=self._elapsed(), scheduler=self.scheduler.state_dict(), optimizer=osd)
             try:
-                write_checkpoint(self.run / "checkpoints", name, sd, self.model_config, self.tokenizer_path, state)
+                write_checkpoint(self.run / "checkpoints", name, sd, self.model_config, self.tokenizer_path, state,
+                                 card=self._card())
             except CheckpointWriteError as exc:
                 problem = f"{exc}. {self._on_disk()}. Free some space, then {self._next_run()}"
         problem = d.first_message(problem)  # also the barrier after the write
         if problem is not None:
             raise CheckpointWriteError(problem)
         self.saved[name] = p.global_step
+
+    def _card(self) -> CardInfo:
+        """What the model card of a saved checkpoint says about its training: the dataset, the best
+        validation metrics so far, and the parameters the freeze left trainable."""
+        best = self.progress.best
+        source = (f"{self.cfg.val_split} split, best at step {best['step']}" if best.get("step") is not None
+                  else None)
+        return CardInfo(dataset=self.cfg.dataset, metrics=best.get("metrics"), metrics_source=source,
+                        parameters=self.param_counts)
 
     def _on_disk(self) -> str:
         """The checkpoints of this run on disk, for the messages of a run that stops."""
