@@ -259,23 +259,7 @@ def evaluate_model(
             with autocast(device, precision):
                 out = model(images=batch["images"], images_evf=batch["images_evf"],
                             input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-            logits = out.logits.float()
-            for b, eid in enumerate(batch["expression_ids"]):
-                if eid in seen:  # a padding repeat of the distributed shard
-                    continue
-                seen.add(eid)
-                mask_orig = batch["masks_orig"][b]
-                target = resize_target_nearest(mask_orig, size).to(device)
-                pred = binarize(logits[b, 0], threshold)
-                i, u = intersection_union(pred, target)
-                acc_model.update(eid, i, u, text=batch["texts"][b])
-                if acc_orig is not None:
-                    h, w = mask_orig.shape
-                    up = logits[b : b + 1]
-                    if (h, w) != (size, size):
-                        up = F.interpolate(up, size=(h, w), mode="bilinear", align_corners=False)
-                    i, u = intersection_union(binarize(up[0, 0], threshold), mask_orig.to(device))
-                    acc_orig.update(eid, i, u, text=batch["texts"][b])
+            _score_batch(batch, out.logits.float(), threshold, seen, acc_model, acc_orig)
     finally:
         model.train(was_training)
     if world > 1:  # merge the ranks' counts, back in dataset order
@@ -283,12 +267,44 @@ def evaluate_model(
         acc_model = _in_order(_merge_across_ranks(acc_model), order)
         if acc_orig is not None:
             acc_orig = _in_order(_merge_across_ranks(acc_orig), order)
+    limited = len(indices) if limit is not None and len(indices) < len(dataset) else None
+    return _finish_report(dataset, acc_model, acc_orig, threshold, size, start, limited,
+                          csv_path if rank == 0 else None, return_metrics)
+
+
+def _score_batch(batch: dict[str, Any], logits: torch.Tensor, threshold: float, seen: set[str],
+                 acc_model: ReferringMetrics, acc_orig: ReferringMetrics | None) -> None:
+    """Count the intersection and union of every new expression of ``batch`` at the model's
+    resolution (target nearest-resized) and, with ``acc_orig``, at the image's own (logits bilinearly
+    resized). Expressions in ``seen`` are padding repeats of a distributed shard and are skipped."""
+    size = logits.shape[-1]
+    for b, eid in enumerate(batch["expression_ids"]):
+        if eid in seen:
+            continue
+        seen.add(eid)
+        mask_orig = batch["masks_orig"][b]
+        target = resize_target_nearest(mask_orig, size).to(logits.device)
+        i, u = intersection_union(binarize(logits[b, 0], threshold), target)
+        acc_model.update(eid, i, u, text=batch["texts"][b])
+        if acc_orig is not None:
+            h, w = mask_orig.shape
+            up = logits[b : b + 1]
+            if (h, w) != (size, size):
+                up = F.interpolate(up, size=(h, w), mode="bilinear", align_corners=False)
+            i, u = intersection_union(binarize(up[0, 0], threshold), mask_orig.to(logits.device))
+            acc_orig.update(eid, i, u, text=batch["texts"][b])
+
+
+def _finish_report(dataset, acc_model: ReferringMetrics, acc_orig: ReferringMetrics | None,
+                   threshold: float | None, size: int, start: float, limited: int | None,
+                   csv_path: str | os.PathLike | None, return_metrics: bool) -> dict[str, Any]:
+    """The report of a finished evaluation (and its per-expression CSV when ``csv_path`` is given)."""
     categories = dataset.expression_categories()
     report = _report_from(acc_model, acc_orig, threshold, size, categories)
     report["seconds"] = round(time.perf_counter() - start, 3)
-    if limit is not None and indices is not None and len(indices) < len(dataset):
-        report["protocol"]["limited_to_first"] = len(indices)
-    if csv_path is not None and rank == 0:
+    if limited is not None:
+        report["protocol"]["limited_to_first"] = limited
+    if csv_path is not None:
         write_per_expression_csv(csv_path, acc_model, acc_orig, categories)
     if return_metrics:
         report["_metrics"] = (acc_model, acc_orig)
@@ -353,16 +369,9 @@ def evaluate_predictions(
             p = pred if pred.shape == target.shape else resize_target_nearest(pred, target.shape)
             i_, u_ = intersection_union(p, target)
             acc_orig.update(eid, i_, u_, text=text)
-    categories = dataset.expression_categories()
-    report = _report_from(acc_model, acc_orig, None, image_size, categories)
+    report = _finish_report(dataset, acc_model, acc_orig, None, image_size, start,
+                            n if limit is not None and n < len(dataset) else None, csv_path, return_metrics)
     report["protocol"]["prediction_resize"] = "nearest (pixel centres)"
-    report["seconds"] = round(time.perf_counter() - start, 3)
-    if limit is not None and n < len(dataset):
-        report["protocol"]["limited_to_first"] = n
-    if csv_path is not None:
-        write_per_expression_csv(csv_path, acc_model, acc_orig, categories)
-    if return_metrics:
-        report["_metrics"] = (acc_model, acc_orig)
     return report
 
 
