@@ -355,14 +355,21 @@ def _cut_png(path: Path, keep: float = 0.5) -> Path:
     return path
 
 
+def _jobs_csv(tmp_path: Path, *rows) -> tuple[Path, Path]:
+    """``tmp_path/jobs.csv`` of ``(image, text, output name)`` rows writing into ``tmp_path/out``:
+    ``(the batch file, the output folder)``."""
+    out = tmp_path / "out"
+    jobs = tmp_path / "jobs.csv"
+    jobs.write_text("image,text,out\n" + "".join(f"{image},{text},{out}/{name}\n" for image, text, name in rows))
+    return jobs, out
+
+
 def test_cli_batch_stops_at_a_bad_image_and_keeps_going_on_request(ckpt, images, tmp_path, capsys):
     """An image whose header is whole but whose pixels are cut short fails when its turn comes: the
     jobs before it keep their complete outputs, its own write nothing, the later ones do not run."""
     broken = _cut_png(tmp_path / "broken.png")
-    out = tmp_path / "out"
-    jobs = tmp_path / "jobs.csv"
-    jobs.write_text(f"image,text,out\n{images['png']},a tank,{out}/a.png\n{broken},a ship,{out}/b.png\n"
-                    f"{images['geo']},a car,{out}/c.tif\n")
+    jobs, out = _jobs_csv(tmp_path, (images["png"], "a tank", "a.png"), (broken, "a ship", "b.png"),
+                          (images["geo"], "a car", "c.tif"))
     assert _run("--checkpoint", ckpt, "--batch", jobs, "--quiet") == 2
     err = capsys.readouterr().err
     assert "jobs.csv line 3: cannot read image" in err and "broken.png" in err and "truncated" in err, err
@@ -377,10 +384,8 @@ def test_cli_batch_reads_every_header_before_the_first_job(ckpt, images, tmp_pat
     not_raster = tmp_path / "broken.tif"
     not_raster.write_bytes(b"this is not a raster")
     no_header = _cut_png(tmp_path / "stub.png", keep=0.0001)  # the first bytes only
-    out = tmp_path / "out"
-    jobs = tmp_path / "jobs.csv"
-    jobs.write_text(f"image,text,out\n{images['png']},a tank,{out}/a.png\n{not_raster},a ship,{out}/b.png\n"
-                    f"{images['geo']},a car,{out}/c.tif\n{no_header},a road,{out}/d.png\n")
+    jobs, out = _jobs_csv(tmp_path, (images["png"], "a tank", "a.png"), (not_raster, "a ship", "b.png"),
+                          (images["geo"], "a car", "c.tif"), (no_header, "a road", "d.png"))
     assert _run("--checkpoint", ckpt, "--batch", jobs, "--quiet") == 2
     err = capsys.readouterr().err
     assert "2 problem(s) with the input" in err, err
@@ -395,7 +400,7 @@ def test_cli_batch_reads_every_header_before_the_first_job(ckpt, images, tmp_pat
 
     # a PNG is decoded whole: over the decode budget it is refused before the first job
     shutil.rmtree(out)
-    jobs.write_text(f"image,text,out\n{images['geo']},a car,{out}/c.tif\n{images['png']},a tank,{out}/a.png\n")
+    _jobs_csv(tmp_path, (images["geo"], "a car", "c.tif"), (images["png"], "a tank", "a.png"))
     assert _run("--checkpoint", ckpt, "--batch", jobs, "--quiet", "--max-pixels", 50_000) == 2
     err = capsys.readouterr().err
     assert "jobs.csv line 3:" in err and "photo.png" in err and "decode budget of 50,000" in err, err

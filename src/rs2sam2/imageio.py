@@ -645,13 +645,10 @@ def read_size(path: str | Path) -> tuple[int, int]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"file not found: {path}")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # nothing is decoded here
-            with Image.open(path) as img:
-                return int(img.height), int(img.width)
-    except Exception:  # noqa: BLE001 - PIL cannot parse it: ask GDAL
-        pass
+    with contextlib.suppress(Exception), warnings.catch_warnings():  # when PIL cannot parse it, GDAL may
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # nothing is decoded here
+        with Image.open(path) as img:
+            return int(img.height), int(img.width)
     with gdal_env():
         ds, gdal_error = _open_gdal(path)
     if ds is None:
