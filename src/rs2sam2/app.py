@@ -360,7 +360,9 @@ def run(args) -> int:
     # and (unless GRADIO_TEMP_DIR says otherwise) gradio's copies of the uploads; removed however the
     # server ends: Ctrl-C (SIGINT), SIGTERM, or an error
     root = Path(tempfile.mkdtemp(prefix="rs2sam2-serve-"))
-    os.environ.setdefault("GRADIO_TEMP_DIR", str(root / "gradio"))  # read when gradio starts a server
+    own_uploads = "GRADIO_TEMP_DIR" not in os.environ
+    if own_uploads:
+        os.environ["GRADIO_TEMP_DIR"] = str(root / "gradio")  # read when gradio starts a server
     stopped_by: list[int] = []
 
     def stop(signum, frame):  # SIGTERM ends the server the way Ctrl-C does
@@ -392,6 +394,8 @@ def run(args) -> int:
         if demo is not None:
             demo.close()  # no request may still be writing into the folder
         shutil.rmtree(root, ignore_errors=True)
+        if own_uploads:
+            os.environ.pop("GRADIO_TEMP_DIR", None)
 
 
 def _main(argv: Sequence[str] | None = None) -> Any:  # pragma: no cover - convenience

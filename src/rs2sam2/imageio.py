@@ -627,7 +627,9 @@ def read_info(path: str | Path, *, budget: bool = False) -> RasterInfo:
                     alpha = img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info
                     info = RasterInfo(height=img.height, width=img.width, count=len(img.getbands()),
                                       has_nodata=alpha, **header)
-        except Exception as exc:  # noqa: BLE001 - not an image, or refused by PIL's own limit
+        except Image.DecompressionBombError as exc:  # over PIL's own limit (module docstring)
+            raise DecodeBudgetError(f"{path}: {exc}") from exc
+        except Exception as exc:  # noqa: BLE001 - not an image
             raise ImageReadError(f"cannot read image {path} ({exc})") from exc
         if budget:
             _check_budget(info.width, info.height, str(path), "decoding this image takes")
@@ -703,8 +705,6 @@ def read_mask(path: str | Path) -> np.ndarray:
                 ds.close()
             return _decode_pil(path, _mask_from_pil, gdal_error)
         with ds:
-            for bh, bw in set(ds.block_shapes):
-                _check_budget(bw, bh, str(path), "the file is stored in pieces of")
             _check_budget(ds.width, ds.height, str(path), "reading this mask whole decodes")
             try:
                 if ds.count == 1 and ds.colorinterp[0] == ColorInterp.palette:

@@ -642,7 +642,7 @@ def _raise_problems(problems: Sequence[str]) -> None:
         raise InputError("\n  ".join([f"{len(problems)} problem(s) with the input:"] + list(problems[:20])) + more)
 
 
-def read_headers(jobs: Sequence[Job]) -> tuple[dict[Path, RasterInfo], dict[Path, str]]:
+def _read_headers(jobs: Sequence[Job]) -> tuple[dict[Path, RasterInfo], dict[Path, str]]:
     """The header of every image of ``jobs``, read before the first job runs (no pixels are decoded):
     ``(infos, problems)``, ``problems`` holding the message of each image that is not an image, is cut
     short in its header, or is over the decode budget (missing images are left to
@@ -827,7 +827,7 @@ def run(args) -> int:
         jobs = _jobs_from_args(args)
         validate_jobs(jobs)
         batch_mode = args.batch is not None
-        infos, unreadable = read_headers(jobs)
+        infos, unreadable = _read_headers(jobs)
         if unreadable and not (batch_mode and args.keep_going):
             _raise_problems(list(unreadable.values()))
         predictor = Predictor.from_pretrained(args.checkpoint, device=args.device, precision=args.precision,
