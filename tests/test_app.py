@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -208,34 +209,26 @@ def test_large_pixel_upload_is_read_decimated_by_the_handler(predictor, tmp_path
     assert "downscaled 11.7x" in summary and json.loads(Path(geojson_file).read_text())["type"] == "FeatureCollection"
 
 
-@pytest.mark.slow
-def test_web_demo_memory_stays_bounded_for_a_small_file_of_many_pixels(tmp_path_factory, tmp_path):
-    """A 0.8 MB, 15000 x 15000 GeoTIFF uploaded to a running ``rs2sam2 serve``: the server's peak resident
-    memory (VmHWM) stays under 1.2 GB (it was 6.0 GB when uploads were decoded whole)."""
+@contextlib.contextmanager
+def _serve(ckpt: Path, tmpdir: Path | None = None):
+    """A real ``rs2sam2 serve`` subprocess on 127.0.0.1 and a free port, up and answering:
+    ``(process, gradio client)``; SIGTERM at the end unless the body ended it. ``tmpdir`` becomes its
+    TMPDIR (and the default of gradio's upload folder)."""
     import subprocess
     import sys
     import time
 
-    from gradio_client import Client, handle_file
+    from gradio_client import Client
 
-    import helpers_scene
-
-    ckpt = h.build_checkpoint(tmp_path_factory.mktemp("serve_ckpt") / "nano")
-    scene = helpers_scene.write_scene(tmp_path / "s15k.tif", 15000)
-    assert scene.stat().st_size < 1.5 * 2**20
     port = _free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GRADIO_ANALYTICS_ENABLED": "False",
            "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"), os.environ.get("PYTHONPATH", "")])}
+    if tmpdir is not None:
+        env["TMPDIR"] = str(tmpdir)
+        env.pop("GRADIO_TEMP_DIR", None)
     server = subprocess.Popen([sys.executable, "-m", "rs2sam2", "serve", "--checkpoint", str(ckpt), "--port",
                                str(port), "--device", "cpu"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                               env=env)
-
-    def peak_gb() -> float:
-        for line in Path(f"/proc/{server.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 2**20
-        raise AssertionError("no VmHWM")
-
     try:
         deadline = time.time() + 180
         while True:
@@ -244,14 +237,61 @@ def test_web_demo_memory_stays_bounded_for_a_small_file_of_many_pixels(tmp_path_
                 break
             except OSError:
                 assert server.poll() is None and time.time() < deadline, server.stderr.read().decode()[-2000:]
-                time.sleep(1)
+                time.sleep(0.2)
+        yield server, Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=False,
+                             analytics_enabled=False)
+    finally:
+        if server.poll() is None:
+            server.terminate()
+            server.wait(timeout=60)
+
+
+def test_serve_removes_its_temporary_folders_on_sigterm(tmp_path_factory, tmp_path):
+    """One request leaves a request-* folder while the server runs; after SIGTERM the server exits
+    cleanly and no folder of it is left: not its examples, not the request-* folders, not gradio's
+    copies of the uploads."""
+    import signal
+
+    from gradio_client import handle_file
+
+    ckpt = h.build_checkpoint(tmp_path_factory.mktemp("serve_ckpt") / "nano")
+    image = h.write_png(tmp_path_factory.mktemp("upload") / "upload.png", 64, 64)
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    with _serve(ckpt, tmpdir) as (server, client):
+        result = client.predict(handle_file(str(image)), "the white building", 0.0, api_name="/on_submit")
+        assert "64 x 64 px" in result[-1]
+        assert [p.name for p in tmpdir.glob("rs2sam2-serve-*/request-*")] != []
+        assert list(tmpdir.rglob("upload.png")) != []  # gradio's copy of the upload
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=60) == 0, server.stderr.read().decode()[-2000:]
+    left = [str(p.relative_to(tmpdir)) for p in tmpdir.rglob("*")
+            if p.name.startswith(("request-", "rs2sam2-serve-")) or p.name == "upload.png"]
+    assert left == []
+
+
+@pytest.mark.slow
+def test_web_demo_memory_stays_bounded_for_a_small_file_of_many_pixels(tmp_path_factory, tmp_path):
+    """A 0.8 MB, 15000 x 15000 GeoTIFF uploaded to a running ``rs2sam2 serve``: the server's peak resident
+    memory (VmHWM) stays under 1.2 GB (it was 6.0 GB when uploads were decoded whole)."""
+    from gradio_client import handle_file
+
+    import helpers_scene
+
+    ckpt = h.build_checkpoint(tmp_path_factory.mktemp("serve_ckpt") / "nano")
+    scene = helpers_scene.write_scene(tmp_path / "s15k.tif", 15000)
+    assert scene.stat().st_size < 1.5 * 2**20
+    with _serve(ckpt) as (server, client):
+
+        def peak_gb() -> float:
+            for line in Path(f"/proc/{server.pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 2**20
+            raise AssertionError("no VmHWM")
+
         before = peak_gb()
-        client = Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=False, analytics_enabled=False)
         result = client.predict(handle_file(str(scene)), "the white building", 0.0, api_name="/on_submit")
         after = peak_gb()
-    finally:
-        server.terminate()
-        server.wait(timeout=60)
     assert "15000 x 15000 px" in result[-1] and "downscaled 58.6x" in result[-1]
     print(f"serve peak memory: {before:.2f} GB after start, {after:.2f} GB after a 15000 x 15000 upload")
     assert after < 1.2, f"{after:.2f} GB"

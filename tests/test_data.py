@@ -435,6 +435,63 @@ def test_jsonl_errors(tmp_path):
         JsonlDataset(tmp_path / "missing.jsonl")
 
 
+@pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
+def test_mask_files_one_value_rule_strict_and_budgeted(tmp_path):
+    """Mask values: one band as stored, palettes by their colours, the maximum over colour bands with
+    alpha left out -- alike for PNG (PIL) and GeoTIFF (GDAL); truncated or over-budget masks are
+    DatasetErrors naming the file."""
+    import rasterio
+
+    from rs2sam2.data import read_mask_file
+    from rs2sam2.imageio import set_max_pixels
+
+    index = np.array([[0, 1, 2, 0]], np.uint8).repeat(3, axis=0)  # 3 x 4
+    colours = {0: (0, 0, 0), 1: (200, 0, 0), 2: (0, 0, 255)}
+    expected = np.array([[0, 200, 255, 0]], np.uint8).repeat(3, axis=0)
+    pal = Image.fromarray(index, mode="P")
+    pal.putpalette([c for k in range(3) for c in colours[k]] + [0] * (253 * 3))
+    pal.save(tmp_path / "pal.png")
+    with rasterio.open(tmp_path / "pal.tif", "w", driver="GTiff", width=4, height=3, count=1, dtype="uint8",
+                       photometric="palette") as dst:
+        dst.write(index, 1)
+        dst.write_colormap(1, {k: (*c, 255) for k, c in colours.items()})
+    rgba = np.zeros((3, 4, 4), np.uint8)
+    rgba[..., 3] = 255  # opaque black: background, whatever the alpha
+    rgba[0, 1, 0] = 90
+    Image.fromarray(rgba, mode="RGBA").save(tmp_path / "rgba.png")
+    la = np.zeros((3, 4, 2), np.uint8)
+    la[..., 1] = 255
+    la[2, 3, 0] = 7
+    Image.fromarray(la, mode="LA").save(tmp_path / "la.png")
+    with rasterio.open(tmp_path / "rgba.tif", "w", driver="GTiff", width=4, height=3, count=4, dtype="uint8",
+                       photometric="rgb", alpha="unassociated") as dst:
+        dst.write(rgba.transpose(2, 0, 1))
+    Image.fromarray(index.astype(bool)).save(tmp_path / "bits.png")  # mode "1"
+    np.testing.assert_array_equal(read_mask_file(tmp_path / "pal.png"), expected)
+    np.testing.assert_array_equal(read_mask_file(tmp_path / "pal.tif"), expected)
+    for name in ("rgba.png", "rgba.tif"):
+        got = read_mask_file(tmp_path / name)
+        assert got.shape == (3, 4) and got[0, 1] == 90 and got.sum() == 90, name
+    got = read_mask_file(tmp_path / "la.png")
+    assert got[2, 3] == 7 and got.sum() == 7
+    np.testing.assert_array_equal(read_mask_file(tmp_path / "bits.png"), (index > 0) * 255)
+
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 2, (120, 160), np.uint8) * 255).save(tmp_path / "m.png")
+    data = (tmp_path / "m.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
+    with pytest.raises(DatasetError, match=r"mask file: cannot read image .*cut\.png.*truncated"):
+        read_mask_file(tmp_path / "cut.png")
+    with pytest.raises(DatasetError, match=r"mask file not found: .*none\.png"):
+        read_mask_file(tmp_path / "none.png")
+    set_max_pixels(10_000)
+    try:
+        with pytest.raises(DatasetError, match=r"m\.png: decoding this image takes 160 x 120.*--max-pixels"):
+            read_mask_file(tmp_path / "m.png")
+    finally:
+        set_max_pixels(None)
+
+
 def test_build_dataset_names():
     with pytest.raises(ValueError, match="rrsisd, refsegrs, jsonl"):
         build_dataset("coco", "/nowhere", "train")

@@ -1,6 +1,7 @@
 """User errors end as one message naming the file or argument and exit status 2, with nothing written:
 the CLI-wide rule, checkpoint config values, ``--image-size``, JSONL files that are not images,
-unreadable dataset images and bad arguments of ``evaluate`` (``synth``'s cases are in test_synth.py)."""
+unreadable dataset images, truncated or over-budget masks and predictions, and bad arguments of
+``evaluate`` (``synth``'s cases are in test_synth.py)."""
 
 from __future__ import annotations
 
@@ -229,6 +230,58 @@ def test_unreadable_image_inside_a_dataset_during_evaluate(tmp_path, ckpt, rrsis
     error = _error(capsys)  # no traceback, even from a DataLoader worker
     assert error.startswith("rrsisd train, expression ") and f"cannot read image {broken}" in error
     assert not out.parent.exists()
+
+
+def _cut(path) -> None:
+    """Cut a file in half: a PNG's header stays whole, its pixel data does not."""
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def test_truncated_mask_inside_a_dataset_during_evaluate(tmp_path, jsonl, ckpt, capsys):
+    """A PNG mask cut short is an error naming it (GDAL would have read it as if it were whole)."""
+    mask = jsonl / "masks" / "00000_1.png"
+    _cut(mask)
+    with pytest.raises(DatasetError, match=rf"mask file: cannot read image {mask}.*truncated"):
+        build_dataset("jsonl", jsonl, None).load(1)
+    rc, out = _evaluate(tmp_path, ckpt, jsonl, dataset="jsonl", split="all")
+    assert rc == 2
+    error = _error(capsys)
+    assert error.startswith(f"mask file: cannot read image {mask}") and "truncated" in error
+    assert not out.parent.exists()
+
+
+def test_mask_over_the_decode_budget_during_evaluate(tmp_path, jsonl, ckpt, capsys, monkeypatch):
+    mask = jsonl / "masks" / "00000_1.png"
+    from PIL import Image
+
+    Image.new("L", (66, 66)).save(mask)  # within the mask size rule of the 64 x 64 image, over the budget
+    monkeypatch.setenv("RS2SAM2_MAX_PIXELS", "4200")
+    rc, out = _evaluate(tmp_path, ckpt, jsonl, dataset="jsonl", split="all")
+    assert rc == 2
+    error = _error(capsys)
+    assert error.startswith(f"mask file: {mask}: decoding this image takes 66 x 66 = 4,356 pixels") and \
+        "decode budget of 4,200 pixels" in error and "RS2SAM2_MAX_PIXELS=N" in error, error
+    assert not out.parent.exists()
+
+
+def test_truncated_prediction_is_exit_two(tmp_path, rrsisd, capsys):
+    import numpy as np
+    from PIL import Image
+
+    dataset = build_dataset("rrsisd", rrsisd, "train")
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    for _, _, eid in dataset.expressions:
+        Image.fromarray(np.random.default_rng(0).integers(0, 2, (64, 64), np.uint8) * 255).save(pred / f"{eid}.png")
+    broken = pred / f"{dataset.expressions[-1][2]}.png"
+    _cut(broken)
+    rc = main(["evaluate", "--predictions", str(pred), "--dataset", "rrsisd", "--data", str(rrsisd),
+               "--split", "train", "--out", str(tmp_path / "r.json"), "--no-progress"])
+    assert rc == 2
+    error = _error(capsys)
+    assert error.startswith(f"prediction file: cannot read image {broken}") and "truncated" in error, error
+    assert not (tmp_path / "r.json").exists()
 
 
 # --- evaluate's arguments --------------------------------------------------------------------------

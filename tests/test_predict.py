@@ -348,18 +348,100 @@ def test_cli_errors_exit_2_and_write_nothing(case, ckpt, images, tmp_path, capsy
     assert _files(out) == []
 
 
-def test_cli_batch_stops_at_a_bad_image_and_keeps_going_on_request(ckpt, images, tmp_path, capsys):
-    broken = tmp_path / "broken.tif"
-    broken.write_bytes(b"this is not a raster")
+def _cut_png(path: Path, keep: float = 0.5) -> Path:
+    """A PNG cut short: its header whole (``keep`` of the file kept), its pixel data not."""
+    data = h.write_png(path.with_name("whole_" + path.name)).read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+    return path
+
+
+def _jobs_csv(tmp_path: Path, *rows) -> tuple[Path, Path]:
+    """``tmp_path/jobs.csv`` of ``(image, text, output name)`` rows writing into ``tmp_path/out``:
+    ``(the batch file, the output folder)``."""
     out = tmp_path / "out"
     jobs = tmp_path / "jobs.csv"
-    jobs.write_text(f"image,text,out\n{images['png']},a tank,{out}/a.png\n{broken},a ship,{out}/b.png\n"
-                    f"{images['geo']},a car,{out}/c.tif\n")
+    jobs.write_text("image,text,out\n" + "".join(f"{image},{text},{out}/{name}\n" for image, text, name in rows))
+    return jobs, out
+
+
+def test_cli_batch_stops_at_a_bad_image_and_keeps_going_on_request(ckpt, images, tmp_path, capsys):
+    """An image whose header is whole but whose pixels are cut short fails when its turn comes: the
+    jobs before it keep their complete outputs, its own write nothing, the later ones do not run."""
+    broken = _cut_png(tmp_path / "broken.png")
+    jobs, out = _jobs_csv(tmp_path, (images["png"], "a tank", "a.png"), (broken, "a ship", "b.png"),
+                          (images["geo"], "a car", "c.tif"))
     assert _run("--checkpoint", ckpt, "--batch", jobs, "--quiet") == 2
-    assert "broken.tif" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "jobs.csv line 3: cannot read image" in err and "broken.png" in err and "truncated" in err, err
     assert _files(out) == ["a.png"]  # complete files of the jobs before the failure, nothing partial
     assert _run("--checkpoint", ckpt, "--batch", jobs, "--quiet", "--keep-going") == 2
     assert _files(out) == ["a.png", "c.tif"]
+
+
+def test_cli_batch_reads_every_header_before_the_first_job(ckpt, images, tmp_path, capsys):
+    """Images that are not images, cut short in their header, or over the decode budget stop the run
+    before anything is written; with --keep-going they are skipped and reported."""
+    not_raster = tmp_path / "broken.tif"
+    not_raster.write_bytes(b"this is not a raster")
+    no_header = _cut_png(tmp_path / "stub.png", keep=0.0001)  # the first bytes only
+    jobs, out = _jobs_csv(tmp_path, (images["png"], "a tank", "a.png"), (not_raster, "a ship", "b.png"),
+                          (images["geo"], "a car", "c.tif"), (no_header, "a road", "d.png"))
+    assert _run("--checkpoint", ckpt, "--batch", jobs, "--quiet") == 2
+    err = capsys.readouterr().err
+    assert "2 problem(s) with the input" in err, err
+    assert "jobs.csv line 3: cannot read image" in err and "broken.tif" in err
+    assert "jobs.csv line 5: cannot read image" in err and "stub.png" in err
+    assert "Traceback" not in err
+    assert not out.exists()
+    assert _run("--checkpoint", ckpt, "--batch", jobs, "--quiet", "--keep-going") == 2
+    err = capsys.readouterr().err
+    assert "broken.tif" in err and "stub.png" in err and "2 image(s) failed" in err, err
+    assert _files(out) == ["a.png", "c.tif"]
+
+    # a PNG is decoded whole: over the decode budget it is refused before the first job
+    shutil.rmtree(out)
+    _jobs_csv(tmp_path, (images["geo"], "a car", "c.tif"), (images["png"], "a tank", "a.png"))
+    assert _run("--checkpoint", ckpt, "--batch", jobs, "--quiet", "--max-pixels", 50_000) == 2
+    err = capsys.readouterr().err
+    assert "jobs.csv line 3:" in err and "photo.png" in err and "decode budget of 50,000" in err, err
+    assert "--max-pixels" in err and not out.exists()
+
+
+def test_cli_long_text_is_warned_once_with_its_token_count(ckpt, images, predictor, tmp_path, capsys):
+    """A 5000-word text: one warning on stderr with the token count (also over several tiles), the
+    per-job line echoes only a prefix, and the mask is that of the text cut to the token limit."""
+    import rasterio
+
+    words = ["the", "red", "building", "next", "to", "a", "road"]
+    text = " ".join(words[i % len(words)] for i in range(5000))
+    out = tmp_path / "m.tif"
+    rc = _run("--checkpoint", ckpt, "--image", images["geo"], "--text", text, "--out", out, "--tile", 128,
+              "--overlap", 16, "--threshold", 0)
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    warned = [line for line in captured.err.splitlines() if "tokens" in line]
+    assert len(warned) == 1, captured.err
+    n_tokens = len(predictor.tokenizer.encode(text))
+    assert warned[0].startswith(f"rs2sam2 predict: warning: a text of {n_tokens} tokens (BOS and EOS included) "
+                                f"is longer than the limit of {predictor.max_len}: only its first "
+                                f"{predictor.max_len} tokens are read ('the red building")
+    assert "characters)')" in warned[0] and len(warned[0]) < 300
+    assert "characters)" in captured.out and len(captured.out) < 300 and text not in captured.out
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        expected = predictor.predict(images["geo"], text, tile=128, overlap=16, threshold=0.0).mask
+    assert sum("tokens" in str(w.message) for w in caught) == 1  # the Python API warns once too
+    with rasterio.open(out) as m:
+        np.testing.assert_array_equal(m.read(1) == 255, expected)
+
+
+def test_cli_zero_width_only_text_is_empty(ckpt, images, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    rc = _run("--checkpoint", ckpt, "--image", images["png"], "--text", "\u200b\u2060\ufeff", "--out", out / "m.png")
+    err = capsys.readouterr().err
+    assert rc == 2 and "error: the text is empty" in err and "Traceback" not in err, err
+    assert _files(out) == []
 
 
 def test_cli_subprocess_entry_point(ckpt, images, tmp_path):

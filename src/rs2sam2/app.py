@@ -18,6 +18,10 @@ twice the model input per side is predicted from a decimated copy and its full-g
 window by window, so a small file of many pixels cannot exhaust the server's memory; truncated or
 corrupt images are refused with a message naming the file.
 
+Everything ``rs2sam2 serve`` writes -- the example scenes, one ``request-*`` folder of downloads per
+request, and gradio's copies of the uploads (unless ``GRADIO_TEMP_DIR`` names another folder) -- lives
+in one temporary folder, removed when the server stops: Ctrl-C (SIGINT), SIGTERM or an error.
+
 For tests and embedding: :func:`build_app` returns the ``gr.Blocks``; :func:`launch` starts it
 with the settings above.
 """
@@ -30,6 +34,7 @@ import ipaddress
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import warnings
@@ -351,21 +356,46 @@ def run(args) -> int:
         from .imageio import set_max_pixels
 
         set_max_pixels(args.max_pixels)
-    _gradio()  # before the (possibly slow) model load: a missing gradio is reported at once
+    # one temporary folder for everything this server writes: the examples, a request-* folder per request
+    # and (unless GRADIO_TEMP_DIR says otherwise) gradio's copies of the uploads; removed however the
+    # server ends: Ctrl-C (SIGINT), SIGTERM, or an error
+    root = Path(tempfile.mkdtemp(prefix="rs2sam2-serve-"))
+    own_uploads = "GRADIO_TEMP_DIR" not in os.environ
+    if own_uploads:
+        os.environ["GRADIO_TEMP_DIR"] = str(root / "gradio")  # read when gradio starts a server
+    stopped_by: list[int] = []
+
+    def stop(signum, frame):  # SIGTERM ends the server the way Ctrl-C does
+        stopped_by.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    demo = None
     try:
-        predictor = Predictor.from_pretrained(args.checkpoint, device=args.device, precision=args.precision,
-                                              tokenizer=args.tokenizer, threshold=args.threshold,
-                                              image_size=args.image_size, subfolder=args.subfolder,
-                                              revision=args.revision)
-    except (CheckpointError, InputError, FileNotFoundError) as exc:
-        print(f"rs2sam2 serve: error: {exc}", file=sys.stderr)
-        return 2
-    if not _is_loopback(args.host):
-        print(f"rs2sam2 serve: warning: listening on {args.host}: anyone who can reach this machine can use the "
-              "demo (there is no login)", file=sys.stderr)
-    demo = build_app(predictor, max_upload_mb=args.max_upload_mb)
-    launch(demo, args.host, args.port, max_upload_mb=args.max_upload_mb, block=True)
-    return 0
+        _gradio()  # before the (possibly slow) model load: a missing gradio is reported at once
+        try:
+            predictor = Predictor.from_pretrained(args.checkpoint, device=args.device, precision=args.precision,
+                                                  tokenizer=args.tokenizer, threshold=args.threshold,
+                                                  image_size=args.image_size, subfolder=args.subfolder,
+                                                  revision=args.revision)
+        except (CheckpointError, InputError, FileNotFoundError) as exc:
+            print(f"rs2sam2 serve: error: {exc}", file=sys.stderr)
+            return 2
+        if not _is_loopback(args.host):
+            print(f"rs2sam2 serve: warning: listening on {args.host}: anyone who can reach this machine can use "
+                  "the demo (there is no login)", file=sys.stderr)
+        demo = build_app(predictor, examples_dir=root, max_upload_mb=args.max_upload_mb)
+        launch(demo, args.host, args.port, max_upload_mb=args.max_upload_mb, block=True)  # until interrupted
+        return 0
+    except KeyboardInterrupt:  # before the server was up: no traceback
+        return 128 + (stopped_by[-1] if stopped_by else signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if demo is not None:
+            demo.close()  # no request may still be writing into the folder
+        shutil.rmtree(root, ignore_errors=True)
+        if own_uploads:
+            os.environ.pop("GRADIO_TEMP_DIR", None)
 
 
 def _main(argv: Sequence[str] | None = None) -> Any:  # pragma: no cover - convenience

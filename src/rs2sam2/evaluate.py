@@ -54,6 +54,7 @@ import torch.nn.functional as F
 from .checkpoints import CHECKPOINT_HELP, TOKENIZER_HELP, add_hub_arguments
 from .errors import ConfigError, FileFormatError, MissingFileError
 from .fsutil import atomic_write_text, check_writable
+from .imageio import ImageReadError, read_mask
 from .metrics import (
     METRIC_NAMES,
     PUBLISHED_THRESHOLD,
@@ -315,13 +316,9 @@ def _finish_report(dataset, acc_model: ReferringMetrics, acc_orig: ReferringMetr
 
 
 def _read_prediction(path: Path) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(path) as img:
-        arr = np.asarray(img.convert("L") if img.mode in ("P", "1") else img)
-    if arr.ndim == 3:
-        arr = arr[..., :3].max(axis=2) if arr.shape[2] != 2 else arr[..., 0]  # LA: ignore alpha
-    return arr != 0
+    """A predicted mask file as HxW bool: any non-zero value (:func:`rs2sam2.imageio.read_mask`: read
+    strictly, under the decode budget) is the object."""
+    return read_mask(path) != 0
 
 
 def evaluate_predictions(
@@ -361,8 +358,8 @@ def evaluate_predictions(
         path = folder / f"{eid}.png"
         try:
             pred = _read_prediction(path)
-        except Exception as exc:  # noqa: BLE001 - name the file whatever PIL raised
-            raise FileFormatError(f"cannot read prediction {path}: {exc}") from exc
+        except ImageReadError as exc:  # the message names the file
+            raise FileFormatError(f"prediction file: {exc}") from exc
         i_, u_ = intersection_union(resize_target_nearest(pred, image_size), resize_target_nearest(target, image_size))
         acc_model.update(eid, i_, u_, text=text)
         if acc_orig is not None:

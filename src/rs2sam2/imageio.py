@@ -35,6 +35,10 @@ The PIL formats also stay under PIL's own limit (``PIL.Image.MAX_IMAGE_PIXELS`` 
 
 :func:`read_image` returns a whole image with a :class:`RasterInfo` carrying the size and, for
 GeoTIFFs, the georeferencing, so a predicted mask can be written back on the same grid.
+:func:`read_mask` reads a mask file's values (for a threshold, not converted to RGB) the same strict,
+budgeted way; :func:`read_info` and :func:`read_size` read only a header. Every image file given to
+rs2sam2 (images, masks, predictions) is read through this module, so one rule holds for all of them;
+only the mask GeoTIFFs that rs2sam2 itself is writing are read back with rasterio directly.
 """
 
 from __future__ import annotations
@@ -64,6 +68,8 @@ __all__ = [
     "max_pixels",
     "read_image",
     "read_info",
+    "read_mask",
+    "read_size",
     "set_max_pixels",
     "stretch_to_uint8",
     "to_rgb_uint8",
@@ -331,6 +337,48 @@ def _window_tuple(window, width: int, height: int) -> tuple[int, int, int, int]:
     return c, r, w, h
 
 
+def _open_gdal(path: Path):
+    """``(dataset, None)`` of ``path`` opened by GDAL, or ``(None, the error)`` when GDAL cannot open it
+    (PIL may still read it). Call within :func:`gdal_env`."""
+    import rasterio
+
+    try:
+        with warnings.catch_warnings():
+            # PNG/JPEG have no georeferencing; that is normal, not worth a warning
+            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+            return rasterio.open(path), None
+    except Exception as exc:  # noqa: BLE001 - PIL may still read it
+        return None, exc
+
+
+def _decode_pil(path: Path, convert, gdal_error: Exception | None = None):
+    """``convert(image)`` of the file ``path`` decoded whole and strictly by PIL, under the decode budget.
+
+    The budget is checked from the header before decoding; a truncated or corrupt file raises
+    :class:`ImageReadError` naming it (with GDAL's complaint, ``gdal_error``, when GDAL could not
+    open it either)."""
+    from PIL import ImageFile
+
+    if ImageFile.LOAD_TRUNCATED_IMAGES:
+        raise ImageReadError(
+            f"cannot read {path} safely: PIL.ImageFile.LOAD_TRUNCATED_IMAGES is on in this process, so a "
+            "truncated image would be read as if it were whole; turn it off")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own budget decides
+            with Image.open(path) as img:
+                _check_budget(img.width, img.height, str(path), "decoding this image takes")
+                img.load()
+                return convert(img)
+    except DecodeBudgetError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise DecodeBudgetError(f"{path}: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - truncated, corrupt, or not an image at all
+        detail = f"pil: {exc}" + (f"; rasterio: {gdal_error}" if gdal_error is not None else "")
+        raise ImageReadError(f"cannot read image {path} ({detail})") from exc
+
+
 class Raster:
     """An image opened for reading, whole or by windows, as 8-bit RGB plus validity.
 
@@ -359,7 +407,6 @@ class Raster:
     # ---- opening ------------------------------------------------------------------------------
 
     def _open(self, image, bands) -> None:
-        import rasterio
         from rasterio.io import DatasetReaderBase
 
         if isinstance(image, (str, os.PathLike)):
@@ -368,14 +415,7 @@ class Raster:
             if not path.is_file():
                 raise FileNotFoundError(f"image file not found: {path}")
             self._stack.enter_context(gdal_env())
-            ds, gdal_error = None, None
-            try:
-                with warnings.catch_warnings():
-                    # PNG/JPEG have no georeferencing; that is normal, not worth a warning
-                    warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
-                    ds = rasterio.open(path)
-            except Exception as exc:  # noqa: BLE001 - PIL may still read it
-                gdal_error = exc
+            ds, gdal_error = _open_gdal(path)
             if ds is not None and ds.driver not in _PIL_DRIVERS:
                 self._ds, self._owns_ds = ds, True
                 self._open_dataset(bands)
@@ -428,27 +468,11 @@ class Raster:
                                has_nodata=self._masked or self._float, **self._header_info(ds))
 
     def _open_pil_file(self, path: Path, bands, header: dict[str, Any], gdal_error) -> None:
-        from PIL import ImageFile
+        def convert(img: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
+            arr = _pil_to_array(img)
+            return arr, _pil_alpha(img, arr)
 
-        if ImageFile.LOAD_TRUNCATED_IMAGES:
-            raise ImageReadError(
-                f"cannot read {path} safely: PIL.ImageFile.LOAD_TRUNCATED_IMAGES is on in this process, so a "
-                "truncated image would be read as if it were whole; turn it off")
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own budget decides
-                with Image.open(path) as img:
-                    _check_budget(img.width, img.height, str(path), "decoding this image takes")
-                    img.load()
-                    arr = _pil_to_array(img)
-                    valid = _pil_alpha(img, arr)
-        except DecodeBudgetError:
-            raise
-        except Image.DecompressionBombError as exc:
-            raise DecodeBudgetError(f"{path}: {exc}") from exc
-        except Exception as exc:  # noqa: BLE001 - truncated, corrupt, or not an image at all
-            detail = f"pil: {exc}" + (f"; rasterio: {gdal_error}" if gdal_error is not None else "")
-            raise ImageReadError(f"cannot read image {path} ({detail})") from exc
+        arr, valid = _decode_pil(path, convert, gdal_error)
         self._set_array(arr, bands, valid, header)
 
     def _set_array(self, arr: np.ndarray, bands, valid: np.ndarray | None, header: dict[str, Any]) -> None:
@@ -570,37 +594,69 @@ class Raster:
         return f"Raster({self.name!r}, {self.width} x {self.height})"
 
 
-def read_info(path: str | Path) -> RasterInfo:
+def read_info(path: str | Path, *, budget: bool = False) -> RasterInfo:
     """The :class:`RasterInfo` of an image file from its header alone (no pixels decoded).
-    Raises :class:`FileNotFoundError` or :class:`ImageReadError`, naming the file."""
-    import rasterio
+
+    ``budget=True`` also checks what opening the file for reading checks: that the smallest piece a
+    reader decodes at once (a TIFF block or strip; the whole image for PNG/JPEG and the other PIL
+    formats) fits the decode budget, else :class:`DecodeBudgetError`. Raises
+    :class:`FileNotFoundError` or :class:`ImageReadError`, naming the file."""
     from rasterio.enums import MaskFlags
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image file not found: {path}")
     header: dict[str, Any] = {}
-    try:
-        with gdal_env(), warnings.catch_warnings():
-            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
-            with rasterio.open(path) as ds:
+    info = None
+    with gdal_env():
+        ds, _ = _open_gdal(path)
+        if ds is not None:
+            with ds:
                 header = Raster._header_info(ds)
                 if ds.driver not in _PIL_DRIVERS:
                     floating = any(np.issubdtype(np.dtype(d), np.floating) for d in ds.dtypes)
                     masked = any(MaskFlags.all_valid not in flags for flags in ds.mask_flag_enums)
-                    return RasterInfo(height=ds.height, width=ds.width, count=ds.count, dtype=str(ds.dtypes[0]),
+                    info = RasterInfo(height=ds.height, width=ds.width, count=ds.count, dtype=str(ds.dtypes[0]),
                                       has_nodata=masked or floating, **header)
-    except Exception:  # noqa: BLE001 - not a GDAL format: PIL may know it
-        pass
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                alpha = img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info
-                return RasterInfo(height=img.height, width=img.width, count=len(img.getbands()),
-                                  has_nodata=alpha, **header)
-    except Exception as exc:  # noqa: BLE001 - not an image, or refused by PIL's own limit
-        raise ImageReadError(f"cannot read image {path} ({exc})") from exc
+                    pieces = set(ds.block_shapes)
+    if info is None:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(path) as img:
+                    alpha = img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info
+                    info = RasterInfo(height=img.height, width=img.width, count=len(img.getbands()),
+                                      has_nodata=alpha, **header)
+        except Image.DecompressionBombError as exc:  # over PIL's own limit (module docstring)
+            raise DecodeBudgetError(f"{path}: {exc}") from exc
+        except Exception as exc:  # noqa: BLE001 - not an image
+            raise ImageReadError(f"cannot read image {path} ({exc})") from exc
+        if budget:
+            _check_budget(info.width, info.height, str(path), "decoding this image takes")
+    elif budget:
+        for bh, bw in pieces:
+            _check_budget(bw, bh, str(path), "the file is stored in pieces of")
+    return info
+
+
+def read_size(path: str | Path) -> tuple[int, int]:
+    """``(height, width)`` of an image file from its header alone, quickly: PIL parses the header of
+    the common formats without GDAL's heavier open (which :func:`read_info` needs for the
+    georeferencing); GDAL reads the rest. Raises :class:`FileNotFoundError` or
+    :class:`ImageReadError`, naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"file not found: {path}")
+    with contextlib.suppress(Exception), warnings.catch_warnings():  # when PIL cannot parse it, GDAL may
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # nothing is decoded here
+        with Image.open(path) as img:
+            return int(img.height), int(img.width)
+    with gdal_env():
+        ds, gdal_error = _open_gdal(path)
+    if ds is None:
+        raise ImageReadError(f"cannot read the header of {path}: {gdal_error}")
+    with ds:
+        return int(ds.height), int(ds.width)
 
 
 def check_decode_budget(path: str | Path) -> None:
@@ -612,6 +668,52 @@ def check_decode_budget(path: str | Path) -> None:
     except (ImageReadError, FileNotFoundError):
         return
     _check_budget(info.width, info.height, str(path), "reading this image whole decodes")
+
+
+def _mask_from_pil(img: Image.Image) -> np.ndarray:
+    """:func:`read_mask`'s values of a decoded PIL image."""
+    if img.mode == "P":
+        img = img.convert("RGB")  # palette indices mean nothing as intensities: their colours
+    elif img.mode == "1":
+        img = img.convert("L")
+    elif img.mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+        img = img.convert("RGB")
+    arr = np.asarray(img)
+    if arr.ndim == 2:
+        return arr
+    colour = [i for i, band in enumerate(img.getbands()) if band not in ("A", "a")][:3]
+    return arr[:, :, colour].max(axis=2)
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    """The values of a mask image file as an ``H x W`` array, for the caller to threshold.
+
+    A single band is returned as stored (a 1-bit PNG as 0/255); a palette image gives its colours;
+    several bands give the maximum over the colour bands (at most three, alpha left out), so a mask
+    drawn in any colour on black reads as foreground. The file is read whole like
+    :func:`read_image`: strictly (a truncated or corrupt file is an error) and under the decode
+    budget. Raises :class:`FileNotFoundError` or :class:`ImageReadError`, naming the file."""
+    from rasterio.enums import ColorInterp
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"mask file not found: {path}")
+    with gdal_env():
+        ds, gdal_error = _open_gdal(path)
+        if ds is None or ds.driver in _PIL_DRIVERS:
+            if ds is not None:
+                ds.close()
+            return _decode_pil(path, _mask_from_pil, gdal_error)
+        with ds:
+            _check_budget(ds.width, ds.height, str(path), "reading this mask whole decodes")
+            try:
+                if ds.count == 1 and ds.colorinterp[0] == ColorInterp.palette:
+                    return np.stack(_expand_palette(ds.read(1), ds.colormap(1))).max(axis=0)
+                colour = [b for b in range(1, ds.count + 1) if ds.colorinterp[b - 1] != ColorInterp.alpha][:3]
+                data = ds.read(indexes=colour or [1])
+            except Exception as exc:  # noqa: BLE001 - GDAL read failure: truncated / corrupt data
+                raise ImageReadError(f"cannot read mask {path}: {exc}") from exc
+    return data[0] if data.shape[0] == 1 else data.max(axis=0)
 
 
 def read_image(path: str | Path, bands: Sequence[int] | None = None) -> tuple[np.ndarray, RasterInfo]:

@@ -46,9 +46,14 @@ exactly the grid of the image or area (a GeoTIFF with its CRS, transform and siz
 (:mod:`rs2sam2.vector`: GeoPackage / Shapefile in the input CRS, RFC 7946 GeoJSON in lon/lat), an
 overlay image, and optionally the probability map (float32 TIFF, or 8-bit PNG). Tiled and decimated
 predictions are written window by window (:class:`rs2sam2.results.SceneWriter`), so memory stays
-bounded by a tile. Bad input (unreadable image, empty text, missing checkpoint/tokenizer, unsupported
-output suffix, an area outside the image) prints one clear message and exits with status 2 before
-anything is written.
+bounded by a tile. Bad input (an image that is missing, unreadable in its header or over the decode
+budget, empty text, missing checkpoint/tokenizer, unsupported output suffix, an area outside the
+image) prints one clear message and exits with status 2 before anything is written: every job's
+inputs and outputs, and every image's header, are checked before the first job runs (with
+``--keep-going``, an image whose header is bad is skipped and reported instead). An image whose
+pixels turn out corrupt after a whole header (a PNG cut short in its pixel data) fails when its turn
+comes: the jobs of the images before it keep their complete outputs, its own jobs write nothing, and
+the later images are not run (``--keep-going``: they are, and the exit status is still 2).
 
 Under ``torchrun``, ``--batch`` shares the images among the ranks (:mod:`rs2sam2.ranks`): each
 image's jobs run on one rank only.
@@ -81,10 +86,12 @@ from .imageio import (
     MAX_PIXELS_ENV,
     ImageReadError,
     Raster,
+    RasterInfo,
     max_pixels,
+    read_info,
 )
 from .metrics import PUBLISHED_THRESHOLD, check_threshold
-from .text import normalize_text, text_preview
+from .text import TextTruncatedWarning, normalize_text, text_preview
 from .results import (
     OVERLAY_MAX_SIDE,
     PREVIEW_SIDE,
@@ -201,6 +208,15 @@ def check_tiling(tile: int | None, overlap: int | None) -> tuple[int | None, int
     if tile <= overlap:
         raise InputError(f"--tile {tile} must be larger than --overlap {overlap} (tiles step by tile - overlap)")
     return tile, overlap
+
+
+@contextlib.contextmanager
+def _truncation_announced():
+    """Within it, no :class:`~rs2sam2.text.TextTruncatedWarning`: the texts were tokenized once before
+    the run, which warned about any text over the token limit; a tiled run tokenizes once per tile."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TextTruncatedWarning)
+        yield
 
 
 def downscale_message(name: str, plan: Plan, model_size: int) -> str:
@@ -382,7 +398,8 @@ class Predictor:
         if batch_size < 1:
             raise InputError(f"batch_size must be >= 1, got {batch_size}")
         threshold = self.threshold if threshold is None else check_threshold(threshold)
-        with open_image(image, bands) as raster:
+        self.tokenize(texts)  # a text over the token limit warns here, once, not once per tile
+        with open_image(image, bands) as raster, _truncation_announced():
             region, plan = self.plan(raster, bbox=bbox, bbox_crs=bbox_crs, window=window, tile=tile, overlap=overlap)
             if plan.width * plan.height > max_pixels():
                 raise InputError(
@@ -426,7 +443,8 @@ class Predictor:
         for o in outputs:
             check_output_paths(o["out"], None, o["overlay"], o["prob"], o["vector"])
         threshold = self.threshold if threshold is None else check_threshold(threshold)
-        with open_image(image, bands) as raster:
+        self.tokenize(texts)  # a text over the token limit warns here, once, not once per tile
+        with open_image(image, bands) as raster, _truncation_announced():
             region, plan = self.plan(raster, bbox=bbox, bbox_crs=bbox_crs, window=window, tile=tile, overlap=overlap)
             if plan.mode == "decimated":
                 warnings.warn(downscale_message(raster.name, plan, self.config.image_size), stacklevel=2)
@@ -612,11 +630,35 @@ def validate_jobs(jobs: Sequence[Job]) -> None:
             if key in seen:
                 problems.append(f"{prefix}output {p} is also written by {seen[key] or 'another output'}")
             seen[key] = j.where or "another output"
+    _raise_problems(problems)
+
+
+def _raise_problems(problems: Sequence[str]) -> None:
+    """One :class:`InputError` listing ``problems`` (the first 20), if there are any."""
     if len(problems) == 1:
         raise InputError(problems[0])
     if problems:
         more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
-        raise InputError("\n  ".join([f"{len(problems)} problem(s) with the input:"] + problems[:20]) + more)
+        raise InputError("\n  ".join([f"{len(problems)} problem(s) with the input:"] + list(problems[:20])) + more)
+
+
+def _read_headers(jobs: Sequence[Job]) -> tuple[dict[Path, RasterInfo], dict[Path, str]]:
+    """The header of every image of ``jobs``, read before the first job runs (no pixels are decoded):
+    ``(infos, problems)``, ``problems`` holding the message of each image that is not an image, is cut
+    short in its header, or is over the decode budget (missing images are left to
+    :func:`validate_jobs`). An image whose pixels turn out corrupt after a whole header fails only
+    when its turn comes."""
+    infos: dict[Path, RasterInfo] = {}
+    problems: dict[Path, str] = {}
+    for image in dict.fromkeys(j.image for j in jobs):
+        if not image.is_file():
+            continue
+        try:
+            infos[image] = read_info(image, budget=True)
+        except ImageReadError as exc:
+            where = ", ".join(j.where for j in jobs if j.image == image and j.where)
+            problems[image] = f"{where + ': ' if where else ''}{exc}"
+    return infos, problems
 
 
 # --------------------------------------------------------------------------------------------
@@ -741,17 +783,12 @@ def _options(args) -> dict[str, Any]:
     return {"bbox": args.bbox, "bbox_crs": args.bbox_crs, "window": args.window, "tile": tile, "overlap": overlap}
 
 
-def _check_areas(jobs: Sequence[Job], options: dict[str, Any], model_size: int) -> None:
-    """Before anything is written: the area of interest of every image whose header reads, and the
-    outputs its plan can write (images that cannot be read fail when their turn comes)."""
-    from .imageio import read_info
-
+def _check_areas(jobs: Sequence[Job], infos: dict[Path, RasterInfo], options: dict[str, Any],
+                 model_size: int) -> None:
+    """Before anything is written: the area of interest of every image whose header reads
+    (``infos``), and the outputs its plan can write."""
     problems = []
-    for image in dict.fromkeys(j.image for j in jobs):
-        try:
-            info = read_info(image)
-        except (ImageReadError, FileNotFoundError):
-            continue
+    for image, info in infos.items():
         try:
             region, _ = area_of_interest(info, bbox=options["bbox"], bbox_crs=options["bbox_crs"],
                                          window=options["window"])
@@ -767,9 +804,7 @@ def _check_areas(jobs: Sequence[Job], options: dict[str, Any], model_size: int) 
                     problems.append(f"{j.where + ': ' if j.where else ''}{flag} {p}: {image} is predicted "
                                     f"{'tile by tile' if plan.mode == 'tiled' else 'downscaled'} and written window "
                                     "by window, which needs a GeoTIFF; use .tif")
-    if problems:
-        raise InputError(problems[0] if len(problems) == 1 else
-                         "\n  ".join([f"{len(problems)} problem(s) with the input:"] + problems[:20]))
+    _raise_problems(problems)
 
 
 def run(args) -> int:
@@ -791,11 +826,15 @@ def run(args) -> int:
         set_max_pixels(args.max_pixels)
         jobs = _jobs_from_args(args)
         validate_jobs(jobs)
+        batch_mode = args.batch is not None
+        infos, unreadable = _read_headers(jobs)
+        if unreadable and not (batch_mode and args.keep_going):
+            _raise_problems(list(unreadable.values()))
         predictor = Predictor.from_pretrained(args.checkpoint, device=args.device, precision=args.precision,
                                               tokenizer=args.tokenizer, threshold=args.threshold,
                                               image_size=args.image_size, subfolder=args.subfolder,
                                               revision=args.revision)
-        _check_areas(jobs, options, predictor.config.image_size)
+        _check_areas(jobs, infos, options, predictor.config.image_size)
     except _USER_ERRORS as exc:
         return _fail(str(exc)) if lead else 2
 
@@ -803,7 +842,6 @@ def run(args) -> int:
     groups: dict[Path, list[Job]] = {}
     for j in jobs:
         groups.setdefault(j.image, []).append(j)
-    batch_mode = args.batch is not None
     ranks.start()
     mine = ranks.share(list(groups.items()))
     who = f"[rank {rank}] " if world > 1 else ""
@@ -814,6 +852,10 @@ def run(args) -> int:
     start = time.perf_counter()
     try:
         for image_path, group in mine:
+            if image_path in unreadable:  # --keep-going: its header was found bad before the run
+                failures.append(unreadable[image_path])
+                bar.update(len(group))
+                continue
             try:
                 results = _predict_group(predictor, image_path, group, bands, options, args)
             except (ImageReadError, FileNotFoundError, OSError) as exc:
@@ -852,6 +894,7 @@ def _predict_group(predictor: Predictor, image_path: Path, group: list[Job], ban
     with open_image(image_path, bands) as raster:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
+            predictor.tokenize(texts)  # a text over the token limit is announced here, once, before the run
             region, plan = predictor.plan(raster, bbox=options["bbox"], bbox_crs=options["bbox_crs"],
                                           window=options["window"], tile=options["tile"], overlap=options["overlap"])
         notes = [str(w.message) for w in caught]
@@ -864,6 +907,8 @@ def _predict_group(predictor: Predictor, image_path: Path, group: list[Job], ban
             for note in notes:
                 print(f"rs2sam2 predict: warning: {note}", file=sys.stderr)
         outputs = [{"out": j.out, "prob": j.prob, "vector": j.vector, "overlay": j.overlay} for j in group]
-        return predictor._write_area(raster, region, plan, texts, outputs, threshold=predictor.threshold,
-                                     batch_size=args.batch_size, simplify=args.simplify, min_area=args.min_area,
-                                     progress=not args.quiet and plan.mode == "tiled", preview_side=None)
+        with _truncation_announced():
+            return predictor._write_area(raster, region, plan, texts, outputs, threshold=predictor.threshold,
+                                         batch_size=args.batch_size, simplify=args.simplify,
+                                         min_area=args.min_area, progress=not args.quiet and plan.mode == "tiled",
+                                         preview_side=None)

@@ -33,10 +33,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-from PIL import Image
 
 from ..errors import UserError
-from ..imageio import ImageReadError, check_decode_budget, read_image
+from ..imageio import ImageReadError, read_image, read_mask, read_size
 from ..text import normalize_text
 from ..viz import caption_below, overlay, save
 
@@ -81,29 +80,16 @@ def mask_size_fits(mask_size: Sequence[int], image_size: Sequence[int]) -> bool:
 
 
 def raster_size(path: str | Path) -> tuple[int, int]:
-    """``(height, width)`` of an image file from its header, without decoding the pixels.
+    """``(height, width)`` of an image file from its header, without decoding the pixels
+    (:func:`rs2sam2.imageio.read_size`).
 
     Raises ``FileNotFoundError`` when there is no such file and :class:`DatasetError` when the
-    header cannot be read. PIL reads the common formats; GDAL (rasterio) the rest.
+    header cannot be read.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"file not found: {path}")
     try:
-        with Image.open(path) as img:
-            return int(img.height), int(img.width)
-    except Exception:  # noqa: BLE001 - PIL cannot parse it: ask GDAL
-        pass
-    try:
-        import rasterio
-        from rasterio.errors import NotGeoreferencedWarning
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            with rasterio.open(path) as src:
-                return int(src.height), int(src.width)
-    except Exception as exc:  # noqa: BLE001
-        raise DatasetError(f"cannot read the header of {path}: {exc}") from exc
+        return read_size(path)
+    except ImageReadError as exc:
+        raise DatasetError(str(exc)) from exc
 
 
 @dataclass
@@ -124,30 +110,17 @@ class Ref:
 def read_mask_file(path: str | Path) -> np.ndarray:
     """Raw values of a mask image as an HxW array (not yet thresholded).
 
-    Single-band masks are returned as they are; for multi-band masks the maximum over the first
-    three bands is used, so a mask drawn in any colour on black still reads as foreground.
+    Single-band masks are returned as they are; for multi-band masks the maximum over the colour
+    bands is used, so a mask drawn in any colour on black still reads as foreground. Read by
+    :func:`rs2sam2.imageio.read_mask`, the same strict reading as the images: a truncated or corrupt
+    mask, or one over the decode budget, raises :class:`DatasetError` naming the file.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"mask file not found: {path}")
-    check_decode_budget(path)
     try:
-        import rasterio
-        from rasterio.errors import NotGeoreferencedWarning
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            with rasterio.open(path) as src:
-                data = src.read(indexes=list(range(1, min(src.count, 3) + 1)))
-        return data[0] if data.shape[0] == 1 else data.max(axis=0)
-    except Exception:  # noqa: BLE001 - fall back to PIL for anything GDAL refuses
-        pass
-    try:
-        with Image.open(path) as img:
-            arr = np.asarray(img.convert("L") if img.mode in ("P", "1") else img)
-    except Exception as exc:  # noqa: BLE001
-        raise DatasetError(f"cannot read mask file {path}: {exc}") from exc
-    return arr if arr.ndim == 2 else arr[:, :, :3].max(axis=2)
+        return read_mask(path)
+    except FileNotFoundError:
+        raise DatasetError(f"mask file not found: {path}") from None
+    except ImageReadError as exc:  # the message names the file (and how to raise the decode budget)
+        raise DatasetError(f"mask file: {exc}") from exc
 
 
 class ReferringDataset:
