@@ -250,8 +250,8 @@ def test_decode_budget_is_checked_from_the_header(tmp_path, monkeypatch):
     from rs2sam2.imageio import (
         DecodeBudgetError,
         Raster,
-        check_decode_budget,
         max_pixels,
+        read_info,
         set_max_pixels,
     )
 
@@ -272,10 +272,10 @@ def test_decode_budget_is_checked_from_the_header(tmp_path, monkeypatch):
     from PIL import ImageFile
 
     monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: calls.append(1))  # nothing may be decoded
-    with pytest.raises(DecodeBudgetError, match=r"p\.png.*120 x 100 = 12,000 pixels.*--max-pixels.*RS2SAM2_MAX_PIXELS"):
+    with pytest.raises(DecodeBudgetError, match=r"p\.png.*120 x 100 = 12,000 pixels.*RS2SAM2_MAX_PIXELS.*--max-pixels"):
         read_image(tmp_path / "p.png")
     with pytest.raises(DecodeBudgetError, match="p.png"):
-        check_decode_budget(tmp_path / "p.png")
+        read_info(tmp_path / "p.png", budget=True)
     assert calls == []
     monkeypatch.undo()
     set_max_pixels(10_000)

@@ -63,7 +63,6 @@ __all__ = [
     "ImageReadError",
     "Raster",
     "RasterInfo",
-    "check_decode_budget",
     "gdal_env",
     "max_pixels",
     "read_image",
@@ -136,8 +135,8 @@ def _check_budget(width: int, height: int, name: str, what: str) -> None:
     if width * height > budget:
         raise DecodeBudgetError(
             f"{name}: {what} {width} x {height} = {width * height:,} pixels at once, over the decode budget of "
-            f"{budget:,} pixels; raise it with --max-pixels N or the environment variable {MAX_PIXELS_ENV}=N "
-            "(Python: rs2sam2.imageio.set_max_pixels(N)) if this machine has the memory for it")
+            f"{budget:,} pixels; raise it with the environment variable {MAX_PIXELS_ENV}=N (any command), --max-pixels N "
+            "(predict, serve) or, in Python, rs2sam2.imageio.set_max_pixels(N) if this machine has the memory for it")
 
 
 def gdal_env():
@@ -657,17 +656,6 @@ def read_size(path: str | Path) -> tuple[int, int]:
         raise ImageReadError(f"cannot read the header of {path}: {gdal_error}")
     with ds:
         return int(ds.height), int(ds.width)
-
-
-def check_decode_budget(path: str | Path) -> None:
-    """Raise :class:`DecodeBudgetError` when reading ``path`` whole would decode more pixels at once
-    than the decode budget allows; checked from the file's header only (a file that cannot be read
-    is left to the reader to report)."""
-    try:
-        info = read_info(path)
-    except (ImageReadError, FileNotFoundError):
-        return
-    _check_budget(info.width, info.height, str(path), "reading this image whole decodes")
 
 
 def _mask_from_pil(img: Image.Image) -> np.ndarray:
