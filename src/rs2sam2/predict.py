@@ -55,8 +55,8 @@ pixels turn out corrupt after a whole header (a PNG cut short in its pixel data)
 comes: the jobs of the images before it keep their complete outputs, its own jobs write nothing, and
 the later images are not run (``--keep-going``: they are, and the exit status is still 2).
 
-Under ``torchrun``, ``--batch`` shares the images among the ranks (:mod:`rs2sam2.ranks`): each
-image's jobs run on one rank only.
+Under ``torchrun``, ``--batch`` shares the images among the ranks (a gloo group from
+:func:`rs2sam2.runtime.init_distributed`): each image's jobs run on one rank only.
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import UserError
+from .errors import ConfigError, UserError
 from .checkpoints import CHECKPOINT_HELP, TOKENIZER_HELP, CheckpointError, add_hub_arguments, load_pretrained, locate
 from .geo import AreaError, area_of_interest
 from .imageio import (
@@ -810,12 +810,12 @@ def _check_areas(jobs: Sequence[Job], infos: dict[Path, RasterInfo], options: di
 def run(args) -> int:
     from tqdm import tqdm
 
-    from . import ranks
     from .imageio import set_max_pixels
+    from .runtime import init_distributed, launch_ranks
 
     try:
-        rank, world = ranks.rank_and_world()
-    except ValueError as exc:
+        rank, world = launch_ranks()
+    except ConfigError as exc:
         return _fail(str(exc))
     lead = rank == 0
     try:
@@ -842,8 +842,8 @@ def run(args) -> int:
     groups: dict[Path, list[Job]] = {}
     for j in jobs:
         groups.setdefault(j.image, []).append(j)
-    ranks.start()
-    mine = ranks.share(list(groups.items()))
+    d = init_distributed("cpu")  # the ranks agree on the outcome over gloo, wherever the model runs
+    mine = list(groups.items())[d.rank::d.world_size]
     who = f"[rank {rank}] " if world > 1 else ""
     bar = tqdm(total=sum(len(g) for _, g in mine), desc=f"{who}predict", unit="expr",
                disable=args.quiet or not batch_mode, file=sys.stderr, dynamic_ncols=True)
@@ -874,8 +874,8 @@ def run(args) -> int:
         bar.close()
     for f in failures:
         print(f"rs2sam2 predict: error: {who}{f}", file=sys.stderr)
-    failed = ranks.any_failed(bool(failures))
-    ranks.finish()
+    failed = d.any(bool(failures))
+    d.close()
     if failed:
         if failures and args.keep_going and batch_mode:
             print(f"rs2sam2 predict: {who}{len(failures)} image(s) failed; the other jobs were written",

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
+from .errors import ConfigError
+
 _PR_SET_PDEATHSIG = 1
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -128,6 +130,19 @@ class Dist:
             dist.destroy_process_group()
 
 
+def launch_ranks() -> tuple[int, int]:
+    """``(RANK, WORLD_SIZE)`` as torchrun sets them; ``(0, 1)`` outside torchrun. Raises
+    :class:`~rs2sam2.errors.ConfigError` when they are not whole numbers with ``0 <= RANK < WORLD_SIZE``."""
+    try:
+        rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        raise ConfigError(f"RANK={os.environ.get('RANK')!r} / WORLD_SIZE={os.environ.get('WORLD_SIZE')!r}: "
+                          "expected whole numbers (as torchrun sets them)") from None
+    if world < 1 or not 0 <= rank < world:
+        raise ConfigError(f"RANK={rank} is not within WORLD_SIZE={world}")
+    return rank, world
+
+
 def init_distributed(device: str = "auto", rank: int | None = None, world_size: int | None = None,
                      rendezvous: str | os.PathLike | None = None) -> Dist:
     """Join the process group when the run has several ranks and pick this rank's device.
@@ -143,8 +158,9 @@ def init_distributed(device: str = "auto", rank: int | None = None, world_size: 
     server listens anywhere and gloo connects the ranks over the loopback interface only, so nothing
     is reachable from the network.
     """
-    world = int(os.environ.get("WORLD_SIZE", "1")) if world_size is None else int(world_size)
-    rank = int(os.environ.get("RANK", "0")) if rank is None else int(rank)
+    env_rank, env_world = launch_ranks() if rank is None or world_size is None else (rank, world_size)
+    world = env_world if world_size is None else int(world_size)
+    rank = env_rank if rank is None else int(rank)
     local_rank = int(os.environ.get("LOCAL_RANK", str(rank)))
     device = str(device)
     want_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
