@@ -1,3 +1,5 @@
+"""``python -m rs2sam2``: the command line (also what ``torchrun -m rs2sam2`` starts)."""
+
 import sys
 
 from .cli import main

@@ -26,6 +26,7 @@ COMMANDS = {
 
 
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
+    """The parser of every subcommand; only the one ``argv`` names imports its module and adds its arguments."""
     parser = argparse.ArgumentParser(prog="rs2sam2", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     # only the chosen subcommand's module is imported, so a missing optional dependency of one
@@ -39,6 +40,7 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``rs2sam2 ARGV`` and return its exit status; a user error is printed as one line with status 2."""
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(argv).parse_args(argv)
     if args.command != "benchmark":  # benchmark decides itself (it can compare both settings)

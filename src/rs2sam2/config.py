@@ -111,6 +111,9 @@ class FusionConfig:
 
 @dataclass
 class ModelConfig:
+    """Everything that sizes an RS2-SAM2 model: both encoders, the fusion switches and the heads;
+    built from a preset name plus overrides by :func:`get_config`."""
+
     image_size: int = 1024  # SAM2 branch input (square)
     hidden_dim: int = 256  # SAM2 prompt / decoder width
     decoder_depth: int = 2

@@ -203,6 +203,7 @@ def format_report(report: dict[str, Any], max_list: int = 10) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of ``rs2sam2 check-data``."""
     parser.add_argument("--dataset", required=True, choices=tuple(DATASETS))
     parser.add_argument("--data", required=True, help="dataset root (for jsonl: the .jsonl file or its folder)")
     parser.add_argument("--split", nargs="+", default=None,
@@ -213,6 +214,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """``rs2sam2 check-data``: exit status 0 when every split is clean, 1 when problems were found."""
     if not Path(args.data).exists():
         raise MissingFileError(f"--data {args.data}: no such file or folder")
     if args.max_list < 0:

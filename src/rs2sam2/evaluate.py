@@ -407,6 +407,7 @@ def format_table(report: dict[str, Any]) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of ``rs2sam2 evaluate``."""
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help=CHECKPOINT_HELP)
     src.add_argument("--predictions", help="folder of <expression id>.png masks (non-zero = foreground)")
@@ -434,6 +435,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """``rs2sam2 evaluate``: score a checkpoint (every torchrun rank a share) or a folder of masks, write the report."""
     d = None
     if args.checkpoint:  # under torchrun the ranks share the expressions
         try:

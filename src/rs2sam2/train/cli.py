@@ -116,6 +116,7 @@ def _add_system_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of ``rs2sam2 train``: ``--config``, one flag per :class:`TrainConfig` field, ``--set``."""
     parser.add_argument("--config", help="YAML training config (configs/rrsisd.yaml, ...); flags override it")
     _add_run_arguments(parser)
     _add_optimisation_arguments(parser)

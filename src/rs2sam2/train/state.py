@@ -32,6 +32,7 @@ STATE_FORMAT = "rs2sam2-trainer-state"
 
 
 def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global generators."""
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
@@ -54,6 +55,7 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore the generators saved by :func:`rng_state` (resume continues the same random stream)."""
     torch.set_rng_state(state["torch"])
     n = state["numpy"]
     np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
@@ -86,6 +88,7 @@ def named_optimizer_state(optimizer: torch.optim.Optimizer, names: dict[nn.Param
 
 def load_named_optimizer_state(optimizer: torch.optim.Optimizer, named: dict[str, Any],
                                names: dict[nn.Parameter, str]) -> None:
+    """Load an optimizer state keyed by parameter names (as saved) into ``optimizer``."""
     current = optimizer.state_dict()
     name_to_id: dict[str, int] = {}
     for g_sd, group in zip(current["param_groups"], optimizer.param_groups):
@@ -134,6 +137,7 @@ def gather_optimizer_state(module: nn.Module, optimizer: torch.optim.Optimizer, 
 
 def load_optimizer_state(module: nn.Module, optimizer: torch.optim.Optimizer, saved: dict[str, Any],
                          names: dict[nn.Parameter, str], fsdp: bool) -> None:
+    """Load a saved optimizer state, sharding it first when the model is FSDP-sharded."""
     if fsdp:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
