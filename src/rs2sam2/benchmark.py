@@ -77,7 +77,7 @@ def forward_tflop(preset: str, batch: int, text_len: int) -> tuple[float, float]
 
     with torch.device("meta"):
         model = RS2SAM2(get_config(preset)).eval()
-        inputs = _inputs(model, batch, text_len, "meta")
+        inputs = random_inputs(model, batch, text_len, "meta")
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model(*inputs)
     by_op = counter.get_flop_counts()["Global"]
@@ -85,7 +85,8 @@ def forward_tflop(preset: str, batch: int, text_len: int) -> tuple[float, float]
     return counter.get_total_flops() / 1e12, linear / 1e12
 
 
-def _inputs(model: RS2SAM2, batch: int, text_len: int, device):
+def random_inputs(model: RS2SAM2, batch: int, text_len: int, device):
+    """Random model inputs of the model's sizes: images, BEiT-3 images, token ids, attention mask."""
     cfg = model.config
     images = torch.randn(batch, 3, cfg.image_size, cfg.image_size, device=device)
     evf = torch.randn(batch, 3, cfg.beit3.img_size, cfg.beit3.img_size, device=device)
@@ -111,7 +112,7 @@ def run_benchmark(preset="paper", precision="auto", device="cpu", batch=1, texts
     model = build_random_model(preset, precision, device)
     if compile:
         model = torch.compile(model)
-    images, evf, ids, mask = _inputs(model if not compile else model._orig_mod, batch, text_len, device)
+    images, evf, ids, mask = random_inputs(model if not compile else model._orig_mod, batch, text_len, device)
     if texts > 1:  # one image, several expressions: the image tensors are repeated along the batch
         images, evf = images.repeat_interleave(texts, 0), evf.repeat_interleave(texts, 0)
         ids, mask = ids.repeat_interleave(texts, 0), mask.repeat_interleave(texts, 0)
@@ -185,7 +186,7 @@ def run_train_benchmark(preset="nano", device="cpu", batch=1, text_len=12, runs=
         enable_activation_checkpointing(model)
     optimizer = torch.optim.AdamW(param_groups(model, 5e-5, 1e-4, 0.01))
     loss_fn = RS2SAM2Loss()
-    images, evf, ids, mask = _inputs(model, batch, text_len, device)
+    images, evf, ids, mask = random_inputs(model, batch, text_len, device)
     size = model.config.image_size
     target = (torch.rand(batch, size, size, device=device) > 0.7).float()
     if device == "cuda":
