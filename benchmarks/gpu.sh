@@ -3,6 +3,8 @@
 # paper and base presets. Run from the repository root on a CUDA machine that already has torch,
 # numpy, safetensors, sentencepiece and pytest (no install, no network):  bash benchmarks/gpu.sh
 # Results go to $OUT (or ./gpu-results): nvidia-smi.txt, tests.txt, bench.jsonl.
+# Training / inference throughput (torch.compile: several more minutes) is a separate script:
+#   python3 benchmarks/gpu_throughput.py --out "${OUT:-gpu-results}/throughput.jsonl"
 set -uo pipefail
 out=${OUT:-gpu-results}
 mkdir -p "$out"

@@ -1,6 +1,10 @@
 """`rs2sam2 benchmark` on the nano preset: both modes run and report consistent figures."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 from rs2sam2.cli import main
 
@@ -23,3 +27,17 @@ def test_training_step_benchmark(capsys):
     r = _run(capsys, "--train")
     assert r["mode"] == "train" and r["seconds_per_step"] > 0 and len(r["runs"]) == 2
     assert r["trainable_params"] > 0 and r["peak_rss_mb"] > 0 and r["torch"]
+
+
+def test_gpu_throughput_script_smoke(tmp_path):
+    """benchmarks/gpu_throughput.py (prepared for a GPU) runs end to end on the CPU, eager, nano."""
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "throughput.jsonl"
+    env = {**os.environ, "PYTHONPATH": str(root / "src"), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, str(root / "benchmarks" / "gpu_throughput.py"), "--device", "cpu", "--preset", "nano",
+           "--no-compile", "--max-batch", "2", "--steps", "1", "--warmup", "1", "--skip-inference", "--out", str(out)]
+    subprocess.run(cmd, check=True, env=env, capture_output=True, timeout=300)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    ran = [r for r in rows if r.get("fits")]
+    assert [r["batch"] for r in ran] == [1, 2] and all(r["samples_per_second"] > 0 for r in ran)
+    assert rows[-1]["largest_batch_that_fits"] == 2 and rows[-1]["search_complete"]

@@ -43,6 +43,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .runtime import PRECISIONS
+
 # no telemetry, no version check against the network (read when gradio is imported)
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
@@ -321,7 +323,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_MB,
                         help=f"largest accepted upload in MB (default {DEFAULT_MAX_UPLOAD_MB:g})")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
-    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="auto (default): bf16 where the device multiplies bf16 faster than fp32, else fp32")
     parser.add_argument("--threshold", type=float, default=0.5, help="default logit threshold (0.5 = published)")
     parser.add_argument("--image-size", type=int, metavar="N", help="SAM2 input size for released checkpoints")
     parser.add_argument("--max-pixels", type=int, metavar="N",

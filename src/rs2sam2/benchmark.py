@@ -1,8 +1,9 @@
 """``rs2sam2 benchmark``: forward-pass timing against the machine's matrix-multiply floor.
 
 The floor is ``FLOPs of one forward / measured matmul rate`` in the same precision; the ratio to
-it says how much time goes to anything but multiplying matrices at full speed. The last printed
-line is a JSON object.
+it says how much time goes to anything but multiplying matrices at full speed. Two floors are
+reported: all FLOPs (attention included) and those of the linear layers and convolutions only
+(the weights' matrix multiplies). The last printed line is a JSON object.
 """
 
 from __future__ import annotations
@@ -18,12 +19,13 @@ import torch
 
 from .config import PRESET_NAMES, get_config
 from .models import RS2SAM2
-from .runtime import tune_cpu_allocator
+from .runtime import PRECISIONS, resolve_precision, tune_cpu_allocator
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="paper", choices=PRESET_NAMES)
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    p.add_argument("--precision", default="auto", choices=PRECISIONS,
+                   help="auto (default): bf16 where the device multiplies bf16 faster than fp32, else fp32")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--batch", type=int, default=1, help="images per forward, one expression each")
     p.add_argument("--texts", type=int, default=1, help="expressions per image, batched in one pass")
@@ -41,16 +43,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def build_random_model(preset: str, precision: str, device: str) -> RS2SAM2:
     """The preset with random weights, materialised directly in its inference precision (built on
-    the meta device first, so the float32 copy of a bf16 model never exists)."""
+    the meta device first, so the float32 copy of a bf16 model never exists; int8 layers are
+    quantized from the random float32 weights)."""
     with torch.device("meta"):
         model = RS2SAM2(get_config(preset))
-    model.set_precision(precision)
+    model.set_precision("fp32" if precision == "int8" else precision)
     model = model.to_empty(device=device).eval()
     gen = torch.Generator(device="cpu").manual_seed(0)
     with torch.no_grad():
         for p in list(model.parameters()) + list(model.buffers()):
             p.copy_((torch.randn(p.shape, generator=gen) * 0.02).to(p.dtype))
-    return model
+    return model.set_precision(precision) if precision == "int8" else model
 
 
 def matmul_gflops(dtype: torch.dtype, device: str, n: int = 2048, reps: int = 8) -> float:
@@ -67,19 +70,23 @@ def matmul_gflops(dtype: torch.dtype, device: str, n: int = 2048, reps: int = 8)
     return 2 * n**3 / best / 1e9
 
 
-def forward_tflop(preset: str, batch: int, text_len: int) -> float:
-    """FLOPs of one forward, counted on the meta device (no arithmetic runs)."""
+def forward_tflop(preset: str, batch: int, text_len: int) -> tuple[float, float]:
+    """TFLOPs of one forward, counted on the meta device (no arithmetic runs): all of them, and
+    those of the linear layers and convolutions (attention's score and value products excluded)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     with torch.device("meta"):
         model = RS2SAM2(get_config(preset)).eval()
-        inputs = _inputs(model, batch, text_len, "meta")
+        inputs = random_inputs(model, batch, text_len, "meta")
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model(*inputs)
-    return counter.get_total_flops() / 1e12
+    by_op = counter.get_flop_counts()["Global"]
+    linear = sum(n for op, n in by_op.items() if op.__name__.split(".")[0] in ("addmm", "mm", "convolution"))
+    return counter.get_total_flops() / 1e12, linear / 1e12
 
 
-def _inputs(model: RS2SAM2, batch: int, text_len: int, device):
+def random_inputs(model: RS2SAM2, batch: int, text_len: int, device):
+    """Random model inputs of the model's sizes: images, BEiT-3 images, token ids, attention mask."""
     cfg = model.config
     images = torch.randn(batch, 3, cfg.image_size, cfg.image_size, device=device)
     evf = torch.randn(batch, 3, cfg.beit3.img_size, cfg.beit3.img_size, device=device)
@@ -93,18 +100,19 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def run_benchmark(preset="paper", precision="fp32", device="cpu", batch=1, texts=1, text_len=12, runs=3,
+def run_benchmark(preset="paper", precision="auto", device="cpu", batch=1, texts=1, text_len=12, runs=3,
                   warmup=1, compile=False, threads=None) -> dict:
     if threads:
         torch.set_num_threads(threads)
     if device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device is available")
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    precision = resolve_precision(precision, device)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32  # int8: against the fp32 floor
     n = batch * texts  # BHFM conditions the image encoder on the text: every expression is a full pass
     model = build_random_model(preset, precision, device)
     if compile:
         model = torch.compile(model)
-    images, evf, ids, mask = _inputs(model if not compile else model._orig_mod, batch, text_len, device)
+    images, evf, ids, mask = random_inputs(model if not compile else model._orig_mod, batch, text_len, device)
     if texts > 1:  # one image, several expressions: the image tensors are repeated along the batch
         images, evf = images.repeat_interleave(texts, 0), evf.repeat_interleave(texts, 0)
         ids, mask = ids.repeat_interleave(texts, 0), mask.repeat_interleave(texts, 0)
@@ -112,7 +120,7 @@ def run_benchmark(preset="paper", precision="fp32", device="cpu", batch=1, texts
         torch.cuda.reset_peak_memory_stats()
     # the machine's speed drifts (turbo, neighbours): measure the matmul rate right before every
     # timed run and report the median of per-run ratios, so the drift cancels
-    tflop = forward_tflop(preset, n, text_len)
+    tflop, linear_tflop = forward_tflop(preset, n, text_len)
     times, ratios, rates = [], [], []
     with torch.inference_mode():
         for i in range(warmup + runs):
@@ -128,6 +136,7 @@ def run_benchmark(preset="paper", precision="fp32", device="cpu", batch=1, texts
                 ratios.append(elapsed / (tflop * 1e3 / rate))
     per_forward = statistics.median(times)
     rate = statistics.median(rates)
+    linear_ratios = [t / (linear_tflop * 1e3 / r) for t, r in zip(times, rates)]
     floor = tflop * 1e3 / rate
     return {
         "preset": preset,
@@ -143,6 +152,9 @@ def run_benchmark(preset="paper", precision="fp32", device="cpu", batch=1, texts
         "matmul_gflops": round(rate, 1),
         "floor_seconds": round(floor, 4),
         "ratio_to_floor": round(statistics.median(ratios), 3),
+        "linear_tflop_per_forward": round(linear_tflop, 4),
+        "ratio_to_linear_floor": round(statistics.median(linear_ratios), 3),
+        "ratios_to_linear_floor": [round(x, 3) for x in linear_ratios],
         **_memory_and_system(device),
         "cpu": platform.processor() or platform.machine(),
         "compile": compile,
@@ -175,7 +187,7 @@ def run_train_benchmark(preset="nano", device="cpu", batch=1, text_len=12, runs=
         model.set_grad_checkpointing()
     optimizer = torch.optim.AdamW(param_groups(model, 5e-5, 1e-4, 0.01))
     loss_fn = RS2SAM2Loss()
-    images, evf, ids, mask = _inputs(model, batch, text_len, device)
+    images, evf, ids, mask = random_inputs(model, batch, text_len, device)
     size = model.config.image_size
     target = (torch.rand(batch, size, size, device=device) > 0.7).float()
     if device == "cuda":

@@ -91,6 +91,7 @@ from .imageio import (
     read_info,
 )
 from .metrics import PUBLISHED_THRESHOLD, check_threshold
+from .runtime import PRECISIONS, resolve_precision
 from .text import TextTruncatedWarning, normalize_text, text_preview
 from .results import (
     OVERLAY_MAX_SIDE,
@@ -121,7 +122,6 @@ __all__ = [
     "write_outputs",
 ]
 
-PRECISIONS = ("fp32", "bf16")
 JOB_COLUMNS = ("image", "text", "out", "vector", "geojson", "overlay", "prob")
 REQUIRED_COLUMNS = ("image", "text", "out")
 
@@ -262,8 +262,11 @@ class Predictor:
         model: an :class:`~rs2sam2.RS2SAM2` (its weights are cast/moved in place).
         tokenizer: a :class:`~rs2sam2.text.Tokenizer` or the path of a SentencePiece model.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` ... or ``"auto"`` (CUDA when available).
-        precision: ``"fp32"`` or ``"bf16"`` (``RS2SAM2.set_precision``: the heavy linear layers hold
-            bfloat16 weights, cast once; outputs are float32).
+        precision: ``"auto"`` (bf16 where the device multiplies bf16 faster than fp32: a CUDA GPU,
+            a CPU with AMX / AVX512-BF16; fp32 elsewhere), ``"fp32"`` or ``"bf16"``
+            (``RS2SAM2.set_precision``: the heavy linear layers hold bfloat16 weights, cast once;
+            outputs are float32) or ``"int8"`` (CPU only: the image encoder's MLP layers run as
+            dynamically quantized int8 layers). ``.precision`` is the one chosen.
         threshold: default logit threshold of the masks (0.5 = the published rule).
         max_len: token limit per expression, BOS/EOS included (default: the model's position table).
         mask_rule: the tokenizer's attention-mask rule (``"published"``: unknown tokens are hidden
@@ -271,7 +274,7 @@ class Predictor:
     """
 
     def __init__(self, model: torch.nn.Module, tokenizer, *, device: str | torch.device | None = "cpu",
-                 precision: str = "fp32", threshold: float = PUBLISHED_THRESHOLD, max_len: int | None = None,
+                 precision: str = "auto", threshold: float = PUBLISHED_THRESHOLD, max_len: int | None = None,
                  mask_rule: str = "published") -> None:
         if precision not in PRECISIONS:
             raise InputError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
@@ -283,19 +286,24 @@ class Predictor:
                 f"tokenizer {getattr(tokenizer, 'source', '')!r} has {len(tokenizer)} ids but the model embeds "
                 f"only {cfg.beit3.vocab_size}: use the tokenizer the model was trained with")
         self.device = resolve_device(device)
-        self.precision = precision
+        try:
+            self.precision = resolve_precision(precision, self.device)
+        except ValueError as exc:  # int8 on a GPU
+            raise InputError(str(exc)) from None
         self.threshold = check_threshold(threshold)
         self.tokenizer = tokenizer
         self.mask_rule = mask_rule
         self.max_len = cfg.beit3.text_len(max_len)
         model.eval()
         model.requires_grad_(False)
-        model.set_precision(precision).to(self.device)
+        if self.precision == "int8":
+            model.to(self.device)  # quantized on the CPU, where it runs
+        model.set_precision(self.precision).to(self.device)
         self.model = model
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, device: str | torch.device | None = "cpu",
-                        precision: str = "fp32", tokenizer=None, threshold: float = PUBLISHED_THRESHOLD,
+                        precision: str = "auto", tokenizer=None, threshold: float = PUBLISHED_THRESHOLD,
                         image_size: int | None = None, subfolder: str | None = None, revision: str | None = None,
                         **kwargs) -> Predictor:
         """Load a checkpoint: our ``save_pretrained`` folder, a training run folder, a released RS2-SAM2
@@ -691,7 +699,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_hub_arguments(g)
     g.add_argument("--tokenizer", metavar="SPM", help=TOKENIZER_HELP)
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when available; default)")
-    g.add_argument("--precision", choices=PRECISIONS, default="fp32", help="fp32 (default) or bf16")
+    g.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="auto (default: bf16 where the device multiplies bf16 faster than fp32, else fp32), fp32, "
+                        "bf16, or int8 (CPU: int8 MLP layers in the image encoder)")
     g.add_argument("--image-size", type=int, metavar="N",
                    help="override the SAM2 input size (default: the one the checkpoint records; 1024 for "
                         "released folders)")

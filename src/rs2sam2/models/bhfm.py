@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from .common import Attention
+from .common import Attention, add_into
 
 
 class SpaceAdapter(nn.Module):
@@ -46,12 +46,12 @@ class SpaceAdapter(nn.Module):
         z = self.act(self.fc1(x)).reshape(b, h * w, -1)
         if self.mode in ("bi", "uni"):
             t = self.text_in(text.to(z.dtype))
-            z = z + self.attend_text(z, t, t, text_mask)
+            z = add_into(z, self.attend_text(z, t, t, text_mask))
             if self.mode == "bi":
                 t = t + self.attend_image(t, z, z)
                 # the text state keeps its own (float32) precision across blocks
                 text = (1.0 - self.alpha_t) * text + self.alpha_t * self.text_out(t).to(text.dtype)
-        return x + self.fc2(z).reshape(b, h, w, -1), text
+        return add_into(self.fc2(z).reshape(b, h, w, -1), x), text
 
 
 class MLPAdapter(nn.Module):

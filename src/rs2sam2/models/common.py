@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -57,6 +59,51 @@ class MLP(nn.Module):
             if i < len(self.layers) - 1:
                 x = self.act(x)
         return x
+
+
+class PointwiseConv(nn.Conv2d):
+    """A 1x1 convolution (same parameters and checkpoint keys as ``nn.Conv2d(in, out, 1)``) computed
+    as a linear layer over the channels of the NHWC memory behind an NCHW tensor.
+
+    Its inputs (Hiera's stage outputs and the FPN levels) are NCHW views of channels-last memory;
+    PyTorch's CPU convolution falls back to a slow im2col path for those, while the matrix multiply
+    reads them as they are. The output is again an NCHW view of channels-last memory.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__(in_channels, out_channels, kernel_size=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x.permute(0, 2, 3, 1), self.weight.flatten(1), self.bias).permute(0, 3, 1, 2)
+
+
+def add_into(x: Tensor, y: Tensor, alpha: float = 1.0) -> Tensor:
+    """``x + alpha * y``, written into ``x`` when no autograd graph is being recorded (inference):
+    one pass over the activation instead of a new allocation (and, with ``alpha``, instead of two
+    passes). ``x`` must be a temporary that nothing else refers to."""
+    if torch.is_grad_enabled():
+        return torch.add(x, y, alpha=alpha)
+    return x.add_(y, alpha=alpha)
+
+
+def quantize_linear_layers_int8(module: nn.Module) -> None:
+    """Replace every ``nn.Linear`` inside ``module`` by a dynamically quantized int8 one, in place:
+    int8 weights with one scale per output channel, activations quantized per call; CPU only.
+
+    Uses PyTorch's own dynamic quantization (``torch.ao``), whose x86 / ARM int8 kernels are the
+    fast ones in eager mode; it is deprecated upstream, so its deprecation notices are silenced
+    here and a PyTorch without it gets a clear error.
+    """
+    try:
+        from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+    except ImportError as exc:  # removed from a future PyTorch
+        raise RuntimeError(f"precision int8 needs torch.ao dynamic quantization, which this PyTorch "
+                           f"({torch.__version__}) does not provide") from exc
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        quantize_dynamic(module, {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8, inplace=True)
 
 
 class LayerNorm2d(nn.LayerNorm):

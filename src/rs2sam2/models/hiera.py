@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from ..config import FusionConfig, HieraConfig
 from .bhfm import MLPAdapter, SpaceAdapter
-from .common import MLP, call_block
+from .common import MLP, PointwiseConv, add_into, call_block, quantize_linear_layers_int8
 
 
 def window_partition(x: Tensor, ws: int) -> tuple[Tensor, tuple[int, int]]:
@@ -130,11 +130,12 @@ class HieraBlock(nn.Module):
             x = window_unpartition(x, ws, pad_hw, hw)
         if self.space_adapter is not None:
             x, text = self.space_adapter(x, text, text_mask)
-        x = shortcut + self.drop_path(x).to(shortcut.dtype)
+        # the attention branch and then the new stream are temporaries of this block: added in place
+        x = add_into(self.drop_path(x).to(shortcut.dtype), shortcut)
         h = self.norm2(x).to(compute)
-        x = x + self.drop_path(self.mlp(h)).to(x.dtype)
+        x = add_into(x, self.drop_path(self.mlp(h)).to(x.dtype))
         if self.mlp_adapter is not None:
-            x = x + self.alpha_i * self.mlp_adapter(h).to(x.dtype)
+            x = add_into(x, self.mlp_adapter(h).to(x.dtype), self.alpha_i)
         return x, text
 
 
@@ -221,7 +222,7 @@ class FpnNeck(nn.Module):
         # convs[0] reads the lowest-resolution stage (SAM2's ordering)
         self.convs = nn.ModuleList(nn.Sequential() for _ in stage_dims)
         for seq, dim in zip(self.convs, reversed(stage_dims)):
-            seq.add_module("conv", nn.Conv2d(dim, d_model, kernel_size=1))
+            seq.add_module("conv", PointwiseConv(dim, d_model))
         self.top_down_levels = set(top_down_levels)
         self.scalp = scalp
 
@@ -255,3 +256,12 @@ class ImageEncoder(nn.Module):
         for module in self.trunk.modules():
             if isinstance(module, (nn.Linear, nn.Conv2d)):
                 module.to(dtype)
+
+    def quantize_mlps_int8(self) -> None:
+        """The two MLP layers of every Hiera block as dynamically quantized int8 layers (CPU).
+
+        They carry about two thirds of the trunk's FLOPs. The attention projections and the BHFM
+        adapters stay float32 (quantizing them too flips noticeably more mask pixels), and so does
+        everything outside the trunk's MLPs."""
+        for block in self.trunk.blocks:
+            quantize_linear_layers_int8(block.mlp)

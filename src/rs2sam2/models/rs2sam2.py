@@ -76,16 +76,27 @@ class RS2SAM2(nn.Module):
         self.no_mem_embed = nn.Parameter(torch.zeros(1, 1, c))
 
     def set_precision(self, precision: str) -> "RS2SAM2":
-        """Cast weights once for inference: ``fp32``, or ``bf16``: the linear layers and convolutions
+        """Cast weights once for inference: ``fp32``; ``bf16``: the linear layers and convolutions
         of the Hiera trunk and of BEiT-3 (over 99% of the FLOPs and of the weights) hold bfloat16
         weights, while residual streams, their norms, the text state, the prompt path and the mask
-        decoder stay float32 (rounding those flips mask pixels near the threshold)."""
-        if precision not in ("fp32", "bf16"):
-            raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+        decoder stay float32 (rounding those flips mask pixels near the threshold); ``int8`` (CPU,
+        inference only): the MLP layers of the Hiera blocks are replaced by dynamically quantized
+        int8 layers, the rest stays float32. ``int8`` cannot be undone: load the weights again."""
+        if precision not in ("fp32", "bf16", "int8"):
+            raise ValueError(f"precision must be 'fp32', 'bf16' or 'int8', got {precision!r}")
+        if getattr(self, "_int8", False):
+            if precision == "int8":
+                return self
+            raise ValueError(f"this model was quantized to int8; load its weights again to run it in {precision}")
+        if precision == "int8" and self.device.type != "cpu":
+            raise ValueError(f"precision int8 runs on the CPU only; the model is on {self.device}")
         self.float()
         if precision == "bf16":
             self.image_encoder.set_compute_dtype(torch.bfloat16)
             self.union_encoder.set_compute_dtype(torch.bfloat16)
+        elif precision == "int8":
+            self.image_encoder.quantize_mlps_int8()
+            self._int8 = True
         return self
 
     def set_grad_checkpointing(self, enable: bool = True) -> int:

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from .bhfm import TextGuidance
-from .common import MLP, Attention, LayerNorm2d
+from .common import MLP, Attention, LayerNorm2d, PointwiseConv
 
 
 class PositionEmbeddingRandom(nn.Module):
@@ -128,8 +128,8 @@ class MaskDecoder(nn.Module):
             nn.ConvTranspose2d(dim // 4, dim // 8, kernel_size=2, stride=2),
             nn.GELU(),
         )
-        self.conv_s0 = nn.Conv2d(dim, dim // 8, kernel_size=1)
-        self.conv_s1 = nn.Conv2d(dim, dim // 4, kernel_size=1)
+        self.conv_s0 = PointwiseConv(dim, dim // 8)
+        self.conv_s1 = PointwiseConv(dim, dim // 4)
         self.output_hypernetworks_mlps = nn.ModuleList(MLP(dim, dim, dim // 8, 3) for _ in range(num_mask_tokens))
         self.iou_prediction_head = MLP(dim, 256, num_mask_tokens, 3)
         self.pred_obj_score_head = MLP(dim, dim, 1, 3)
