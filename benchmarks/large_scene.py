@@ -26,7 +26,6 @@ sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests")]
 
 import helpers_ckpt
 import helpers_scene
-
 from rs2sam2.tiles import tile_grid
 
 

@@ -9,8 +9,9 @@ import socket
 from pathlib import Path
 from urllib.parse import urljoin
 
-import helpers_ckpt as h
 import pytest
+
+import helpers_ckpt as h
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
@@ -196,9 +197,8 @@ def test_large_pixel_upload_is_read_decimated_by_the_handler(predictor, tmp_path
     """A scene over twice the model input per side: decimated for the model, the mask on the full grid."""
     import rasterio
 
-    from rs2sam2.app import segment
-
     import helpers_scene
+    from rs2sam2.app import segment
 
     scene = helpers_scene.write_scene(tmp_path / "big.tif", 3000)
     overlay, prior, mask_file, geojson_file, summary = segment(predictor, str(scene), "the white building", 0.0,

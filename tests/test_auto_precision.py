@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 import warnings
 
-import helpers_ckpt as h
 import pytest
 import torch
 
+import helpers_ckpt as h
 from rs2sam2 import runtime
 from rs2sam2.cli import main as cli_main
 from rs2sam2.predict import InputError, Predictor

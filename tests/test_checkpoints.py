@@ -9,17 +9,17 @@ import torch
 from safetensors.torch import save_file
 
 import rs2sam2
+from parity_weights import FIXTURES
 from rs2sam2.checkpoints import (
     IGNORED_PUBLISHED_PREFIXES,
     CheckpointError,
     infer_config,
     load_beit3_checkpoint,
-    locate,
     load_pretrained,
     load_sam2_checkpoint,
+    locate,
     read_state_dict,
 )
-from parity_weights import FIXTURES
 
 
 def _outputs(model, seed=0):

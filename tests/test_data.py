@@ -13,16 +13,16 @@ from PIL import Image
 from pycocotools import mask as coco_mask
 
 from rs2sam2.data import (
+    RRSISD,
     DatasetError,
     JsonlDataset,
     MaskSizeWarning,
     RefSegRS,
-    RRSISD,
     SampleTransform,
     add_random_boxes,
     build_dataset,
+    synth,
 )
-from rs2sam2.data import synth
 from rs2sam2.data.rrsisd import load_refs_pickle
 from rs2sam2.data.segmentation import decode_segmentation
 

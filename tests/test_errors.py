@@ -9,10 +9,10 @@ import dataclasses
 import json
 import math
 
-import helpers_ckpt as h
 import pytest
 import torch
 
+import helpers_ckpt as h
 from rs2sam2.cli import main
 from rs2sam2.config import ModelConfig, get_config
 from rs2sam2.data import DatasetError, build_dataset, synth

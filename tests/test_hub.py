@@ -15,13 +15,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import helpers_ckpt as h
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
+import helpers_ckpt as h
 import rs2sam2
 from rs2sam2 import CheckpointError
 from rs2sam2.checkpoints import locate

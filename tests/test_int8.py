@@ -1,13 +1,13 @@
 """``precision="int8"`` (CPU): the Hiera MLP layers as dynamically quantized int8 layers keep the masks
 of the published fp32 model on >= 99.5% of the pixels of every parity fixture case."""
 
-import helpers_ckpt as h
 import numpy as np
 import pytest
 import torch
-from parity_weights import FIXTURES, manifest_state_dict
 
+import helpers_ckpt as h
 import rs2sam2
+from parity_weights import FIXTURES, manifest_state_dict
 from rs2sam2 import runtime
 from rs2sam2.predict import Predictor
 

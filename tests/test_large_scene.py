@@ -9,10 +9,11 @@ import sys
 import time
 from pathlib import Path
 
-import helpers_ckpt as h
-import helpers_scene
 import numpy as np
 import pytest
+
+import helpers_ckpt as h
+import helpers_scene
 
 SIZE = 6000  # 49 tiles of 1024 with overlap 128; the benchmark runs 20000 (529 tiles)
 

@@ -6,13 +6,13 @@ from __future__ import annotations
 import re
 import shlex
 
-import helpers_ckpt as h
 import numpy as np
 import pytest
 import torch
 import yaml
 from PIL import Image
 
+import helpers_ckpt as h
 import rs2sam2
 from rs2sam2.checkpoints import CardInfo, parameter_counts, save_state_dict
 from rs2sam2.checkpoints.card import TOKENIZER_STANDIN

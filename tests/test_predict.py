@@ -7,13 +7,13 @@ import shutil
 import warnings
 from pathlib import Path
 
-import helpers_ckpt as h
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
+import helpers_ckpt as h
 from rs2sam2 import CheckpointError
 from rs2sam2.cli import main as cli_main
 from rs2sam2.imageio import ImageReadError, read_image

@@ -19,13 +19,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from test_train import REPO, TOKENIZER, _cli_train
 
 from rs2sam2 import checkpoints
 from rs2sam2.data import build_dataset
 from rs2sam2.data.synth import generate
 from rs2sam2.train import trainer as trainer_module
 from rs2sam2.train.state import load_trainer_state
+from test_train import REPO, TOKENIZER, _cli_train
 
 
 @pytest.fixture(scope="module")

@@ -310,6 +310,7 @@ def launch(demo, host: str = "127.0.0.1", port: int | None = None, *, max_upload
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of ``rs2sam2 serve``."""
     from .checkpoints import CHECKPOINT_HELP, TOKENIZER_HELP, add_hub_arguments
 
     parser.add_argument("--checkpoint", required=True, metavar="CKPT",
@@ -342,6 +343,7 @@ def _is_loopback(host: str) -> bool:
 
 
 def run(args) -> int:
+    """``rs2sam2 serve``: load the checkpoint and serve the web demo (loopback unless ``--host`` says otherwise)."""
     from .checkpoints import CheckpointError
     from .predict import InputError, Predictor
 

@@ -23,6 +23,7 @@ from .runtime import PRECISIONS, resolve_precision, tune_cpu_allocator
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments of ``rs2sam2 benchmark``."""
     p.add_argument("--preset", default="paper", choices=PRESET_NAMES)
     p.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="auto (default): bf16 where the device multiplies bf16 faster than fp32, else fp32")
@@ -57,6 +58,7 @@ def build_random_model(preset: str, precision: str, device: str) -> RS2SAM2:
 
 
 def matmul_gflops(dtype: torch.dtype, device: str, n: int = 2048, reps: int = 8) -> float:
+    """The best rate of an ``n x n`` matrix multiply in ``dtype`` on ``device``, in GFLOP/s (the floor's denominator)."""
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
     best = float("inf")
@@ -102,6 +104,7 @@ def _sync(device: str) -> None:
 
 def run_benchmark(preset="paper", precision="auto", device="cpu", batch=1, texts=1, text_len=12, runs=3,
                   warmup=1, compile=False, threads=None) -> dict:
+    """Time the forward pass of ``preset`` with random weights and report seconds, the FLOP count and the ratio to the matmul floor."""
     if threads:
         torch.set_num_threads(threads)
     if device == "cuda" and not torch.cuda.is_available():
@@ -176,8 +179,8 @@ def run_train_benchmark(preset="nano", device="cpu", batch=1, text_len=12, runs=
     """Seconds and peak memory of one optimizer step (forward, published loss, backward, AdamW), with
     the published freeze policy; bf16 autocast on CUDA as in training."""
     from .losses import RS2SAM2Loss
-    from .train.policy import freeze_published, param_groups, per_sample_loss
     from .runtime import autocast
+    from .train.policy import freeze_published, param_groups, per_sample_loss
 
     if threads:
         torch.set_num_threads(threads)
@@ -219,6 +222,7 @@ def run_train_benchmark(preset="nano", device="cpu", batch=1, text_len=12, runs=
 
 
 def run(args: argparse.Namespace) -> int:
+    """``rs2sam2 benchmark``: print the result (``--json``: as JSON)."""
     tuned = False if args.no_malloc_tuning else tune_cpu_allocator()
     if args.train:
         result = run_train_benchmark(args.preset, args.device, args.batch, args.text_len, args.runs, args.warmup,

@@ -30,8 +30,9 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from .data import DATASETS, DatasetError, ReferringDataset, build_dataset
 from .data.base import mask_size_fits, raster_size

@@ -65,6 +65,7 @@ def demo_processes() -> int:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments of ``rs2sam2 demo``."""
     p.add_argument("--out", default="rs2sam2-demo", help="output folder (default: ./rs2sam2-demo)")
     p.add_argument("--num-images", type=int, default=None, help=f"generated scenes (default {DEMO_NUM_IMAGES})")
     p.add_argument("--epochs", type=int, default=None, help=f"training epochs (default {DEMO_RECIPE['epochs']})")
@@ -76,6 +77,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_demo(out: str | Path = "rs2sam2-demo", num_images: int | None = None, epochs: int | None = None,
              max_steps: int | None = None, seed: int = 0, quick: bool = False, gallery_size: int = 6) -> dict:
+    """Generate data, train the nano preset, evaluate it on held-out scenes and write the report, curve and gallery into ``out``; returns the report."""
     from .data import build_dataset
     from .data.synth import generate
     from .evaluate import evaluate_model
@@ -160,5 +162,6 @@ def _curves(logs: Path) -> dict[str, list[tuple[float, float]]]:
 
 
 def run(args: argparse.Namespace) -> int:
+    """``rs2sam2 demo``."""
     run_demo(args.out, args.num_images, args.epochs, args.max_steps, args.seed, args.quick, args.gallery_size)
     return 0

@@ -21,7 +21,8 @@ here. Reports therefore carry ``cIoU`` as an alias of ``oIoU`` and no ``gIoU`` k
 from __future__ import annotations
 
 import math
-from typing import Any, Hashable, Iterable, Mapping, Sequence, TypeVar, Union
+from collections.abc import Hashable, Iterable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -41,7 +42,7 @@ __all__ = [
     "report_metrics",
 ]
 
-ArrayLike = Union[torch.Tensor, np.ndarray]
+ArrayLike = torch.Tensor | np.ndarray
 _A = TypeVar("_A", torch.Tensor, np.ndarray)
 
 #: Logit threshold implied by the published ``argmax(cat([1 - x, x]))`` rule.
@@ -226,7 +227,7 @@ class ReferringMetrics:
             "thresholds": list(self.thresholds),
         }
 
-    def merge(self, other: "ReferringMetrics | dict[str, Any]") -> "ReferringMetrics":
+    def merge(self, other: ReferringMetrics | dict[str, Any]) -> ReferringMetrics:
         """Add another accumulator (or its state dict) into this one, skipping repeated ids."""
         state = other.state_dict() if isinstance(other, ReferringMetrics) else other
         ids, texts = state["ids"], state["texts"]
@@ -242,7 +243,7 @@ class ReferringMetrics:
 
     @classmethod
     def from_states(cls, states: Iterable[dict[str, Any]],
-                    thresholds: Sequence[float] | None = None) -> "ReferringMetrics":
+                    thresholds: Sequence[float] | None = None) -> ReferringMetrics:
         """Combine the :meth:`state_dict` of several ranks into one accumulator."""
         states = list(states)
         if thresholds is None:

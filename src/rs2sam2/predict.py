@@ -78,8 +78,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import ConfigError, UserError
 from .checkpoints import CHECKPOINT_HELP, TOKENIZER_HELP, CheckpointError, add_hub_arguments, load_pretrained, locate
+from .errors import ConfigError, UserError
 from .geo import AreaError, area_of_interest
 from .imageio import (
     DEFAULT_MAX_PIXELS,
@@ -91,8 +91,6 @@ from .imageio import (
     read_info,
 )
 from .metrics import PUBLISHED_THRESHOLD, check_threshold
-from .runtime import PRECISIONS, resolve_precision
-from .text import TextTruncatedWarning, normalize_text, text_preview
 from .results import (
     OVERLAY_MAX_SIDE,
     PREVIEW_SIDE,
@@ -105,6 +103,8 @@ from .results import (
     preview_shape,
     write_outputs,
 )
+from .runtime import PRECISIONS, resolve_precision
+from .text import TextTruncatedWarning, normalize_text, text_preview
 from .tiles import Answer, Plan, iter_pieces, plan_region
 
 __all__ = [
@@ -680,6 +680,7 @@ def _read_headers(jobs: Sequence[Job]) -> tuple[dict[Path, RasterInfo], dict[Pat
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of ``rs2sam2 predict``."""
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = (
         "examples:\n"
@@ -818,6 +819,7 @@ def _check_areas(jobs: Sequence[Job], infos: dict[Path, RasterInfo], options: di
 
 
 def run(args) -> int:
+    """``rs2sam2 predict``: one image or a batch file (shared among torchrun ranks); exit status 0, or 2 on bad input."""
     from tqdm import tqdm
 
     from .imageio import set_max_pixels

@@ -35,8 +35,9 @@ import io
 import os
 import unicodedata
 import warnings
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Literal, Sequence
+from typing import Literal
 
 import torch
 
@@ -128,7 +129,7 @@ class Tokenizer:
         source: where the model came from (used in messages only).
     """
 
-    def __init__(self, sp: "spm.SentencePieceProcessor", source: str = "<memory>") -> None:
+    def __init__(self, sp: spm.SentencePieceProcessor, source: str = "<memory>") -> None:
         self._sp = sp
         self.source = source
         n = int(sp.get_piece_size())

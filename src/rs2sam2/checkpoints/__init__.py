@@ -14,14 +14,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 import torch
 from torch import Tensor
 
 from ..config import ModelConfig, get_config
 from ..models import RS2SAM2
+from .card import CardInfo, parameter_counts
 from .convert import (
     IGNORED_PUBLISHED_PREFIXES,
     CheckpointError,
@@ -32,7 +33,6 @@ from .convert import (
     infer_config,
     unwrap_state_dict,
 )
-from .card import CardInfo, parameter_counts
 from .folders import (
     CHECKPOINT_HELP,
     CONFIG_MARKER,

@@ -13,7 +13,8 @@ tokens are hidden like padding, as in the published code); ``"clean"`` hides onl
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 

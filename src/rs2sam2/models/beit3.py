@@ -32,6 +32,8 @@ def _multiway(make) -> Multiway:
 
 
 class FeedForward(nn.Module):
+    """The feed-forward network of one modality expert: a GELU MLP with a LayerNorm between its layers (sub-LN)."""
+
     def __init__(self, dim: int, hidden: int, eps: float):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
@@ -43,6 +45,8 @@ class FeedForward(nn.Module):
 
 
 class Beit3Layer(nn.Module):
+    """One multiway encoder layer: shared self-attention over image and text tokens, a feed-forward expert per modality."""
+
     def __init__(self, cfg: Beit3Config):
         super().__init__()
         d, eps = cfg.embed_dim, cfg.layernorm_eps
@@ -70,6 +74,8 @@ class Beit3Layer(nn.Module):
 
 
 class VisionEmbed(nn.Module):
+    """Patch embedding of the image with the CLS token in front."""
+
     def __init__(self, cfg: Beit3Config):
         super().__init__()
         self.proj = nn.Conv2d(3, cfg.embed_dim, kernel_size=cfg.patch_size, stride=cfg.patch_size)

@@ -75,6 +75,8 @@ class DropPath(nn.Module):
 
 
 class HieraBlock(nn.Module):
+    """One Hiera block (windowed or global attention, optional pooling) with its two BHFM adapters."""
+
     def __init__(
         self,
         dim: int,
@@ -140,6 +142,8 @@ class HieraBlock(nn.Module):
 
 
 class PatchEmbed(nn.Module):
+    """The 7x7 stride-4 convolution that turns the image into Hiera's first token grid."""
+
     def __init__(self, dim: int):
         super().__init__()
         self.proj = nn.Conv2d(3, dim, kernel_size=7, stride=4, padding=3)
@@ -241,6 +245,8 @@ class FpnNeck(nn.Module):
 
 
 class ImageEncoder(nn.Module):
+    """SAM2's image encoder: the Hiera trunk with BHFM, then the FPN neck (features at strides 4, 8 and 16)."""
+
     def __init__(self, cfg: HieraConfig, fusion: FusionConfig, d_model: int):
         super().__init__()
         self.trunk = Hiera(cfg, fusion, text_dim=d_model)

@@ -75,7 +75,7 @@ class RS2SAM2(nn.Module):
         # without memory; a still image is such a frame
         self.no_mem_embed = nn.Parameter(torch.zeros(1, 1, c))
 
-    def set_precision(self, precision: str) -> "RS2SAM2":
+    def set_precision(self, precision: str) -> RS2SAM2:
         """Cast weights once for inference: ``fp32``; ``bf16``: the linear layers and convolutions
         of the Hiera trunk and of BEiT-3 (over 99% of the FLOPs and of the weights) hold bfloat16
         weights, while residual streams, their norms, the text state, the prompt path and the mask

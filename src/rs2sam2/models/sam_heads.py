@@ -63,6 +63,8 @@ class PromptEncoder(nn.Module):
 
 
 class TwoWayBlock(nn.Module):
+    """One block of SAM's two-way transformer: tokens attend to themselves and to the image, the image to the tokens."""
+
     def __init__(self, dim: int, num_heads: int, mlp_dim: int, skip_first_layer_pe: bool):
         super().__init__()
         self.self_attn = Attention(dim, num_heads)
@@ -90,6 +92,8 @@ class TwoWayBlock(nn.Module):
 
 
 class TwoWayTransformer(nn.Module):
+    """SAM's two-way transformer between the prompt tokens and the image embedding."""
+
     def __init__(self, depth: int, dim: int, num_heads: int, mlp_dim: int):
         super().__init__()
         self.layers = nn.ModuleList(TwoWayBlock(dim, num_heads, mlp_dim, i == 0) for i in range(depth))

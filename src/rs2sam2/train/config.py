@@ -117,7 +117,7 @@ class TrainConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
@@ -125,7 +125,7 @@ class TrainConfig:
         return cls(**d)
 
     @classmethod
-    def from_yaml(cls, path: str | os.PathLike | None = None, **overrides: Any) -> "TrainConfig":
+    def from_yaml(cls, path: str | os.PathLike | None = None, **overrides: Any) -> TrainConfig:
         """Defaults <- YAML file <- ``overrides`` (``None`` values are ignored)."""
         d: dict[str, Any] = {}
         if path is not None:
@@ -135,7 +135,7 @@ class TrainConfig:
                 d[k] = v
         return cls.from_dict(d)
 
-    def resolved(self) -> "TrainConfig":
+    def resolved(self) -> TrainConfig:
         """A copy with the dataset-dependent ``None`` defaults filled in and values checked."""
         c = dataclasses.replace(self, model=json.loads(json.dumps(self.model)))
         ds = str(c.dataset).lower().replace("-", "")
