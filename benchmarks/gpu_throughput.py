@@ -2,7 +2,7 @@
 that fits, inference images/s at batch 8.
 
 Training: random weights, the published freeze policy, AdamW over the published parameter groups
-(``fused=True``), bf16 autocast, the per-sample published loss (``rs2sam2.train.per_sample_loss``,
+(``fused=True``), bf16 autocast, the per-sample published loss (``rs2sam2.train.policy.per_sample_loss``,
 the same objective for any batch size), the model under ``torch.compile``. The batch doubles from 1
 until it no longer fits (or ``--max-batch``), then the largest fitting batch is found by bisection;
 every batch size that ran is reported. Inference: ``rs2sam2.benchmark.run_benchmark`` at batch 8,
@@ -27,7 +27,7 @@ import torch
 
 from rs2sam2.benchmark import build_random_model, random_inputs, run_benchmark
 from rs2sam2.losses import RS2SAM2Loss
-from rs2sam2.train import freeze_published, param_groups, per_sample_loss
+from rs2sam2.train.policy import freeze_published, param_groups, per_sample_loss
 
 
 def _sync(device: str) -> None:

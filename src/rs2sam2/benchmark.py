@@ -58,7 +58,7 @@ def build_random_model(preset: str, precision: str, device: str) -> RS2SAM2:
 
 
 def matmul_gflops(dtype: torch.dtype, device: str, n: int = 2048, reps: int = 8) -> float:
-    """The best rate of an ``n x n`` matrix multiply in ``dtype`` on ``device``, in GFLOP/s (the floor's denominator)."""
+    """The best rate of an ``n x n`` matrix multiply in ``dtype`` on ``device``, in billions of operations per second (the floor's denominator)."""
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
     best = float("inf")
@@ -165,7 +165,7 @@ def run_benchmark(preset="paper", precision="auto", device="cpu", batch=1, texts
 
 
 def _memory_and_system(device: str) -> dict:
-    """Peak memory so far and what the figures were measured with (shared by both benchmarks)."""
+    """Peak memory so far and the conditions of the run: threads, versions, device (shared by both benchmarks)."""
     return {
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "cuda_peak_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if device == "cuda" else None,
