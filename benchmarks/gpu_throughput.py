@@ -5,7 +5,7 @@ Training: random weights, the published freeze policy, AdamW over the published 
 (``fused=True``), bf16 autocast, the per-sample published loss (``rs2sam2.train.policy.per_sample_loss``,
 the same objective for any batch size), the model under ``torch.compile``. The batch doubles from 1
 until it no longer fits (or ``--max-batch``), then the largest fitting batch is found by bisection;
-every batch size that ran is reported. Inference: ``rs2sam2.benchmark.run_benchmark`` at batch 8,
+every batch size that ran is reported; ``--batches 1,24`` measures given sizes instead. Inference: ``rs2sam2.benchmark.run_benchmark`` at batch 8,
 precision ``auto`` (bf16 on a GPU with bf16), compiled.
 
 Run from the repository root on a CUDA machine (a few minutes; no network):
@@ -125,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation)")
     p.add_argument("--budget-s", type=float, default=420.0, help="stop the batch search after this many seconds")
     p.add_argument("--text-len", type=int, default=12)
+    p.add_argument("--batches", type=lambda v: [int(b) for b in v.split(",")], default=None,
+                   help="comma-separated training batch sizes to measure instead of the search (e.g. 1,24)")
     p.add_argument("--no-compile", action="store_true", help="eager (smoke tests of this script)")
     p.add_argument("--skip-train", action="store_true")
     p.add_argument("--skip-inference", action="store_true")
@@ -147,7 +149,11 @@ def main(argv: list[str] | None = None) -> int:
         trainer = Trainer(args.preset, args.device, not args.no_compile, args.text_len)
         emit({"mode": "train", "trainable_params": trainer.trainable, "precision": "bf16 autocast" if
               args.device == "cuda" else "fp32", "optimizer": "AdamW(fused=True)"})
-        train_throughput(trainer, args.max_batch, args.steps, args.warmup, args.budget_s, emit)
+        if args.batches:
+            for batch in args.batches:
+                emit({"mode": "train", "fits": True, **trainer.measure(batch, args.steps, args.warmup)})
+        else:
+            train_throughput(trainer, args.max_batch, args.steps, args.warmup, args.budget_s, emit)
         del trainer
         if args.device == "cuda":
             torch.cuda.empty_cache()

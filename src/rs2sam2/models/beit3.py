@@ -109,7 +109,9 @@ class Beit3Encoder(nn.Module):
         length = input_ids.shape[1]
         if length > cfg.max_text_len:
             raise ValueError(f"text has {length} tokens; the position table allows at most {cfg.max_text_len}")
-        if not input_ids.is_meta and (int(input_ids.max()) >= cfg.vocab_size or int(input_ids.min()) < 0):
+        # The range check reads the ids back to the host: skipped where that would break a compiled graph.
+        checkable = not input_ids.is_meta and not torch.compiler.is_compiling()
+        if checkable and (int(input_ids.max()) >= cfg.vocab_size or int(input_ids.min()) < 0):
             raise ValueError(f"input_ids must lie in [0, {cfg.vocab_size}) for this model's vocabulary")
         o = self.POS_OFFSET
         dtype = self.pos_embed_vision.weight.dtype
