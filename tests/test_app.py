@@ -178,6 +178,25 @@ def test_truncated_image_is_refused_naming_the_file(predictor, tmp_path):
     assert len(warned) == 1 and "cut.png" in warned[0] and "truncated" in warned[0]
 
 
+def test_long_expression_is_reported_to_the_web_user(predictor, scene, tmp_path, monkeypatch):
+    """A sentence over the token limit is segmented from its beginning and the page says so (a
+    warning toast and a summary line), instead of the notice going only to the server's log."""
+    import gradio as gr
+
+    from rs2sam2.app import segment
+
+    warned = []
+    monkeypatch.setattr(gr, "Warning", lambda message: warned.append(message))
+    long_text = "the red building next to the long straight road " * 12
+    *_, summary = segment(predictor, str(scene), long_text, None, tmp_path)
+    notes = [w for w in warned if "longer than the limit" in w]
+    assert len(notes) == 1 and "tokens" in notes[0]
+    assert f"**Expression**: {notes[0]}" in summary
+    warned.clear()
+    *_, summary = segment(predictor, str(scene), "the red building", None, tmp_path)
+    assert not [w for w in warned if "longer than the limit" in w] and "**Expression**" not in summary
+
+
 def test_upload_over_the_decode_budget_is_refused_before_decoding(predictor, tmp_path):
     import gradio as gr
 

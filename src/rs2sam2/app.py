@@ -146,7 +146,7 @@ def segment(predictor, file, text: str, threshold: float | None, workdir: str | 
     gr = _gradio()
     from .imageio import ImageReadError
     from .predict import InputError
-    from .text import normalize_text
+    from .text import TextTruncatedWarning, normalize_text
     from .viz import overlay, overlay_heatmap
 
     path = _upload_path(file)
@@ -159,8 +159,9 @@ def segment(predictor, file, text: str, threshold: float | None, workdir: str | 
     stem = Path(name).stem or "image"
     georef = bool(info.georeferenced)
     try:
-        with raster, warnings.catch_warnings():
+        with raster, warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("ignore", UserWarning)  # the downscale note goes into the summary
+            warnings.simplefilter("always", TextTruncatedWarning)  # shown to the user below
             _, plan = predictor.plan(raster)
             # a decimated prediction is written window by window, which needs a TIFF
             out_dir = Path(tempfile.mkdtemp(prefix="request-", dir=workdir))
@@ -189,6 +190,10 @@ def segment(predictor, file, text: str, threshold: float | None, workdir: str | 
         "Downloads: mask " + ("GeoTIFF on the input grid" if georef else mask_path.suffix[1:].upper())
         + " (255 = object) and GeoJSON polygons" + (" in lon/lat (RFC 7946)." if georef else " in pixel coordinates."),
     ]
+    truncated = [str(w.message) for w in caught if issubclass(w.category, TextTruncatedWarning)]
+    for message in truncated:
+        gr.Warning(message)
+        lines.append(f"**Expression**: {message}")
     if plan.mode == "decimated":
         lines.append(f"The image was read downscaled {plan.downscale:.1f}x for the model (input "
                      f"{predictor.config.image_size} px); for native resolution use `rs2sam2 predict --tile`.")
