@@ -41,3 +41,9 @@ def test_gpu_throughput_script_smoke(tmp_path):
     ran = [r for r in rows if r.get("fits")]
     assert [r["batch"] for r in ran] == [1, 2] and all(r["samples_per_second"] > 0 for r in ran)
     assert rows[-1]["largest_batch_that_fits"] == 2 and rows[-1]["search_complete"]
+    # --batches measures the given sizes instead of searching
+    out.unlink()
+    subprocess.run(cmd[:-2] + ["--batches", "3", "--out", str(out)], check=True, env=env, capture_output=True,
+                   timeout=300)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["batch"] for r in rows if r.get("fits")] == [3] and not any("largest_batch_that_fits" in r for r in rows)
