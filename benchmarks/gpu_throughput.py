@@ -5,8 +5,8 @@ Training: random weights, the published freeze policy, AdamW over the published 
 (``fused=True``), bf16 autocast, the per-sample published loss (``rs2sam2.train.policy.per_sample_loss``,
 the same objective for any batch size), the model under ``torch.compile``. The batch doubles from 1
 until it no longer fits (or ``--max-batch``), then the largest fitting batch is found by bisection;
-every batch size that ran is reported; ``--batches 1,24`` measures given sizes instead. Inference: ``rs2sam2.benchmark.run_benchmark`` at batch 8,
-precision ``auto`` (bf16 on a GPU with bf16), compiled.
+every batch size that ran is reported; ``--batches 1,24`` measures given sizes instead. Inference:
+``rs2sam2.benchmark.run_benchmark`` at batch 8, precision ``auto`` (bf16 on a GPU with bf16), compiled.
 
 Run from the repository root on a CUDA machine (a few minutes; no network):
     python3 benchmarks/gpu_throughput.py --out gpu-results/throughput.jsonl

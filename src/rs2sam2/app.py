@@ -190,10 +190,9 @@ def segment(predictor, file, text: str, threshold: float | None, workdir: str | 
         "Downloads: mask " + ("GeoTIFF on the input grid" if georef else mask_path.suffix[1:].upper())
         + " (255 = object) and GeoJSON polygons" + (" in lon/lat (RFC 7946)." if georef else " in pixel coordinates."),
     ]
-    truncated = [str(w.message) for w in caught if issubclass(w.category, TextTruncatedWarning)]
-    for message in truncated:
-        gr.Warning(message)
-        lines.append(f"**Expression**: {message}")
+    for note in (w for w in caught if issubclass(w.category, TextTruncatedWarning)):
+        gr.Warning(str(note.message))
+        lines.append(f"**Expression**: {note.message}")
     if plan.mode == "decimated":
         lines.append(f"The image was read downscaled {plan.downscale:.1f}x for the model (input "
                      f"{predictor.config.image_size} px); for native resolution use `rs2sam2 predict --tile`.")
