@@ -27,6 +27,7 @@ import torch
 
 from rs2sam2.benchmark import build_random_model, random_inputs, run_benchmark
 from rs2sam2.losses import RS2SAM2Loss
+from rs2sam2.runtime import autocast
 from rs2sam2.train.policy import freeze_published, param_groups, per_sample_loss
 
 
@@ -47,7 +48,7 @@ class Trainer:
         self.loss_fn = RS2SAM2Loss()
 
     def step(self, inputs, target) -> None:
-        with torch.autocast(self.device, dtype=torch.bfloat16, enabled=self.device == "cuda"):
+        with autocast(self.device, "bf16"):  # bf16 autocast on CUDA; fp32 on the CPU (smoke runs)
             out = self.forward(*inputs)
         loss = per_sample_loss(self.loss_fn, out.logits.float(), target, out.boundary_weight.float()).total
         loss.backward()
