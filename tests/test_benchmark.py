@@ -47,3 +47,18 @@ def test_gpu_throughput_script_smoke(tmp_path):
                    timeout=300)
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["batch"] for r in rows if r.get("fits")] == [3] and not any("largest_batch_that_fits" in r for r in rows)
+
+
+def test_demo_sweep_script_smoke(tmp_path):
+    """benchmarks/demo_sweep.py trains and scores two recipe variants side by side on a given dataset."""
+    from rs2sam2.data.synth import generate
+
+    root = Path(__file__).resolve().parents[1]
+    generate("rrsisd", tmp_path / "data", num_images=12, seed=0, image_size=256)
+    env = {**os.environ, "PYTHONPATH": str(root / "src")}
+    cmd = [sys.executable, str(root / "benchmarks" / "demo_sweep.py"), "--out", str(tmp_path / "sweep"), "--data",
+           str(tmp_path / "data"), "--variants", "base,ce1", "--jobs", "2", "--max-steps", "2"]
+    subprocess.run(cmd, check=True, env=env, capture_output=True, timeout=600)
+    rows = [json.loads(line) for line in (tmp_path / "sweep" / "summary.jsonl").read_text().splitlines()]
+    assert [r["variant"] for r in rows] == ["base", "ce1"] and rows[1]["overrides"] == {"w_ce": 1.0}
+    assert all(r["steps"] == 2 and 0 <= r["test_mIoU"] <= 100 and r["val"] for r in rows)
