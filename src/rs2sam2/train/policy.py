@@ -135,10 +135,17 @@ def param_groups(model: nn.Module, lr: float, lr_fusion: float, weight_decay: fl
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW over :func:`param_groups` with the configuration's learning rates, betas and eps."""
+    """AdamW over :func:`param_groups` with the configuration's learning rates, betas and eps.
+
+    The fused implementation (one kernel over all parameters instead of a few per parameter) is used
+    where torch has it: plain float tensors on the CPU or a CUDA device. FSDP's sharded parameters
+    keep the default implementation."""
     groups = param_groups(model, cfg.lr, cfg.lr_fusion, cfg.weight_decay)
+    params = [p for g in groups for p in g["params"]]
+    fused = bool(params) and all(type(p) is nn.Parameter and p.device.type in ("cpu", "cuda")
+                                 and p.dtype in (torch.float32, torch.float16, torch.bfloat16) for p in params)
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.adam_eps,
-                             weight_decay=cfg.weight_decay)
+                             weight_decay=cfg.weight_decay, fused=fused or None)
 
 
 def lr_factor(milestones: Sequence[int], gamma: float):
