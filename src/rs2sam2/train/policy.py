@@ -143,7 +143,7 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     groups = param_groups(model, cfg.lr, cfg.lr_fusion, cfg.weight_decay)
     params = [p for g in groups for p in g["params"]]
     fused = bool(params) and all(type(p) is nn.Parameter and p.device.type in ("cpu", "cuda")
-                                 and p.dtype in (torch.float32, torch.float16, torch.bfloat16) for p in params)
+                                 and p.is_floating_point() for p in params)
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.adam_eps,
                              weight_decay=cfg.weight_decay, fused=fused or None)
 
