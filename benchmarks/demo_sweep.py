@@ -60,6 +60,7 @@ def run_one(name: str, data: Path, out: Path, device: str, max_steps: int | None
     from rs2sam2.data import build_dataset
     from rs2sam2.demo import DEMO_BATCH, DEMO_RECIPE
     from rs2sam2.evaluate import evaluate_model
+    from rs2sam2.fsutil import atomic_write_text
     from rs2sam2.predict import Predictor
     from rs2sam2.train import TrainConfig, train
     from rs2sam2.train.config import merge_dicts
@@ -80,7 +81,7 @@ def run_one(name: str, data: Path, out: Path, device: str, max_steps: int | None
     result = {"variant": name, "overrides": VARIANTS[name], "test_mIoU": round(report["mIoU"], 2),
               "test_oIoU": round(report["oIoU"], 2), "steps": summary.get("global_step"),
               "train_s": round(t_train, 1), "total_s": round(time.perf_counter() - t0, 1), "val": _val_curve(run)}
-    (out / name / "result.json").write_text(json.dumps(result))
+    atomic_write_text(out / name / "result.json", json.dumps(result))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         generate("rrsisd", data, num_images=1000, seed=0, image_size=256, overwrite=True)
     print(f"data ready after {time.perf_counter() - t0:.0f} s", flush=True)
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    pending, running = list(names), {}
+    pending, running, stopped = list(names), {}, {}
     while pending or running:
         while pending and len(running) < args.jobs:
             name = pending.pop(0)
@@ -124,16 +125,21 @@ def main(argv: list[str] | None = None) -> int:
                 if proc.poll() is None:
                     proc.kill()
                     proc.wait()
+                    stopped[name] = "the budget ran out"
+                elif proc.returncode:
+                    stopped[name] = f"failed with exit status {proc.returncode} (see {name}/log.txt)"
                 log.close()
                 del running[name]
         time.sleep(2)
-    with open(out / "summary.jsonl", "w") as f:
-        for name in names:
-            path = out / name / "result.json"
-            row = json.loads(path.read_text()) if path.exists() else {
-                "variant": name, "stopped": True, "val": _val_curve(out / name / "run")}
-            f.write(json.dumps(row) + "\n")
-            print(json.dumps(row), flush=True)
+    from rs2sam2.fsutil import atomic_write_text
+
+    rows = []
+    for name in names:
+        path = out / name / "result.json"
+        rows.append(json.loads(path.read_text()) if path.exists() else {
+            "variant": name, "stopped": stopped.get(name, "no result"), "val": _val_curve(out / name / "run")})
+        print(json.dumps(rows[-1]), flush=True)
+    atomic_write_text(out / "summary.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     print(f"sweep done in {time.perf_counter() - t0:.0f} s", flush=True)
     return 0
 
