@@ -62,3 +62,37 @@ def test_demo_sweep_script_smoke(tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "sweep" / "summary.jsonl").read_text().splitlines()]
     assert [r["variant"] for r in rows] == ["base", "ce1"] and rows[1]["overrides"] == {"w_ce": 1.0}
     assert all(r["steps"] == 2 and 0 <= r["test_mIoU"] <= 100 and r["val"] for r in rows)
+
+
+def test_grounding_probe_script(tmp_path):
+    """benchmarks/grounding_probe.py swaps words of each kind and ranks the target against the scene's
+    other objects, for the mask and the MPG prior, on regenerated synth scenes."""
+    from helpers_ckpt import build_checkpoint
+
+    root = Path(__file__).resolve().parents[1]
+    ckpt = build_checkpoint(tmp_path / "ckpt")
+    out = tmp_path / "probe.json"
+    env = {**os.environ, "PYTHONPATH": str(root / "src"), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, str(root / "benchmarks" / "grounding_probe.py"), str(ckpt), "--num-images", "20",
+           "--seed", "0", "--scenes", "2", "--json", str(out)]
+    printed = subprocess.run(cmd, check=True, env=env, capture_output=True, text=True, timeout=300).stdout
+    r = json.loads(out.read_text())
+    assert r["scenes"] == 2 and r["expressions"] >= 2 and "swapping" in printed
+    assert set(r["swap_mask_iou"]) <= {"position", "noun", "colour"} and "noun" in r["swap_mask_iou"]
+    assert all(0 <= v["mean"] <= 1 and v["n"] >= 1 for v in r["swap_mask_iou"].values())
+    assert {k.split("/")[0] for k in r["target_above_other"]} == {"mask", "prior"}
+    assert all(0 <= v["share"] <= 1 and v["pairs"] >= 1 for v in r["target_above_other"].values())
+
+
+def test_grounding_probe_word_swaps():
+    """Whole words and phrases of one kind are swapped at once, longest phrase first; others stay."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    try:
+        from grounding_probe import SWAPS, swap_words
+    finally:
+        sys.path.pop(0)
+    assert swap_words("the leftmost tank at the top left", SWAPS["position"]) == "the rightmost tank at the bottom right"
+    assert swap_words("the red storage tank", SWAPS["noun"]) == "the red building"
+    assert swap_words("the oil tank closest to the road", SWAPS["noun"]) == "the building closest to the road"
+    assert swap_words("the white plane", SWAPS["colour"]) == "the gray plane"
+    assert swap_words("the tank on the leftover road", SWAPS["position"]) == "the tank on the leftover road"

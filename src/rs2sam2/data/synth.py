@@ -48,11 +48,12 @@ from PIL import Image, ImageDraw
 
 from ..errors import ConfigError, OutputError
 
-__all__ = ["CLASSES", "COLOURS", "OWNED_NAMES", "Scene", "SceneObject", "describe", "generate", "iter_scenes",
-           "make_scene"]
+__all__ = ["CLASSES", "COLOURS", "OWNED_NAMES", "Scene", "SceneObject", "assign_splits", "describe", "generate",
+           "iter_scenes", "make_scene"]
 
 FORMATS = ("rrsisd", "refsegrs", "jsonl", "risbench")
 SPLIT_NAMES = ("train", "val", "test")
+DEFAULT_SPLITS = (0.7, 0.15, 0.15)  # shares of the images
 MIN_IMAGE_SIZE = 32
 
 # --------------------------------------------------------------------------------------------
@@ -710,8 +711,9 @@ def _render(desc: Description, obj: SceneObject, rng: np.random.Generator, num_r
 # --------------------------------------------------------------------------------------------
 
 
-def _assign_splits(num_images: int, seed: int, fractions: Sequence[float]) -> list[str]:
-    """Split name per image: a seeded shuffle cut by ``fractions``; every non-zero share gets >= 1."""
+def assign_splits(num_images: int, seed: int, fractions: Sequence[float] = DEFAULT_SPLITS) -> list[str]:
+    """Split name per image of :func:`iter_scenes` ``(num_images, seed)``, as :func:`generate` writes them:
+    a seeded shuffle cut by ``fractions``; every non-zero share gets >= 1."""
     if (len(fractions) != 3 or not all(math.isfinite(f) and f >= 0 for f in fractions)
             or sum(fractions) <= 0):
         raise ConfigError(f"splits must be three non-negative fractions (train, val, test; --splits), "
@@ -973,7 +975,7 @@ def _move_in(work: Path, out: Path) -> list[str]:
 
 
 def generate(format: str, out: str | Path, num_images: int, seed: int, image_size: int = 256,
-             splits: Sequence[float] = (0.7, 0.15, 0.15), overwrite: bool = False) -> dict[str, Any]:
+             splits: Sequence[float] = DEFAULT_SPLITS, overwrite: bool = False) -> dict[str, Any]:
     """Write ``num_images`` synthetic scenes to ``out`` in ``format`` (rrsisd | refsegrs | jsonl | risbench).
 
     ``splits`` are the train/val/test shares of the *images* (all refs of an image share its split,
@@ -988,7 +990,7 @@ def generate(format: str, out: str | Path, num_images: int, seed: int, image_siz
     """
     _check_arguments(format, num_images, seed, image_size)
     start = time.perf_counter()
-    split_of = _assign_splits(num_images, seed, splits)  # checks the shares before anything is written
+    split_of = assign_splits(num_images, seed, splits)  # checks the shares before anything is written
     out = Path(out)
     created = _open_output(out, overwrite)
     try:
@@ -1025,7 +1027,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-images", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--image-size", type=int, default=256)
-    parser.add_argument("--splits", type=float, nargs=3, default=(0.7, 0.15, 0.15),
+    parser.add_argument("--splits", type=float, nargs=3, default=DEFAULT_SPLITS,
                         metavar=("TRAIN", "VAL", "TEST"), help="shares of the images per split")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace a dataset already in --out (its images, masks and annotation files; other "
