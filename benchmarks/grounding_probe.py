@@ -36,6 +36,7 @@ from PIL import Image
 
 from rs2sam2.data.synth import CLASSES, COLOURS, assign_splits, iter_scenes
 from rs2sam2.fsutil import atomic_write_text
+from rs2sam2.metrics import intersection_union
 from rs2sam2.predict import Predictor
 
 _PAIRS = [("left", "right"), ("leftmost", "rightmost"), ("top", "bottom"), ("upper", "lower"),
@@ -43,15 +44,12 @@ _PAIRS = [("left", "right"), ("leftmost", "rightmost"), ("top", "bottom"), ("upp
 POSITION = {**dict(_PAIRS), **{b: a for a, b in _PAIRS}}
 
 
-def _cyclic(names: list[str]) -> dict[str, str]:
-    return {name: names[(k + 1) % len(names)] for k, name in enumerate(names)}
-
-
 # every noun of a class becomes the first noun of the next class; every colour the next colour
 _CLASS_ORDER = list(CLASSES)
 NOUN = {noun: CLASSES[_CLASS_ORDER[(k + 1) % len(_CLASS_ORDER)]].nouns[0]
         for k, cls in enumerate(_CLASS_ORDER) for noun in CLASSES[cls].nouns}
-COLOUR = _cyclic(list(COLOURS))
+_COLOUR_ORDER = list(COLOURS)
+COLOUR = {c: _COLOUR_ORDER[(k + 1) % len(_COLOUR_ORDER)] for k, c in enumerate(_COLOUR_ORDER)}
 SWAPS = {"position": POSITION, "noun": NOUN, "colour": COLOUR}
 
 
@@ -90,8 +88,8 @@ def probe(predictor: Predictor, num_images: int, seed: int, split: str = "test",
                 prob = torch.sigmoid(answers[0].logits).numpy()
                 masks = [a.logits.numpy() > predictor.threshold for a in answers]
                 for kind, mask in zip(variants, masks[1:]):
-                    union = (masks[0] | mask).sum()
-                    swap_iou[kind].append(float((masks[0] & mask).sum() / union) if union else 1.0)
+                    inter, union = intersection_union(masks[0], mask)
+                    swap_iou[kind].append(inter / union if union else 1.0)
                 maps = {"mask": prob}
                 if answers[0].prior is not None:
                     maps["prior"] = answers[0].prior.numpy()
