@@ -14,6 +14,8 @@ from rs2sam2.losses import (
     boundary_loss,
     boundary_map,
     dice_loss,
+    grounding_cells,
+    grounding_loss,
     rs2sam2_loss,
     weighted_cross_entropy,
 )
@@ -88,7 +90,8 @@ def test_configurable_weights_and_module() -> None:
     assert isinstance(custom, LossOutput)
     torch.testing.assert_close(custom.total, parts.ce + 0.5 * parts.dice)
     torch.testing.assert_close(parts.total, 0.9 * parts.ce + 0.1 * parts.dice + 0.2 * parts.boundary)
-    assert set(parts.as_dict()) == {"total", "ce", "dice", "boundary"}
+    assert set(parts.as_dict()) == {"total", "ce", "dice", "boundary", "grounding"}
+    assert parts.as_dict()["grounding"] == 0.0
     with pytest.raises(ValueError):
         RS2SAM2Loss(boundary="fuzzy")  # type: ignore[arg-type]
 
@@ -118,3 +121,36 @@ def test_shape_errors() -> None:
         rs2sam2_loss(logits, target[:, :-1], w)
     with pytest.raises(ValueError):
         boundary_loss(logits, target, torch.ones(3))
+
+
+def test_grounding_loss_by_hand_and_its_pointing() -> None:
+    """The MPG grounding loss: softmax cross-entropy over the grid cells that hold the target (sharing
+    the mass) plus per-cell BCE; lower when the scores peak on the target than elsewhere."""
+    target = torch.zeros(2, 16, 16)
+    target[0, 0:3, 0:3] = 1  # cell (0, 0) of a 4x4 grid of 4-pixel cells
+    target[1, 8:12, 12:16] = 1  # cell (2, 3)
+    cells = grounding_cells(target, 4)
+    assert cells.shape == (2, 16) and cells[0].nonzero().flatten().tolist() == [0]
+    assert cells[1].nonzero().flatten().tolist() == [11]
+    logits = torch.randn(2, 1, 4, 4)
+    scores = logits.flatten(1)
+    by_hand = -(torch.log_softmax(scores, 1) * cells).sum(1).mean() + torch.nn.functional.binary_cross_entropy_with_logits(scores, cells)
+    torch.testing.assert_close(grounding_loss(logits, target), by_hand)
+    on_target = (cells * 8 - 4).view(2, 1, 4, 4)
+    elsewhere = on_target.flip(-1)
+    assert grounding_loss(on_target, target) < 0.1 < grounding_loss(elsewhere, target)
+    # a target over two cells shares the softmax mass between them
+    two = torch.zeros(1, 16, 16)
+    two[0, 0:4, 0:8] = 1
+    even = torch.zeros(1, 1, 4, 4)
+    even[0, 0, 0, :2] = 5.0
+    lopsided = even.clone()
+    lopsided[0, 0, 0, 1] = -5.0
+    assert grounding_loss(even, two) < grounding_loss(lopsided, two)
+    logits.requires_grad_(True)
+    grounding_loss(logits, target).backward()
+    assert logits.grad is not None and logits.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="grid_logits"):
+        grounding_loss(torch.zeros(2, 4, 4), target)
+    with pytest.raises(ValueError, match="target"):
+        grounding_loss(logits.detach(), target[0])

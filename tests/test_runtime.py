@@ -53,3 +53,43 @@ def test_worker_exits_when_its_launcher_is_killed():
         time.sleep(0.05)
     assert not _alive(child_pid)
 
+
+
+# two gloo ranks: each sets its own gradients (rank r: r + 1 everywhere; no gradient on the second
+# tensor of rank 1), averages them, and prints the result
+AVERAGE = r"""
+import sys, torch, torch.distributed as dist
+from rs2sam2.runtime import Dist
+rank, store = int(sys.argv[1]), sys.argv[2]
+dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+params = [torch.zeros(2, 3, requires_grad=True), torch.zeros(4, requires_grad=True)]
+params[0].grad = torch.full((2, 3), rank + 1.0)
+if rank == 0:
+    params[1].grad = torch.arange(4.0)
+Dist(rank=rank, world_size=2).average_gradients(params)
+print(params[0].grad.flatten().tolist(), params[1].grad.tolist(), flush=True)
+dist.destroy_process_group()
+"""
+
+
+def test_average_gradients_over_two_processes(tmp_path):
+    """Dist.average_gradients (the grounding warm-up's gradient sync): the mean over the ranks, a
+    missing gradient counted as zeros, the same values on every rank."""
+    store = tmp_path / "store"
+    procs = [subprocess.Popen([sys.executable, "-c", AVERAGE, str(r), str(store)], stdout=subprocess.PIPE, text=True)
+             for r in range(2)]
+    outs = [p.communicate(timeout=120)[0].strip() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0]
+    expected = str([1.5] * 6) + " " + str([0.0, 0.5, 1.0, 1.5])
+    assert outs == [expected, expected]
+
+
+def test_average_gradients_is_a_no_op_in_one_process():
+    import torch
+
+    from rs2sam2.runtime import Dist
+
+    p = torch.zeros(3, requires_grad=True)
+    p.grad = torch.tensor([1.0, 2.0, 3.0])
+    Dist().average_gradients([p])
+    assert p.grad.tolist() == [1.0, 2.0, 3.0]

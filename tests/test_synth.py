@@ -338,3 +338,22 @@ def test_unusable_output_folder(tmp_path, capsys):
     assert _synth(tmp_path / "file" / "d", "jsonl", 2) == 2
     assert _stderr_error(capsys).startswith(f"cannot create output folder {tmp_path / 'file' / 'd'}: Not a directory")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_all_targets_describes_every_describable_object(tmp_path):
+    """all_targets (--all-targets): every object that some expression can single out gets 1-2
+    expressions, each true and unambiguous; the default draws 1-3 targets per scene."""
+    scenes = list(synth.iter_scenes(40, seed=4, all_targets=True))
+    for scene in scenes:
+        # describable without the road selectors (which depend on the scene's straight roads): a subset
+        describable = {i for i in range(len(scene.objects)) if synth.describe(scene.objects, i, 256, 0)}
+        assert describable <= {i for i, _ in scene.targets}
+        for obj_index, texts in scene.targets:
+            for text in texts:
+                _check_sentence(scene, obj_index, text)
+    some = sum(len(s.targets) for s in synth.iter_scenes(40, seed=4))
+    assert sum(len(s.targets) for s in scenes) > 1.3 * some
+    summary = synth.generate("rrsisd", tmp_path / "all", num_images=6, seed=0, image_size=128, all_targets=True)
+    assert summary["all_targets"] is True
+    assert cli_main(["synth", "--format", "jsonl", "--out", str(tmp_path / "cli"), "--num-images", "3",
+                     "--all-targets"]) == 0

@@ -411,3 +411,39 @@ def test_smoke_nano_training_lowers_loss_and_raises_val_miou(tmp_path):
     assert saved["rs2sam2_config"]["beit3"]["vocab_size"] == vocab == summary["vocab_size"]
     assert read_yaml(tmp_path / "run" / "train_config.yaml")["model"]["beit3"]["vocab_size"] == vocab
     assert list((tmp_path / "run" / "tb").iterdir())  # TensorBoard events
+
+
+def test_grounding_warmup_trains_only_the_union_encoder_and_the_mpg(synth_data, tmp_path):
+    """grounding_warmup_steps: before step 1 the union encoder and the MPG train alone (every other
+    weight is left as built); w_grounding then adds the grounding term to each step, logged as
+    `grounding`, in one process and in two (whose warm-up averages the ranks' gradients, see
+    test_runtime's test_average_gradients_over_two_processes)."""
+    run = tmp_path / "warm"
+    summary = train(_config(synth_data["rrsisd"], run, max_steps=0, grounding_warmup_steps=6,
+                            grounding_warmup_batch_size=2, device="cpu"))
+    warm = summary["grounding_warmup"]
+    assert warm["steps"] == 6 and warm["loss_first"] > 0 and summary["global_step"] == 0
+    init, got = _initial_weights(), _weights(run)
+    moved = {k for k in init if not torch.equal(init[k], got[k])}
+    assert moved and all(k.startswith(("union_encoder.", "mpg.")) for k in moved), sorted(moved)[:5]
+    assert any(k.startswith("mpg.") for k in moved)
+
+    run2 = tmp_path / "warm2"
+    summary = train_cpu_processes(_config(synth_data["rrsisd"], run2, max_steps=2, grounding_warmup_steps=3,
+                                          grounding_warmup_batch_size=1, w_grounding=0.5, batch_size=1,
+                                          device="cpu", log_every_steps=1), 2)
+    assert summary["world_size"] == 2 and summary["global_step"] == 2
+    with open(run2 / "logs" / "train.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert rows and all(float(r["grounding"]) > 0 for r in rows)
+
+
+@pytest.mark.parametrize("bad,match", [({"w_grounding": -1.0}, "w_grounding"),
+                                       ({"grounding_warmup_steps": -2}, "grounding_warmup_steps"),
+                                       ({"grounding_warmup_batch_size": 0}, "grounding_warmup_batch_size"),
+                                       ({"grounding_warmup_steps": 5, "fsdp": True}, "fsdp")])
+def test_grounding_settings_are_checked(synth_data, tmp_path, bad, match):
+    from rs2sam2.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=match):
+        _config(synth_data["rrsisd"], tmp_path / "r", **bad).resolved()

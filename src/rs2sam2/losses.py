@@ -23,6 +23,11 @@ with ``w_ce = 0.9, w_dice = 0.1, w_tbl = 0.2`` (the paper writes lambda_ce = 1).
   from this term ("hard", published). ``boundary="soft"`` uses ``sigmoid(x)`` instead,
   so the term also trains the mask.
 
+**Grounding** (not in the published code; ``w_grounding`` of a training config, 0 by default):
+:func:`grounding_loss` trains the Mask Prompt Generator's patch-grid scores to point at the
+referred object. Trained from scratch, the union encoder otherwise learns to localise the target
+far too slowly for the MPG prior to help (benchmarks/README.md, issue 14).
+
 Batch quirk of the published code: it multiplies the (B,1,H,W) maps by ``w`` of shape
 (B,1,1), which broadcasts to (B,B,H,W) when B > 1 (every sample's map weighted by every
 sample's ``w``). It trained with one sample per GPU, where the two readings agree; this
@@ -46,6 +51,7 @@ __all__ = [
     "boundary_map",
     "boundary_loss",
     "rs2sam2_loss",
+    "grounding_loss",
 ]
 
 BoundaryMode = Literal["hard", "soft"]
@@ -56,16 +62,19 @@ DICE_SMOOTH = 1e-6
 
 @dataclass
 class LossOutput:
-    """Loss terms. ``total`` is the weighted sum; the others are unweighted."""
+    """Loss terms. ``total`` is the weighted sum; the others are unweighted (``grounding``: 0 when
+    the run has no grounding term)."""
 
     total: torch.Tensor
     ce: torch.Tensor
     dice: torch.Tensor
     boundary: torch.Tensor
+    grounding: torch.Tensor | float = 0.0
 
     def as_dict(self) -> dict[str, float]:
         """Detached Python floats, for logging."""
-        return {k: float(getattr(self, k).detach()) for k in ("total", "ce", "dice", "boundary")}
+        return {k: float(torch.as_tensor(getattr(self, k)).detach())
+                for k in ("total", "ce", "dice", "boundary", "grounding")}
 
 
 def _check_inputs(logits: torch.Tensor, target: torch.Tensor) -> None:
@@ -157,6 +166,30 @@ def rs2sam2_loss(
     tbl = boundary_loss(logits, target, boundary_weight, mode=boundary)
     total = w_ce * ce + w_dice * dice + w_tbl * tbl
     return LossOutput(total=total, ce=ce, dice=dice, boundary=tbl)
+
+
+def grounding_cells(target: torch.Tensor, grid: int) -> torch.Tensor:
+    """(B,H,W) 0/1 masks -> (B, grid*grid): 1 where a cell of the patch grid holds a target pixel."""
+    return F.adaptive_max_pool2d(target.float().unsqueeze(1), (grid, grid)).flatten(1)
+
+
+def grounding_loss(grid_logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Pointing loss of the MPG's patch-grid scores (B,1,g,g) against (B,H,W) 0/1 target masks.
+
+    The sum of two terms over the cells that hold a target pixel: a cross-entropy of the softmax
+    over all cells (the target's cells share the probability mass), which makes the target's cells
+    the highest of the image whatever their absolute level; and a per-cell binary cross-entropy,
+    which keeps the sigmoid of the scores (the prior the decoder reads) near 1 on the target and
+    near 0 elsewhere. Both are means over the batch; an empty target adds only the second term."""
+    if grid_logits.dim() != 4 or grid_logits.shape[1] != 1 or grid_logits.shape[2] != grid_logits.shape[3]:
+        raise ValueError(f"grid_logits must have shape (B,1,g,g), got {tuple(grid_logits.shape)}")
+    if target.dim() != 3 or target.shape[0] != grid_logits.shape[0]:
+        raise ValueError(f"target must have shape (B,H,W) with B = {grid_logits.shape[0]}, got {tuple(target.shape)}")
+    scores = grid_logits.float().flatten(1)
+    cells = grounding_cells(target, grid_logits.shape[-1])
+    share = cells / cells.sum(dim=1, keepdim=True).clamp(min=1.0)
+    pointing = -(F.log_softmax(scores, dim=1) * share).sum(dim=1).mean()
+    return pointing + F.binary_cross_entropy_with_logits(scores, cells)
 
 
 class RS2SAM2Loss(torch.nn.Module):

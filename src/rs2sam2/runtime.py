@@ -112,6 +112,20 @@ class Dist:
         """The mean of ``values`` over the ranks (element-wise)."""
         return (self._reduce(values, dist.ReduceOp.SUM) / self.world_size).tolist() if self.enabled else values
 
+    def average_gradients(self, params: list[torch.Tensor]) -> None:
+        """Replace the gradients of ``params`` by their mean over the ranks, in one all-reduce (for
+        training steps outside DDP's wrapper; a missing gradient counts as zeros)."""
+        if not self.enabled:
+            return
+        flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in params])
+        dist.all_reduce(flat)
+        flat /= self.world_size
+        for p, g in zip(params, flat.split([p.numel() for p in params])):
+            if p.grad is None:
+                p.grad = g.view_as(p).clone()
+            else:
+                p.grad.copy_(g.view_as(p))
+
     def first_message(self, message: str | None) -> str | None:
         """The message of the lowest rank that has one, on every rank; None when no rank has one.
         This is how a problem that one rank finds (a sample it cannot load, a failed save) stops

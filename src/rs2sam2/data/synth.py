@@ -5,7 +5,8 @@ roundabout), some trees, and 2-6 objects -- storage tanks, buildings, vehicles, 
 swimming pools -- each with a colour, a size and a position. Objects never touch, so the mask of
 an object is exactly the set of pixels painted with it.
 
-For 1-3 target objects per scene, 1-2 expressions are written from templates, for instance "the
+For 1-3 target objects per scene (every describable object with ``all_targets``: more training
+expressions from the same scenes), 1-2 expressions are written from templates, for instance "the
 large white storage tank at the top left", "the red car", "the building closest to the road",
 "the tank on the right". An expression only states what is true, and is only kept when it picks
 out exactly that object among the objects of its class (checked on the attributes; see
@@ -444,16 +445,17 @@ def _shadow(img: np.ndarray, masks: list[np.ndarray], sc: float) -> None:
     img[shifted & ~union] *= 0.6
 
 
-def make_scene(rng: np.random.Generator, image_size: int = 256, max_tries: int = 20) -> Scene:
+def make_scene(rng: np.random.Generator, image_size: int = 256, max_tries: int = 20,
+               all_targets: bool = False) -> Scene:
     """Generate one scene with at least one describable target (see module docstring)."""
     for _ in range(max_tries):
-        scene = _try_scene(rng, image_size)
+        scene = _try_scene(rng, image_size, all_targets)
         if scene is not None:
             return scene
     raise RuntimeError("could not generate a scene with a describable object")  # pragma: no cover
 
 
-def _try_scene(rng: np.random.Generator, size: int) -> Scene | None:
+def _try_scene(rng: np.random.Generator, size: int, all_targets: bool = False) -> Scene | None:
     sc = size / 256.0
     ys, xs = np.ogrid[0:size, 0:size]
     xs, ys = xs.astype(np.float32), ys.astype(np.float32)
@@ -500,7 +502,8 @@ def _try_scene(rng: np.random.Generator, size: int) -> Scene | None:
     eligible = [i for i, c in options.items() if c]
     if not eligible:
         return None
-    chosen = rng.choice(eligible, size=min(len(eligible), int(rng.integers(1, 4))), replace=False)
+    chosen = eligible if all_targets else rng.choice(eligible, size=min(len(eligible), int(rng.integers(1, 4))),
+                                                     replace=False)
     targets = []
     for i in sorted(int(k) for k in chosen):
         candidates = options[i]
@@ -511,11 +514,11 @@ def _try_scene(rng: np.random.Generator, size: int) -> Scene | None:
     return Scene(image=image, objects=objects, targets=targets, num_roads=len(roads))
 
 
-def iter_scenes(num_images: int, seed: int, image_size: int = 256) -> Iterator[Scene]:
-    """The scenes :func:`generate` writes for ``(num_images, seed, image_size)``, in order."""
+def iter_scenes(num_images: int, seed: int, image_size: int = 256, all_targets: bool = False) -> Iterator[Scene]:
+    """The scenes :func:`generate` writes for ``(num_images, seed, image_size, all_targets)``, in order."""
     rng = np.random.default_rng(seed)
     for _ in range(num_images):
-        yield make_scene(rng, image_size)
+        yield make_scene(rng, image_size, all_targets=all_targets)
 
 
 # --------------------------------------------------------------------------------------------
@@ -975,8 +978,12 @@ def _move_in(work: Path, out: Path) -> list[str]:
 
 
 def generate(format: str, out: str | Path, num_images: int, seed: int, image_size: int = 256,
-             splits: Sequence[float] = DEFAULT_SPLITS, overwrite: bool = False) -> dict[str, Any]:
+             splits: Sequence[float] = DEFAULT_SPLITS, overwrite: bool = False,
+             all_targets: bool = False) -> dict[str, Any]:
     """Write ``num_images`` synthetic scenes to ``out`` in ``format`` (rrsisd | refsegrs | jsonl | risbench).
+
+    ``all_targets``: every describable object of a scene gets expressions, not 1-3 of them (the
+    scenes after the first differ then, as the generator draws differently).
 
     ``splits`` are the train/val/test shares of the *images* (all refs of an image share its split,
     as in RefCOCO-style datasets). ``out`` must be empty or absent unless ``overwrite`` (module
@@ -1001,7 +1008,7 @@ def generate(format: str, out: str | Path, num_images: int, seed: int, image_siz
         raise OutputError(f"cannot write to output folder {out}: {exc.strerror or exc}") from exc
     try:
         writer = _WRITERS[format](work)
-        for index, scene in enumerate(iter_scenes(num_images, seed, image_size)):
+        for index, scene in enumerate(iter_scenes(num_images, seed, image_size, all_targets)):
             writer.add(index, scene, split_of[index])
         files = {key: str(out / Path(path).relative_to(work)) for key, path in writer.finish().items()}
         kept = _move_in(work, out)
@@ -1015,7 +1022,7 @@ def generate(format: str, out: str | Path, num_images: int, seed: int, image_siz
         raise
     return {
         "format": format, "out": str(out), "num_images": num_images, "seed": seed,
-        "image_size": image_size, "splits": writer.counts, "files": files, "kept": kept,
+        "image_size": image_size, "all_targets": all_targets, "splits": writer.counts, "files": files, "kept": kept,
         "seconds": round(time.perf_counter() - start, 3),
     }
 
@@ -1029,6 +1036,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--splits", type=float, nargs=3, default=DEFAULT_SPLITS,
                         metavar=("TRAIN", "VAL", "TEST"), help="shares of the images per split")
+    parser.add_argument("--all-targets", action="store_true",
+                        help="write expressions for every describable object of a scene, not for 1-3 of them")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace a dataset already in --out (its images, masks and annotation files; other "
                              "files are kept); without it a non-empty --out is an error")
@@ -1038,7 +1047,7 @@ def run(args: argparse.Namespace) -> int:
     """Generate as ``args`` says and print the summary as JSON. A bad argument or output folder raises a
     user error (exit status 2, see :mod:`rs2sam2.cli`)."""
     summary = generate(args.format, args.out, args.num_images, args.seed, args.image_size, args.splits,
-                       overwrite=args.overwrite)
+                       overwrite=args.overwrite, all_targets=args.all_targets)
     if summary["kept"]:
         print(f"rs2sam2 synth: kept in {args.out} (not written by synth): {', '.join(summary['kept'])}",
               file=sys.stderr)

@@ -26,6 +26,7 @@ class RS2SAM2Output:
     boundary_weight: Tensor  # (B,) text-guided boundary weight
     iou_scores: Tensor  # (B, 1) SAM2's predicted IoU of the mask
     object_score_logits: Tensor  # (B, 1) SAM2's object-presence logit
+    prior_logits: Tensor | None = None  # (B, 1, grid, grid) MPG scores on the BEiT-3 patch grid, before the sigmoid
     # only with return_intermediates=True (used to localise parity failures):
     union_features: Tensor | None = None  # (B, 1 + grid^2 + L, D) BEiT-3 output
     sparse_prompt: Tensor | None = None  # (B, 1, C)
@@ -135,7 +136,8 @@ class RS2SAM2(nn.Module):
         text_feat = self.text_proj(text)
         text_mask = valid_text_mask(attention_mask)
         sparse = self.sparse_prompt(cls) if self.sparse_prompt is not None else text_feat.new_zeros(b, 0, cfg.hidden_dim)
-        prior = self.mpg(cls, patches) if self.mpg is not None else None
+        prior_logits = self.mpg.grid_logits(cls, patches) if self.mpg is not None else None
+        prior = self.mpg.prompt(prior_logits) if prior_logits is not None else None
 
         fpn = self.image_encoder(images, text_feat, text_mask)
         dec = self.mask_decoder
@@ -147,7 +149,7 @@ class RS2SAM2(nn.Module):
         )
         logits = F.interpolate(low_res, size=(cfg.image_size, cfg.image_size), mode="bilinear", align_corners=False)
         boundary_weight = self.boundary_head(text_feat[:, 0]).squeeze(-1)
-        out = RS2SAM2Output(logits, low_res, prior, boundary_weight, iou, obj)
+        out = RS2SAM2Output(logits, low_res, prior, boundary_weight, iou, obj, prior_logits)
         if return_intermediates:
             out.union_features, out.sparse_prompt, out.text_features = union, sparse, text_feat
             out.image_embed, out.high_res_features = image_embed, high_res

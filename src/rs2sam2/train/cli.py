@@ -79,6 +79,13 @@ def _add_optimisation_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--w-dice", dest="w_dice", type=float, help="weight of the Dice term (0.1)")
     p.add_argument("--w-tbl", dest="w_tbl", type=float, help="weight of the text-guided boundary term (0.2)")
     p.add_argument("--boundary-loss", dest="boundary_loss", choices=("hard", "soft"))
+    p.add_argument("--w-grounding", dest="w_grounding", type=float,
+                   help="weight of the MPG grounding loss (0: published; see rs2sam2.losses.grounding_loss)")
+    p.add_argument("--grounding-warmup-steps", dest="grounding_warmup_steps", type=int,
+                   help="steps that train the union encoder and the MPG alone before the whole model (0)")
+    p.add_argument("--grounding-warmup-lr", dest="grounding_warmup_lr", type=float, help="their learning rate (5e-4)")
+    p.add_argument("--grounding-warmup-batch-size", dest="grounding_warmup_batch_size", type=int,
+                   help="their batch per process (8)")
     p.add_argument("--random-boxes", dest="random_boxes", **_BOOL,
                    help="RRSIS-D black-box augmentation (default: on for rrsisd)")
     p.add_argument("--box-prob", dest="box_prob", type=float, help="share of samples given black boxes (0.2)")

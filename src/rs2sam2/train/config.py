@@ -70,6 +70,10 @@ class TrainConfig:
     w_dice: float = 0.1
     w_tbl: float = 0.2
     boundary_loss: str = "hard"  # hard (published) | soft
+    w_grounding: float = 0.0  # weight of the MPG grounding loss (losses.grounding_loss; 0 = published)
+    grounding_warmup_steps: int = 0  # union encoder + MPG trained alone first (train/grounding.py)
+    grounding_warmup_lr: float = 5e-4
+    grounding_warmup_batch_size: int = 8  # per process
     # data
     random_boxes: bool | None = None
     box_prob: float = 0.2
@@ -155,6 +159,14 @@ class TrainConfig:
         for name in ("batch_size", "grad_accum_steps", "eval_batch_size", "log_every_steps", "eval_every_epochs"):
             if int(getattr(c, name)) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(c, name)}")
+        if c.w_grounding < 0 or c.grounding_warmup_steps < 0 or c.grounding_warmup_lr <= 0:
+            raise ConfigError("w_grounding and grounding_warmup_steps must be >= 0 and grounding_warmup_lr > 0, got "
+                              f"{c.w_grounding}, {c.grounding_warmup_steps}, {c.grounding_warmup_lr}")
+        if c.grounding_warmup_batch_size < 1:
+            raise ConfigError(f"grounding_warmup_batch_size must be >= 1, got {c.grounding_warmup_batch_size}")
+        if c.grounding_warmup_steps and c.fsdp:
+            raise ConfigError("grounding_warmup_steps cannot be combined with --fsdp (the warm-up updates whole "
+                              "parameters); use DDP or set it to 0")
         if c.max_steps is not None and c.max_steps < 0:
             raise ConfigError(f"max_steps must be >= 0, got {c.max_steps}")
         if not c.data:

@@ -11,6 +11,7 @@ resumed, an unreadable checkpoint) stops the run before anything is written.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import sys
@@ -27,9 +28,10 @@ from ..checkpoints import CardInfo, Located, locate
 from ..data import DatasetError
 from ..errors import ConfigError
 from ..fsutil import atomic_write_bytes
-from ..losses import LossOutput
+from ..losses import LossOutput, grounding_loss
 from ..runtime import Dist, autocast, autocast_enabled, init_distributed
 from .config import TrainConfig, merge_dicts, model_config_from, read_yaml, resume_clashes, write_yaml
+from .grounding import grounding_warmup
 from .policy import apply_freeze, build_loss, build_optimizer, build_scheduler, per_sample_loss
 from .sampling import train_loader
 from .state import (
@@ -50,7 +52,7 @@ class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the run stopped and kept its last good checkpoint."""
 
 
-TRAIN_FIELDS = ("step", "epoch", "loss", "ce", "dice", "boundary", "lr_fusion", "lr_base", "grad_norm",
+TRAIN_FIELDS = ("step", "epoch", "loss", "ce", "dice", "boundary", "grounding", "lr_fusion", "lr_base", "grad_norm",
                 "samples_per_s", "seconds")
 VAL_FIELDS = ("step", "epoch", "Pr@0.5", "Pr@0.6", "Pr@0.7", "Pr@0.8", "Pr@0.9", "oIoU", "mIoU", "num_expressions",
               "orig_oIoU", "orig_mIoU", "seconds")
@@ -105,7 +107,7 @@ class _RunLog:
             return
         self.train_csv.write(row)
         if self.tb is not None:
-            for k in ("loss", "ce", "dice", "boundary"):
+            for k in _Window.KEYS:
                 self.tb.add_scalar(f"train/{k}", row[k], step)
             for k in ("lr_fusion", "lr_base"):
                 if row[k] is not None:
@@ -131,7 +133,7 @@ class _RunLog:
 class _Window:
     """Loss terms and samples summed since the last log line."""
 
-    KEYS = ("loss", "ce", "dice", "boundary")
+    KEYS = ("loss", "ce", "dice", "boundary", "grounding")
 
     def __init__(self) -> None:
         self.reset()
@@ -142,7 +144,7 @@ class _Window:
 
     def add(self, losses: list[tuple[float, dict[str, float], int]]) -> None:
         for _, terms, n in losses:
-            for key in ("ce", "dice", "boundary"):
+            for key in self.KEYS[1:]:
                 self.sums[key] += terms[key]
             self.sums["loss"] += terms["total"]
             self.n += 1
@@ -245,6 +247,7 @@ class Trainer:
         self.d = init_distributed(cfg.device)
         self.run = Path(cfg.out)
         self.summary: dict[str, Any] = {}
+        self.grounding_warmup: dict[str, Any] | None = None  # what the warm-up did, when this process ran it
         self.log: _RunLog | None = None
 
     # ------------------------------------------------------------------------------------- setup
@@ -364,6 +367,9 @@ class Trainer:
         self.model_config = mc = model.config
         check_vocabulary(self.tokenizer, mc.beit3.vocab_size)
         self.max_len = mc.beit3.text_len(cfg.max_text_len)
+        if (cfg.w_grounding or cfg.grounding_warmup_steps) and model.mpg is None:
+            raise ConfigError("w_grounding and grounding_warmup_steps train the Mask Prompt Generator, which this "
+                              "model has not (model.fusion.mpg is false)")
         self.param_counts = counts = apply_freeze(model, cfg.freeze)
         _log(f"parameters: {counts['total']['trainable']:,} trainable of {counts['total']['total']:,} "
              f"(freeze={cfg.freeze})", d)
@@ -497,6 +503,7 @@ class Trainer:
             "fsdp": self.fsdp,
             "grad_checkpointing": cfg.grad_checkpointing,
             "parameters": self.param_counts,
+            "grounding_warmup": self.grounding_warmup,
             "model": self.model_config.name,
             "vocab_size": self.model_config.beit3.vocab_size,
             "checkpoints": {name: str(self.run / "checkpoints" / name) if name in self.saved else None
@@ -532,6 +539,12 @@ class Trainer:
             self.evaluate()
         self.last_eval_step = p.val_history[-1]["step"] if p.val_history else None
         self.window, self.grad_norm = _Window(), float("nan")
+        if cfg.grounding_warmup_steps and p.global_step == 0:
+            self.grounding_warmup = grounding_warmup(
+                self.core, self.train_ds, self.tokenizer, steps=cfg.grounding_warmup_steps,
+                batch_size=cfg.grounding_warmup_batch_size, lr=cfg.grounding_warmup_lr, weight_decay=cfg.weight_decay,
+                seed=cfg.seed, d=self.d, max_len=self.max_len, mask_rule=cfg.mask_rule,
+                log=lambda msg: _log(msg, self.d))
         try:
             while not self._done():
                 self._run_epoch()
@@ -627,7 +640,11 @@ class Trainer:
         with autocast(self.d.device, self.cfg.precision):
             out = self.module(images=batch["images"], images_evf=batch["images_evf"], input_ids=batch["input_ids"],
                               attention_mask=batch["attention_mask"])
-        return per_sample_loss(self.loss_fn, out.logits.float(), batch["masks"], out.boundary_weight.float())
+        terms = per_sample_loss(self.loss_fn, out.logits.float(), batch["masks"], out.boundary_weight.float())
+        if not self.cfg.w_grounding:
+            return terms
+        grounding = grounding_loss(out.prior_logits, batch["masks"])
+        return dataclasses.replace(terms, total=terms.total + self.cfg.w_grounding * grounding, grounding=grounding)
 
     def _check_finite(self, losses: list[float], step_number: int) -> None:
         if self.d.any(not all(math.isfinite(v) for v in losses)):
@@ -672,7 +689,7 @@ class Trainer:
         seconds = time.perf_counter() - w.t0
         row = {
             "step": p.global_step, "epoch": p.epoch, "loss": vals[0], "ce": vals[1], "dice": vals[2],
-            "boundary": vals[3], "lr_fusion": self._lr("fusion"), "lr_base": self._lr("base"),
+            "boundary": vals[3], "grounding": vals[4], "lr_fusion": self._lr("fusion"), "lr_base": self._lr("base"),
             "grad_norm": self.grad_norm if self.cfg.clip_grad_norm else "",
             "samples_per_s": w.samples * self.d.world_size / max(seconds, 1e-9), "seconds": seconds,
         }
