@@ -51,6 +51,7 @@ __all__ = [
     "boundary_map",
     "boundary_loss",
     "rs2sam2_loss",
+    "grounding_cells",
     "grounding_loss",
 ]
 
@@ -176,11 +177,12 @@ def grounding_cells(target: torch.Tensor, grid: int) -> torch.Tensor:
 def grounding_loss(grid_logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Pointing loss of the MPG's patch-grid scores (B,1,g,g) against (B,H,W) 0/1 target masks.
 
-    The sum of two terms over the cells that hold a target pixel: a cross-entropy of the softmax
-    over all cells (the target's cells share the probability mass), which makes the target's cells
-    the highest of the image whatever their absolute level; and a per-cell binary cross-entropy,
-    which keeps the sigmoid of the scores (the prior the decoder reads) near 1 on the target and
-    near 0 elsewhere. Both are means over the batch; an empty target adds only the second term."""
+    The sum of two terms, with the target's cells those that hold a target pixel
+    (:func:`grounding_cells`): a cross-entropy of the softmax over all cells against the target's
+    cells (which share the probability mass), so that they become the highest of the image whatever
+    their absolute level; and a binary cross-entropy per cell, which keeps the sigmoid of the scores
+    (the prior the decoder reads) near 1 on the target and near 0 elsewhere. Both are means over the
+    batch; an empty target adds only the second term."""
     if grid_logits.dim() != 4 or grid_logits.shape[1] != 1 or grid_logits.shape[2] != grid_logits.shape[3]:
         raise ValueError(f"grid_logits must have shape (B,1,g,g), got {tuple(grid_logits.shape)}")
     if target.dim() != 3 or target.shape[0] != grid_logits.shape[0]:

@@ -539,12 +539,12 @@ class Trainer:
             self.evaluate()
         self.last_eval_step = p.val_history[-1]["step"] if p.val_history else None
         self.window, self.grad_norm = _Window(), float("nan")
-        if cfg.grounding_warmup_steps and p.global_step == 0:
+        if cfg.grounding_warmup_steps and self.resume_dir is None:
             self.grounding_warmup = grounding_warmup(
                 self.core, self.train_ds, self.tokenizer, steps=cfg.grounding_warmup_steps,
                 batch_size=cfg.grounding_warmup_batch_size, lr=cfg.grounding_warmup_lr, weight_decay=cfg.weight_decay,
                 seed=cfg.seed, d=self.d, max_len=self.max_len, mask_rule=cfg.mask_rule,
-                log=lambda msg: _log(msg, self.d))
+                num_workers=cfg.num_workers, log=lambda msg: _log(msg, self.d))
         try:
             while not self._done():
                 self._run_epoch()
