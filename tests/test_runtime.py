@@ -54,7 +54,6 @@ def test_worker_exits_when_its_launcher_is_killed():
     assert not _alive(child_pid)
 
 
-
 # two gloo ranks: each sets its own gradients (rank r: r + 1 everywhere; no gradient on the second
 # tensor of rank 1), averages them, and prints the result
 AVERAGE = r"""
