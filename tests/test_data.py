@@ -25,6 +25,7 @@ from rs2sam2.data import (
 )
 from rs2sam2.data.rrsisd import load_refs_pickle
 from rs2sam2.data.segmentation import decode_segmentation
+from rs2sam2.imageio import read_image as _real_read
 
 SEED, NUM_IMAGES = 11, 24
 
@@ -116,6 +117,36 @@ def test_plot_writes_png(synthetic, tmp_path):
     path = ds.plot(0, tmp_path / "sub" / "p.png")
     with Image.open(path) as img:
         assert img.format == "PNG" and img.width == 256 and img.height > 256
+
+
+def test_image_cache_decodes_each_image_once_within_its_budget(synthetic, monkeypatch):
+    import rs2sam2.data.base as base
+
+    fmt, out, _ = synthetic
+    ds = build_dataset(fmt, out, "train")
+    decoded = []
+    monkeypatch.setattr(base, "read_image", lambda path: (decoded.append(path) or _real_read(path)))
+    images = sorted({r.image_path for r in ds.refs})
+    first = {i: ds.load(i)["image"] for i in range(len(ds))}
+    assert len(decoded) == len(ds)  # no cache by default
+    image_bytes = first[0].nbytes
+    ds.cache_images(2 * image_bytes)  # room for two images
+    decoded.clear()
+    for i in range(len(ds)):
+        image = ds.load(i)["image"]
+        assert np.array_equal(image, first[i]) and not image.flags.writeable
+        with pytest.raises(ValueError):
+            image[0, 0, 0] = 0  # a cached image cannot be changed under the next reader
+    # expressions of one image follow each other, so each image is decoded once ...
+    assert len(decoded) == len(images) == len(set(decoded))
+    assert len(ds._images) == 2 and ds._images_bytes == 2 * image_bytes  # ... and the oldest dropped
+    decoded.clear()
+    last = ds.refs[ds.expressions[-1][0]].image_path
+    ds.load(len(ds) - 1)
+    assert decoded == []  # the most recent images are still there
+    ds.cache_images(0)
+    ds.load(len(ds) - 1)
+    assert decoded == [last] and not ds._images
 
 
 def test_jsonl_without_split_reads_everything(tmp_path):

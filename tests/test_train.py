@@ -179,12 +179,13 @@ def _cli_train(data: Path, out: Path, *extra: str) -> int:
 def test_resume_continues_exactly(synth_data, tmp_path):
     """4 steps in one go == 2 steps, stop, --resume for 2 more: identical weights and optimizer state.
     The batch size gives 3 steps per epoch, so the resumed part crosses an epoch end (scheduler step,
-    validation, best checkpoint) and the LR decay (milestone 1)."""
+    validation, best checkpoint) and the LR decay (milestone 1). The uninterrupted run keeps its
+    decoded images in memory (``--image-cache-mb``), which changes nothing either."""
     data = synth_data["rrsisd"]
     refs = build_dataset("rrsisd", data, "train").num_refs
     bs = str(math.ceil(refs / 3))
     full, part = tmp_path / "full", tmp_path / "part"
-    assert _cli_train(data, full, "--max-steps", "4", "--batch-size", bs) == 0
+    assert _cli_train(data, full, "--max-steps", "4", "--batch-size", bs, "--image-cache-mb", "1") == 0
     assert _cli_train(data, part, "--max-steps", "2", "--batch-size", bs) == 0
     assert load_trainer_state(part / "checkpoints" / "last")["global_step"] == 2
     # continuing without --resume is refused (the run would be overwritten)
@@ -441,8 +442,9 @@ def test_grounding_warmup_trains_only_the_union_encoder_and_the_mpg(synth_data, 
 @pytest.mark.parametrize("bad,match", [({"w_grounding": -1.0}, "w_grounding"),
                                        ({"grounding_warmup_steps": -2}, "grounding_warmup_steps"),
                                        ({"grounding_warmup_batch_size": 0}, "grounding_warmup_batch_size"),
-                                       ({"grounding_warmup_steps": 5, "fsdp": True}, "fsdp")])
-def test_grounding_settings_are_checked(synth_data, tmp_path, bad, match):
+                                       ({"grounding_warmup_steps": 5, "fsdp": True}, "fsdp"),
+                                       ({"image_cache_mb": -1}, "image_cache_mb")])
+def test_grounding_and_cache_settings_are_checked(synth_data, tmp_path, bad, match):
     from rs2sam2.errors import ConfigError
 
     with pytest.raises(ConfigError, match=match):

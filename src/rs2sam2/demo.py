@@ -51,6 +51,7 @@ DEMO_RECIPE: dict[str, Any] = {
     "precision": "fp32",
     "device": "cpu",
     "num_workers": 0,
+    "image_cache_mb": 256,  # every training image decoded once (about 140 MB of them)
     "eval_every_epochs": 1,
     "val_limit": 150,
     "eval_batch_size": 8,

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -141,6 +142,8 @@ class ReferringDataset:
         self.expressions: list[tuple[int, str, str]] = []
         self.problems: list[Problem] = []
         self.resized_masks: dict[str, tuple[tuple[int, int], tuple[int, int]]] = {}
+        self._images: OrderedDict[Path, np.ndarray] = OrderedDict()  # decoded images, see cache_images
+        self._images_limit = self._images_bytes = 0
 
     # ---- building -----------------------------------------------------------------------------
 
@@ -271,6 +274,27 @@ class ReferringDataset:
             return None
         return {eid: self.refs[r].category or "" for r, _, eid in self.expressions}
 
+    def cache_images(self, max_bytes: int) -> None:
+        """Keep up to ``max_bytes`` of decoded images in memory (0: none), the least recently used
+        dropped first. Training reads each image many times (one per expression of it, every epoch);
+        the cache spares decoding it again. Cached images are returned read-only."""
+        self._images.clear()
+        self._images_limit, self._images_bytes = int(max_bytes), 0
+
+    def _read_image(self, path: Path) -> np.ndarray:
+        image = self._images.get(path)
+        if image is not None:
+            self._images.move_to_end(path)
+            return image
+        image, _ = read_image(path)
+        if self._images_limit and image.nbytes <= self._images_limit:
+            image.setflags(write=False)
+            self._images[path] = image
+            self._images_bytes += image.nbytes
+            while self._images_bytes > self._images_limit:
+                self._images_bytes -= self._images.popitem(last=False)[1].nbytes
+        return image
+
     def load(self, i: int) -> dict[str, Any]:
         """Expression ``i`` as ``{"image", "mask", "text", "expression_id", "meta"}``.
 
@@ -281,7 +305,7 @@ class ReferringDataset:
         ref_index, text, expression_id = self.expressions[i]
         ref = self.refs[ref_index]
         try:
-            image, _ = read_image(ref.image_path)
+            image = self._read_image(ref.image_path)
         except (ImageReadError, FileNotFoundError) as exc:  # the message names the file
             raise DatasetError(f"{self.name} {self.split or 'all'}, expression {expression_id!r}: {exc}") from exc
         height, width = image.shape[:2]

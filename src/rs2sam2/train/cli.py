@@ -90,6 +90,8 @@ def _add_optimisation_arguments(p: argparse.ArgumentParser) -> None:
                    help="RRSIS-D black-box augmentation (default: on for rrsisd)")
     p.add_argument("--box-prob", dest="box_prob", type=float, help="share of samples given black boxes (0.2)")
     p.add_argument("--num-workers", dest="num_workers", type=int, help="DataLoader workers per process")
+    p.add_argument("--image-cache-mb", dest="image_cache_mb", type=int,
+                   help="decoded training images kept in memory per process and loader worker, in MB (0)")
 
 
 def _add_evaluation_arguments(p: argparse.ArgumentParser) -> None:

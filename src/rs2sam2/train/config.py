@@ -78,6 +78,7 @@ class TrainConfig:
     random_boxes: bool | None = None
     box_prob: float = 0.2
     num_workers: int = 2
+    image_cache_mb: int = 0  # decoded training images kept in memory per process (0: none; ReferringDataset.cache_images)
     # validation
     eval_every_epochs: int = 1
     eval_at_start: bool = False
@@ -167,6 +168,8 @@ class TrainConfig:
         if c.grounding_warmup_steps and c.fsdp:
             raise ConfigError("grounding_warmup_steps cannot be combined with --fsdp (the warm-up updates whole "
                               "parameters); use DDP or set it to 0")
+        if c.image_cache_mb < 0:
+            raise ConfigError(f"image_cache_mb must be >= 0, got {c.image_cache_mb}")
         if c.max_steps is not None and c.max_steps < 0:
             raise ConfigError(f"max_steps must be >= 0, got {c.max_steps}")
         if not c.data:

@@ -323,6 +323,7 @@ class Trainer:
             return None if cfg.dataset == "jsonl" and str(name).lower() in ("all", "none") else name
 
         self.train_ds = build_dataset(cfg.dataset, cfg.data, split(cfg.train_split))
+        self.train_ds.cache_images(cfg.image_cache_mb << 20)
         self.val_ds = None
         if cfg.val_split:
             try:
