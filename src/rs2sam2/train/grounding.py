@@ -24,7 +24,6 @@ from ..data.collate import list_collate
 from ..data.transforms import image_to_tensor, resize_mask
 from ..losses import grounding_loss
 from ..runtime import Dist
-from .policy import adamw
 
 
 class _GroundingSamples(torch.utils.data.Dataset):
@@ -53,7 +52,7 @@ def grounding_warmup(model, dataset, tokenizer, *, steps: int, batch_size: int, 
         raise ValueError("grounding warm-up: the union encoder and the MPG have no trainable parameter")
     cfg = model.config
     nv = cfg.beit3.num_vision_tokens
-    optimizer = adamw(params, lr=lr, weight_decay=weight_decay)
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     generator = torch.Generator().manual_seed(seed * 1000 + d.rank)
     sampler = torch.utils.data.RandomSampler(range(len(dataset)), replacement=True,
                                              num_samples=steps * batch_size, generator=generator)

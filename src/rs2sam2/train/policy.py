@@ -134,24 +134,18 @@ def param_groups(model: nn.Module, lr: float, lr_fusion: float, weight_decay: fl
     return [g for g in groups if g["params"]]
 
 
-def adamw(params: list[dict[str, Any]] | list[nn.Parameter], *, lr: float, weight_decay: float,
-          betas: Sequence[float] = (0.9, 0.999), eps: float = 1e-8) -> torch.optim.AdamW:
-    """AdamW over ``params`` (tensors or groups), fused where torch has it.
-
-    The fused implementation (one kernel over all parameters instead of a few per parameter) serves
-    plain float parameters on the CPU or a CUDA device; FSDP's sharded parameters keep the default
-    implementation."""
-    tensors = [p for g in params for p in (g["params"] if isinstance(g, dict) else [g])]
-    fused = bool(tensors) and all(type(p) is nn.Parameter and p.device.type in ("cpu", "cuda")
-                                  and p.is_floating_point() for p in tensors)
-    return torch.optim.AdamW(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
-                             fused=fused or None)
-
-
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    """:func:`adamw` over :func:`param_groups` with the configuration's learning rates, betas and eps."""
+    """AdamW over :func:`param_groups` with the configuration's learning rates, betas and eps.
+
+    The fused implementation (one kernel over all parameters instead of a few per parameter) is used
+    where torch has it: plain float tensors on the CPU or a CUDA device. FSDP's sharded parameters
+    keep the default implementation."""
     groups = param_groups(model, cfg.lr, cfg.lr_fusion, cfg.weight_decay)
-    return adamw(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas, eps=cfg.adam_eps)
+    params = [p for g in groups for p in g["params"]]
+    fused = bool(params) and all(type(p) is nn.Parameter and p.device.type in ("cpu", "cuda")
+                                 and p.is_floating_point() for p in params)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.adam_eps,
+                             weight_decay=cfg.weight_decay, fused=fused or None)
 
 
 def lr_factor(milestones: Sequence[int], gamma: float):
