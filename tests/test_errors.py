@@ -100,6 +100,7 @@ def test_user_message_drops_the_dataloader_worker_traceback():
     ({"fusion": {"alpha_t": math.nan}}, "fusion.alpha_t: expected a finite number >= 0, got nan"),
     ({"fusion": {"bhfm": "sideways"}}, "fusion.bhfm: must be one of bi, uni, linear, off"),
     ({"fusion": {"mpg": "yes"}}, "fusion.mpg: expected true or false"),
+    ({"beit3": {"pos_embed_init": "zeros"}}, "beit3.pos_embed_init: must be one of normal, sincos"),
 ])
 def test_config_values_are_checked_and_named(change, message):
     d = get_config("nano").to_dict()

@@ -7,6 +7,7 @@ import torch
 
 import rs2sam2
 from rs2sam2.config import FusionConfig
+from rs2sam2.models.beit3 import Beit3Encoder, sincos_2d
 
 
 def nano(seed=0, **fusion):
@@ -81,6 +82,29 @@ def test_ablation_switch(name):
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
     assert (out.mask_prompt is None) == (name == "no-mpg")
+
+
+def test_sincos_position_init_orders_the_patches_and_leaves_the_rest_alone():
+    """``beit3.pos_embed_init="sincos"`` starts the patch position rows as a 2-D sine-cosine code of
+    unit RMS (neighbouring patches closer than distant ones); every other weight, the CLS row included,
+    starts as with the default, so the option changes nothing but that table."""
+    base = rs2sam2.get_config("nano")
+    cfg = dataclasses.replace(base, beit3=dataclasses.replace(base.beit3, pos_embed_init="sincos"))
+    torch.manual_seed(0)
+    normal = rs2sam2.build_model(base).state_dict()
+    torch.manual_seed(0)
+    sincos = rs2sam2.build_model(cfg).state_dict()
+    grid, o = cfg.beit3.grid_size, Beit3Encoder.POS_OFFSET + 1
+    table = sincos["union_encoder.pos_embed_vision.weight"]
+    code = table[o : o + grid * grid]
+    assert code.pow(2).mean().sqrt().item() == pytest.approx(1.0, abs=1e-5)
+    dist = torch.cdist(code, code).reshape(grid, grid, grid, grid)
+    assert dist[0, 0, 0, 1] < dist[0, 0, 0, 2] < dist[0, 0, 0, grid - 1]  # along a row
+    assert dist[0, 0, 1, 0] < dist[0, 0, 2, 0] < dist[0, 0, grid - 1, 0]  # down a column
+    assert torch.equal(table[:o], normal["union_encoder.pos_embed_vision.weight"][:o])
+    assert all(torch.equal(v, normal[k]) for k, v in sincos.items() if k != "union_encoder.pos_embed_vision.weight")
+    with pytest.raises(ValueError, match="divisible by 4"):
+        sincos_2d(4, 130)
 
 
 def test_presets_and_sizes():

@@ -23,6 +23,7 @@ from typing import Any
 from .errors import ConfigError
 
 BHFM_MODES = ("bi", "uni", "linear", "off")
+POS_EMBED_INITS = ("normal", "sincos")
 
 
 @dataclass
@@ -65,9 +66,15 @@ class Beit3Config:
     max_text_positions: int = 1024
     layernorm_eps: float = 1e-5
     drop_path_rate: float = 0.0
+    # how the patch position embeddings start when trained from scratch: "normal" (N(0, 1), as
+    # nn.Embedding does) or "sincos" (a 2-D sine-cosine code of the patch's row and column)
+    pos_embed_init: str = "normal"
 
     def __post_init__(self) -> None:
         _check_fields(self)
+        if self.pos_embed_init not in POS_EMBED_INITS:
+            raise ConfigError(f"pos_embed_init: must be one of {', '.join(POS_EMBED_INITS)}, "
+                              f"got {self.pos_embed_init!r}")
 
     @property
     def grid_size(self) -> int:

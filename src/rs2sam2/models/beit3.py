@@ -15,6 +15,21 @@ from ..config import Beit3Config
 from .common import call_block
 
 
+def sincos_2d(grid: int, dim: int) -> Tensor:
+    """A 2-D sine-cosine position code, (grid*grid, dim) in row-major patch order, of unit RMS like an
+    ``nn.Embedding``'s N(0, 1) start: a quarter of the channels each for sin and cos of the column
+    and of the row, at frequencies from 1 down to 1/100 per patch. Trained from scratch, the patch
+    embeddings then start ordered left to right and top to bottom, which position words need."""
+    if dim % 4:
+        raise ValueError(f"a 2-D sine-cosine code needs a width divisible by 4, got {dim}")
+    quarter = dim // 4
+    freq = 100.0 ** (-torch.arange(quarter, dtype=torch.float64) / quarter)
+    rows, cols = torch.meshgrid(torch.arange(grid, dtype=torch.float64), torch.arange(grid, dtype=torch.float64),
+                                indexing="ij")
+    x, y = cols.reshape(-1, 1) * freq, rows.reshape(-1, 1) * freq
+    return (torch.cat([x.sin(), x.cos(), y.sin(), y.cos()], dim=1) * 2**0.5).float()
+
+
 class Multiway(nn.Module):
     """Apply ``vision`` to the first ``split`` tokens and ``text`` to the rest."""
 
@@ -98,6 +113,10 @@ class Beit3Encoder(nn.Module):
         self.vision_embed = VisionEmbed(cfg)
         self.pos_embed_vision = nn.Embedding(cfg.num_vision_tokens + self.POS_OFFSET, cfg.embed_dim)
         self.pos_embed_text = nn.Embedding(cfg.max_text_positions, cfg.embed_dim)
+        if cfg.pos_embed_init == "sincos":
+            with torch.no_grad():
+                o = self.POS_OFFSET + 1  # the patches' rows follow the CLS token's
+                self.pos_embed_vision.weight[o : o + cfg.grid_size**2] = sincos_2d(cfg.grid_size, cfg.embed_dim)
         self.layers = nn.ModuleList(Beit3Layer(cfg) for _ in range(cfg.depth))
         self.final_norm = _multiway(lambda: nn.LayerNorm(cfg.embed_dim, eps=cfg.layernorm_eps))
         self.grad_checkpointing = False
