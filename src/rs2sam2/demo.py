@@ -24,26 +24,28 @@ import numpy as np
 # and one learning rate serves both parameter groups; small inputs keep a CPU run within minutes;
 # Dice is weighted up and cross-entropy down because the published weights collapse to "predict
 # nothing" from scratch on these mostly-background scenes. The union encoder and the MPG first learn
-# alone to point at the referred object (grounding warm-up, BEiT-3 patches of 8 px for an 8x8 grid),
-# and keep a grounding loss afterwards: without it the model follows colour words only. The sweeps
+# alone to point at the referred object (grounding warm-up, BEiT-3 patches of 8 px for an 8x8 grid,
+# their position table started as a 2-D sine-cosine code so that position words have an order to
+# read from the first step), and keep a grounding loss afterwards: without it the model follows
+# colour words only. The sweeps
 # behind each choice, and the figures a run gives, are in benchmarks/README.md ("Demo recipe").
 DEMO_RECIPE: dict[str, Any] = {
     "preset": "nano",
     "dataset": "rrsisd",
-    "model": {"image_size": 128, "beit3": {"img_size": 64, "patch_size": 8}},
+    "model": {"image_size": 128, "beit3": {"img_size": 64, "patch_size": 8, "pos_embed_init": "sincos"}},
     "train_tokenizer": True,
     "tokenizer_vocab_size": 200,
-    "epochs": 4,
+    "epochs": 5,
     "lr": 3e-4,
     "lr_fusion": 3e-4,
     "weight_decay": 0.01,
-    "lr_milestones": [3],
+    "lr_milestones": [4],
     "clip_grad_norm": 1.0,
     "w_ce": 0.5,
     "w_dice": 1.0,
     "w_tbl": 0.2,
     "w_grounding": 1.0,
-    "grounding_warmup_steps": 1000,
+    "grounding_warmup_steps": 600,
     "grounding_warmup_lr": 5e-4,
     "boundary_loss": "hard",
     "freeze": "none",
