@@ -101,6 +101,7 @@ def test_user_message_drops_the_dataloader_worker_traceback():
     ({"fusion": {"bhfm": "sideways"}}, "fusion.bhfm: must be one of bi, uni, linear, off"),
     ({"fusion": {"mpg": "yes"}}, "fusion.mpg: expected true or false"),
     ({"beit3": {"pos_embed_init": "zeros"}}, "beit3.pos_embed_init: must be one of normal, sincos"),
+    ({"beit3": {"pos_embed_init": "sincos", "embed_dim": 130}}, "beit3.pos_embed_init: sincos needs an embed_dim"),
 ])
 def test_config_values_are_checked_and_named(change, message):
     d = get_config("nano").to_dict()

@@ -75,6 +75,8 @@ class Beit3Config:
         if self.pos_embed_init not in POS_EMBED_INITS:
             raise ConfigError(f"pos_embed_init: must be one of {', '.join(POS_EMBED_INITS)}, "
                               f"got {self.pos_embed_init!r}")
+        if self.pos_embed_init == "sincos" and self.embed_dim % 4:
+            raise ConfigError(f"pos_embed_init: sincos needs an embed_dim divisible by 4, got {self.embed_dim}")
 
     @property
     def grid_size(self) -> int:

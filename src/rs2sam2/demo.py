@@ -27,8 +27,8 @@ import numpy as np
 # alone to point at the referred object (grounding warm-up, BEiT-3 patches of 8 px for an 8x8 grid,
 # their position table started as a 2-D sine-cosine code so that position words have an order to
 # read from the first step), and keep a grounding loss afterwards: without it the model follows
-# colour words only. The sweeps
-# behind each choice, and the figures a run gives, are in benchmarks/README.md ("Demo recipe").
+# colour words only. The sweeps behind each choice, and the figures a run gives, are in
+# benchmarks/README.md ("Demo recipe").
 DEMO_RECIPE: dict[str, Any] = {
     "preset": "nano",
     "dataset": "rrsisd",
