@@ -11,6 +11,9 @@ object's mask is known, not only the targets') and, for the expressions of one s
   is above the mean inside that object, for the final mask and for the MPG prior (the union
   encoder's dense prompt), split into objects of the target's class and of other classes. 0.5 is
   chance.
+* **pointing**: whether the MPG's highest patch-grid cell holds target pixels (the grounding loss's
+  cells, :func:`rs2sam2.losses.grounding_cells`), per class, with the mask IoU at the model's input
+  size where it points at the target and where it does not: how much of the mIoU the pointing decides.
 
 Usage::
 
@@ -35,7 +38,9 @@ import torch
 from PIL import Image
 
 from rs2sam2.data.synth import CLASSES, COLOURS, assign_splits, iter_scenes
+from rs2sam2.data.transforms import resize_mask
 from rs2sam2.fsutil import atomic_write_text
+from rs2sam2.losses import grounding_cells
 from rs2sam2.metrics import intersection_union
 from rs2sam2.predict import Predictor
 
@@ -69,12 +74,38 @@ def _mean_inside(prob: np.ndarray, mask: np.ndarray) -> float:
     return float((prob * cover).sum() / max(cover.sum(), 1e-6))
 
 
+@torch.inference_mode()
+def points_at(predictor: Predictor, image: np.ndarray, text: str, target: np.ndarray) -> bool:
+    """Whether the MPG's highest grid cell for ``text`` holds a pixel of ``target`` (at the model's input size)."""
+    model, cfg = predictor.model, predictor.config
+    _, evf = predictor.preprocess(image)
+    ids, attention = predictor.tokenize([text])
+    union = model.union_encoder(evf, ids, attention)
+    grid = model.mpg.grid_logits(union[:, :1], union[:, 1:cfg.beit3.num_vision_tokens])
+    cells = grounding_cells(resize_mask(target, cfg.image_size)[None], grid.shape[-1])
+    return bool(cells[0, int(grid.flatten(1).argmax(1))])
+
+
+def _pointing_summary(rows: list[tuple[str, bool, float]]) -> dict:
+    """(class, points at the target, mask IoU) per expression -> shares and mIoUs, overall and per class."""
+    def summary(sel):
+        hit = [iou for _, p, iou in sel if p]
+        miss = [iou for _, p, iou in sel if not p]
+        return {"n": len(sel), "share": round(len(hit) / len(sel), 3),
+                "mIoU": round(100 * float(np.mean([iou for _, _, iou in sel])), 2),
+                "mIoU_pointed": round(100 * float(np.mean(hit)), 2) if hit else None,
+                "mIoU_missed": round(100 * float(np.mean(miss)), 2) if miss else None}
+    classes = sorted({c for c, _, _ in rows})
+    return {"all": summary(rows), "by_class": {c: summary([r for r in rows if r[0] == c]) for c in classes}} if rows else {}
+
+
 def probe(predictor: Predictor, num_images: int, seed: int, split: str = "test", max_scenes: int = 60) -> dict:
-    """The word-swap IoUs and ranking shares (see the module docstring) over the first ``max_scenes``
-    scenes of ``split``."""
+    """The word-swap IoUs, ranking shares and pointing (see the module docstring) over the first
+    ``max_scenes`` scenes of ``split``."""
     split_of = assign_splits(num_images, seed)
     swap_iou: dict[str, list[float]] = defaultdict(list)
     above: dict[tuple[str, str], list[float]] = defaultdict(list)
+    pointing: list[tuple[str, bool, float]] = []
     scenes = expressions = 0
     for index, scene in enumerate(iter_scenes(num_images, seed)):
         if split_of[index] != split:
@@ -90,6 +121,9 @@ def probe(predictor: Predictor, num_images: int, seed: int, split: str = "test",
                 for kind, mask in zip(variants, masks[1:]):
                     inter, union = intersection_union(masks[0], mask)
                     swap_iou[kind].append(inter / union if union else 1.0)
+                inter, union = intersection_union(masks[0], resize_mask(target.mask, masks[0].shape[0]).numpy() > 0)
+                pointing.append((target.cls, points_at(predictor, scene.image, text, target.mask),
+                                 inter / union if union else 0.0))
                 maps = {"mask": prob}
                 if answers[0].prior is not None:
                     maps["prior"] = answers[0].prior.numpy()
@@ -108,6 +142,7 @@ def probe(predictor: Predictor, num_images: int, seed: int, split: str = "test",
         "swap_mask_iou": {k: {"mean": round(float(np.mean(v)), 3), "n": len(v)} for k, v in swap_iou.items()},
         "target_above_other": {f"{name}/{group}": {"share": round(float(np.mean(v)), 3), "pairs": len(v)}
                                for (name, group), v in sorted(above.items())},
+        "pointing": _pointing_summary(pointing),
     }
 
 
@@ -127,6 +162,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mask IoU before/after swapping {kind} words: {v['mean']:.3f} ({v['n']} sentences)")
     for key, v in result["target_above_other"].items():
         print(f"target above another object ({key}): {v['share']:.3f} ({v['pairs']} pairs)")
+    for name, v in [("all", result["pointing"]["all"]), *result["pointing"]["by_class"].items()]:
+        print(f"MPG points at the target ({name}): {v['share']:.3f} of {v['n']} expressions; mask mIoU {v['mIoU']:.1f}, "
+              f"{v['mIoU_pointed']} where it points at it, {v['mIoU_missed']} where not")
     if args.json:
         atomic_write_text(Path(args.json), json.dumps(result, indent=1) + "\n")
     return 0

@@ -65,8 +65,8 @@ def test_demo_sweep_script_smoke(tmp_path):
 
 
 def test_grounding_probe_script(tmp_path):
-    """benchmarks/grounding_probe.py swaps words of each kind and ranks the target against the scene's
-    other objects, for the mask and the MPG prior, on regenerated synth scenes."""
+    """benchmarks/grounding_probe.py swaps words of each kind, ranks the target against the scene's
+    other objects (for the mask and the MPG prior) and says where the MPG points, on regenerated synth scenes."""
     from helpers_ckpt import build_checkpoint
 
     root = Path(__file__).resolve().parents[1]
@@ -82,6 +82,14 @@ def test_grounding_probe_script(tmp_path):
     assert all(0 <= v["mean"] <= 1 and v["n"] >= 1 for v in r["swap_mask_iou"].values())
     assert {k.split("/")[0] for k in r["target_above_other"]} == {"mask", "prior"}
     assert all(0 <= v["share"] <= 1 and v["pairs"] >= 1 for v in r["target_above_other"].values())
+    pointing = r["pointing"]
+    assert pointing["all"]["n"] == r["expressions"] == sum(v["n"] for v in pointing["by_class"].values())
+    for v in [pointing["all"], *pointing["by_class"].values()]:
+        assert 0 <= v["share"] <= 1 and 0 <= v["mIoU"] <= 100
+        # the mIoU is the mean of the pointed and the missed expressions, weighted by their shares
+        parts = [(m, share) for m, share in ((v["mIoU_pointed"], v["share"]), (v["mIoU_missed"], 1 - v["share"])) if m is not None]
+        assert abs(sum(m * share for m, share in parts) - v["mIoU"]) < 0.1  # roundings of the JSON
+    assert "MPG points at the target (all)" in printed
 
 
 def test_grounding_probe_word_swaps():
@@ -96,3 +104,33 @@ def test_grounding_probe_word_swaps():
     assert swap_words("the oil tank closest to the road", SWAPS["noun"]) == "the building closest to the road"
     assert swap_words("the white plane", SWAPS["colour"]) == "the gray plane"
     assert swap_words("the tank on the leftover road", SWAPS["position"]) == "the tank on the leftover road"
+
+
+def test_grounding_probe_pointing_is_the_highest_cell(tmp_path):
+    """The probe's pointing holds for a target mask exactly when the mask covers the MPG's single
+    highest grid cell: one cell of the grid alone gives a hit, the whole image always does, an empty mask never."""
+    import numpy as np
+
+    from helpers_ckpt import build_checkpoint
+    from rs2sam2.predict import Predictor
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    try:
+        from grounding_probe import points_at
+    finally:
+        sys.path.pop(0)
+    predictor = Predictor.from_pretrained(build_checkpoint(tmp_path / "ckpt"), device="cpu")
+    cfg = predictor.config
+    grid, size = cfg.beit3.img_size // cfg.beit3.patch_size, cfg.image_size
+    image = np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    text = "the white storage tank"
+    cell = size // grid
+    hits = []
+    for r in range(grid):
+        for c in range(grid):
+            mask = np.zeros((size, size), bool)
+            mask[r * cell:(r + 1) * cell, c * cell:(c + 1) * cell] = True
+            hits.append(points_at(predictor, image, text, mask))
+    assert sum(hits) == 1
+    assert points_at(predictor, image, text, np.ones((size, size), bool))
+    assert not points_at(predictor, image, text, np.zeros((size, size), bool))
