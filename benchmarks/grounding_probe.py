@@ -162,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mask IoU before/after swapping {kind} words: {v['mean']:.3f} ({v['n']} sentences)")
     for key, v in result["target_above_other"].items():
         print(f"target above another object ({key}): {v['share']:.3f} ({v['pairs']} pairs)")
-    for name, v in [("all", result["pointing"]["all"]), *result["pointing"]["by_class"].items()]:
+    pointing = result["pointing"]
+    for name, v in [("all", pointing["all"]), *pointing["by_class"].items()] if pointing else []:
         print(f"MPG points at the target ({name}): {v['share']:.3f} of {v['n']} expressions; mask mIoU {v['mIoU']:.1f}, "
               f"{v['mIoU_pointed']} where it points at it, {v['mIoU_missed']} where not")
     if args.json:
