@@ -77,12 +77,9 @@ def _mean_inside(prob: np.ndarray, mask: np.ndarray) -> float:
 @torch.inference_mode()
 def points_at(predictor: Predictor, image: np.ndarray, text: str, target: np.ndarray) -> bool:
     """Whether the MPG's highest grid cell for ``text`` holds a pixel of ``target`` (at the model's input size)."""
-    model, cfg = predictor.model, predictor.config
     _, evf = predictor.preprocess(image)
-    ids, attention = predictor.tokenize([text])
-    union = model.union_encoder(evf, ids, attention)
-    grid = model.mpg.grid_logits(union[:, :1], union[:, 1:cfg.beit3.num_vision_tokens])
-    cells = grounding_cells(resize_mask(target, cfg.image_size)[None], grid.shape[-1])
+    grid = predictor.model.pointing_logits(evf, *predictor.tokenize([text]))
+    cells = grounding_cells(resize_mask(target, predictor.config.image_size)[None], grid.shape[-1])
     return bool(cells[0, int(grid.flatten(1).argmax(1))])
 
 

@@ -42,6 +42,15 @@ def test_batch_invariance():
                 torch.testing.assert_close(batched[key][i : i + 1], alone[key], atol=1e-4, rtol=0, msg=key)
 
 
+def test_pointing_logits_are_the_forward_pass_prior_logits():
+    """``pointing_logits`` (the union encoder and the MPG alone, as the grounding warm-up runs them) gives
+    exactly the MPG scores of the whole forward pass."""
+    model = nano().eval()
+    images, evf, ids, mask = inputs(model, [5, 11])
+    with torch.no_grad():
+        assert torch.equal(model.pointing_logits(evf, ids, mask), model(images, evf, ids, mask).prior_logits)
+
+
 def test_unknown_tokens_masked_only_in_union_encoder():
     """Published rule: an unknown token (id 3) inside the text is masked in BEiT-3 only; BHFM and the
     decoder still see its position, so the output differs from dropping the token."""

@@ -114,6 +114,12 @@ class RS2SAM2(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.no_mem_embed.dtype
 
+    def pointing_logits(self, images_evf: Tensor, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """The MPG's scores on BEiT-3's patch grid (B, 1, grid, grid), before the sigmoid, from the union
+        encoder alone (no image encoder): what the grounding warm-up trains and what probes read."""
+        union = self.union_encoder(images_evf, input_ids, attention_mask)
+        return self.mpg.grid_logits(union[:, :1], union[:, 1:self.config.beit3.num_vision_tokens])
+
     def forward(
         self,
         images: Tensor,

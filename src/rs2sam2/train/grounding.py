@@ -51,7 +51,6 @@ def grounding_warmup(model, dataset, tokenizer, *, steps: int, batch_size: int, 
     if not params:
         raise ValueError("grounding warm-up: the union encoder and the MPG have no trainable parameter")
     cfg = model.config
-    nv = cfg.beit3.num_vision_tokens
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     generator = torch.Generator().manual_seed(seed * 1000 + d.rank)
     sampler = torch.utils.data.RandomSampler(range(len(dataset)), replacement=True,
@@ -65,8 +64,7 @@ def grounding_warmup(model, dataset, tokenizer, *, steps: int, batch_size: int, 
         images = torch.stack([s["image_evf"] for s in samples]).to(d.device)
         masks = torch.stack([s["mask"] for s in samples]).float().to(d.device)
         ids, attention = tokenizer.batch([s["text"] for s in samples], max_len=max_len, mask_rule=mask_rule)
-        union = model.union_encoder(images, ids.to(d.device), attention.bool().to(d.device))
-        loss = grounding_loss(model.mpg.grid_logits(union[:, :1], union[:, 1:nv]), masks)
+        loss = grounding_loss(model.pointing_logits(images, ids.to(d.device), attention.bool().to(d.device)), masks)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         d.average_gradients(params)
