@@ -24,15 +24,15 @@ import numpy as np
 # and one learning rate serves both parameter groups; small inputs keep a CPU run within minutes;
 # Dice is weighted up and cross-entropy down because the published weights collapse to "predict
 # nothing" from scratch on these mostly-background scenes. The union encoder and the MPG first learn
-# alone to point at the referred object (grounding warm-up, BEiT-3 patches of 8 px for an 8x8 grid,
-# their position table started as a 2-D sine-cosine code so that position words have an order to
-# read from the first step), and keep a grounding loss afterwards: without it the model follows
-# colour words only. The sweeps behind each choice, and the figures a run gives, are in
+# alone to point at the referred object (grounding warm-up; BEiT-3 sees the scene at 96 px in 8 px
+# patches, a 12x12 grid on which small objects still show their size and colour, and its position
+# table starts as a 2-D sine-cosine code so that position words have an order to read from the
+# first step), and keep a grounding loss afterwards: without it the model follows colour words only. The sweeps behind each choice, and the figures a run gives, are in
 # benchmarks/README.md ("Demo recipe").
 DEMO_RECIPE: dict[str, Any] = {
     "preset": "nano",
     "dataset": "rrsisd",
-    "model": {"image_size": 128, "beit3": {"img_size": 64, "patch_size": 8, "pos_embed_init": "sincos"}},
+    "model": {"image_size": 128, "beit3": {"img_size": 96, "patch_size": 8, "pos_embed_init": "sincos"}},
     "train_tokenizer": True,
     "tokenizer_vocab_size": 200,
     "epochs": 5,
@@ -45,7 +45,7 @@ DEMO_RECIPE: dict[str, Any] = {
     "w_dice": 1.0,
     "w_tbl": 0.2,
     "w_grounding": 1.0,
-    "grounding_warmup_steps": 600,
+    "grounding_warmup_steps": 400,
     "grounding_warmup_lr": 5e-4,
     "boundary_loss": "hard",
     "freeze": "none",
