@@ -27,8 +27,9 @@ import numpy as np
 # alone to point at the referred object (grounding warm-up; BEiT-3 sees the scene at 96 px in 8 px
 # patches, a 12x12 grid on which small objects still show their size and colour, and its position
 # table starts as a 2-D sine-cosine code so that position words have an order to read from the
-# first step), and keep a grounding loss afterwards: without it the model follows colour words only. The sweeps behind each choice, and the figures a run gives, are in
-# benchmarks/README.md ("Demo recipe").
+# first step), and keep a grounding loss afterwards: without it the model follows colour words only.
+# The sweeps behind each choice, and the figures a run gives, are in benchmarks/README.md ("Demo
+# recipe").
 DEMO_RECIPE: dict[str, Any] = {
     "preset": "nano",
     "dataset": "rrsisd",
