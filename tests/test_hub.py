@@ -240,11 +240,12 @@ def test_predict_cli_by_hub_id_in_a_fresh_process(ckpt, tmp_path):
     env.update(HF_HOME=str(home), HF_HUB_OFFLINE="1", PYTHONPATH=str(SRC), OMP_NUM_THREADS="1")
 
     argv = ["predict", "--checkpoint", REPO, "--subfolder", "rrsisd", "--revision", "main", "--image", str(image),
-            "--text", TEXT, "--out", str(tmp_path / "hub.png"), "--threshold", "0", "--device", "cpu"]
+            "--text", TEXT, "--out", str(tmp_path / "hub.png"), "--threshold", "0", "--device", "cpu",
+            "--precision", "fp32"]  # the fresh process does not share the suite's fp32 'auto' (conftest.py)
     done = subprocess.run([sys.executable, "-m", "rs2sam2", *argv], env=env, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr
-    expected = Predictor.from_pretrained(ckpt).predict(image, TEXT, threshold=0).mask
+    expected = Predictor.from_pretrained(ckpt, precision="fp32").predict(image, TEXT, threshold=0).mask
     with Image.open(tmp_path / "hub.png") as m:
         np.testing.assert_array_equal(np.asarray(m) == 255, expected)
 
