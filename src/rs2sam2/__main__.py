@@ -1,8 +1,6 @@
 """``python -m rs2sam2``: the command line (also what ``torchrun -m rs2sam2`` starts)."""
 
-import sys
-
-from .cli import main
+from .cli import entry
 
 if __name__ == "__main__":  # guarded: spawned training processes import this module
-    sys.exit(main())
+    entry()

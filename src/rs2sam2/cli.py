@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from typing import NoReturn
 
 COMMANDS = {
     "demo": ("rs2sam2.demo", "generate data, train the nano preset on the CPU, evaluate, write a report"),
@@ -59,6 +60,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def entry() -> NoReturn:
+    """The ``rs2sam2`` program (console script, ``python -m rs2sam2``, what torchrun starts):
+    :func:`main` on ``sys.argv``, then the end of the process with its status
+    (:func:`rs2sam2.runtime.end_process`)."""
+    status = main()
+    from .runtime import end_process
+
+    end_process(status)
+
+
 def is_user_error(exc: BaseException) -> bool:
     """Whether ``exc`` is the user's doing (exit status 2 with its message) rather than a bug."""
     from .errors import UserError
@@ -67,4 +78,4 @@ def is_user_error(exc: BaseException) -> bool:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

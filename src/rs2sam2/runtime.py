@@ -1,6 +1,6 @@
 """Process-level settings: a faster CPU allocator (results unchanged), worker clean-up, the
-distributed setup (process group, rank, device) and the autocast rule that training, evaluation and
-the benchmark share."""
+distributed setup (process group, rank, device), the end of a process that joined one, and the
+autocast rule that training, evaluation and the benchmark share."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 from dataclasses import dataclass, field
+from typing import NoReturn
 
 import torch
 import torch.distributed as dist
@@ -20,6 +21,7 @@ _PR_SET_PDEATHSIG = 1
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 _tuned: bool | None = None
+_joined_group = False  # whether init_distributed created a process group in this process
 _LOOPBACK_INTERFACE = "lo0" if sys.platform == "darwin" else "lo"
 
 
@@ -172,6 +174,7 @@ def init_distributed(device: str = "auto", rank: int | None = None, world_size: 
     server listens anywhere and gloo connects the ranks over the loopback interface only, so nothing
     is reachable from the network.
     """
+    global _joined_group
     env_rank, env_world = launch_ranks() if rank is None or world_size is None else (rank, world_size)
     world = env_world if world_size is None else int(world_size)
     rank = env_rank if rank is None else int(rank)
@@ -194,10 +197,28 @@ def init_distributed(device: str = "auto", rank: int | None = None, world_size: 
             os.environ["GLOO_SOCKET_IFNAME"] = _LOOPBACK_INTERFACE  # read when gloo creates its device
             dist.init_process_group(backend="gloo", store=dist.FileStore(str(rendezvous), world), rank=rank,
                                     world_size=world)
-        created = True
+        created = _joined_group = True
     if dist.is_initialized():
         rank, world = dist.get_rank(), dist.get_world_size()
     return Dist(rank, world, local_rank, dev, created)
+
+
+def end_process(status: int) -> NoReturn:
+    """End this process with exit ``status``, once the program's own files are closed.
+
+    A process that joined a process group (:func:`init_distributed`) ends with ``os._exit`` after
+    flushing stdout and stderr, skipping the interpreter's finalization: gloo's worker threads
+    outlive ``destroy_process_group`` while something still holds the group (FSDP's device mesh, a
+    DDP module), and a thread that frees the tensors of a finished collective needs the GIL; if the
+    interpreter is finalizing by then, the thread is torn down inside C++ and the process aborts
+    (SIGABRT, "terminate called without an active exception"), so a rank that finished its work
+    would be reported as failed. Other processes exit normally.
+    """
+    if _joined_group:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    sys.exit(status)
 
 
 def dist_info() -> tuple[int, int]:

@@ -12,7 +12,7 @@ import multiprocessing.connection
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 
@@ -52,8 +52,8 @@ USER_ERRORS = (UserError, OSError)
 _GRACE_S = 60.0
 
 
-def _cpu_worker(rank: int, world: int, folder: str, threads: int, config: dict[str, Any]) -> None:
-    from ..runtime import exit_with_parent, init_distributed, tune_cpu_allocator
+def _cpu_worker(rank: int, world: int, folder: str, threads: int, config: dict[str, Any]) -> NoReturn:
+    from ..runtime import end_process, exit_with_parent, init_distributed, tune_cpu_allocator
 
     exit_with_parent()
     torch.set_num_threads(threads)
@@ -67,6 +67,7 @@ def _cpu_worker(rank: int, world: int, folder: str, threads: int, config: dict[s
         raise
     finally:
         d.close()
+    end_process(0)
 
 
 def _wait_for_ranks(processes: list, grace_s: float) -> None:
