@@ -8,6 +8,7 @@ import math
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -334,11 +335,14 @@ def test_cli_cpu_processes(synth_data, tmp_path):
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["global_step"] == 2
     # the same command on a folder that is not a dataset: the ranks fail, the launcher reports it
+    error_files = set(Path(tempfile.gettempdir()).glob("pytorch-errorfile-*"))
     assert _cli_train(tmp_path / "nothing", tmp_path / "bad", "--max-steps", "2", "--cpu-processes", "2") == 2
     # a non-finite loss in the ranks stops the run with the same exit code as in one process
     assert _cli_train(data, tmp_path / "nan", "--max-steps", "2", "--batch-size", "1", "--cpu-processes", "2",
                       "--set", "debug_nonfinite_at_step=2") == 3
     assert json.loads((tmp_path / "nan" / "summary.json").read_text())["status"] == "stopped_nonfinite_loss"
+    # the tracebacks the failed ranks pickled for the launcher are not left behind
+    assert set(Path(tempfile.gettempdir()).glob("pytorch-errorfile-*")) == error_files
 
 
 def test_cpu_processes_rejects_bad_arguments(tmp_path):

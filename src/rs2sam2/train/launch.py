@@ -141,4 +141,7 @@ def train_cpu_processes(config: TrainConfig, processes: int, threads_per_process
             if error is None:
                 raise
             raise error from None
+        finally:  # where a failed rank pickled its traceback (torch puts these files in the temp folder)
+            for name in context.error_files:
+                Path(name).unlink(missing_ok=True)
     return json.loads((Path(cfg.out) / "summary.json").read_text())
