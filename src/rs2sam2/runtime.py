@@ -208,11 +208,11 @@ def end_process(status: int) -> NoReturn:
 
     A process that joined a process group (:func:`init_distributed`) ends with ``os._exit`` after
     flushing stdout and stderr, skipping the interpreter's finalization: gloo's worker threads
-    outlive ``destroy_process_group`` while something still holds the group (FSDP's device mesh, a
-    DDP module), and a thread that frees the tensors of a finished collective needs the GIL; if the
-    interpreter is finalizing by then, the thread is torn down inside C++ and the process aborts
-    (SIGABRT, "terminate called without an active exception"), so a rank that finished its work
-    would be reported as failed. Other processes exit normally.
+    outlive ``destroy_process_group`` while something still holds the group (FSDP's device mesh
+    does, for the life of the process), and a thread that frees the tensors of a finished
+    collective needs the GIL; if the interpreter is finalizing by then, the thread is torn down
+    inside C++ and the process aborts (SIGABRT, "terminate called without an active exception"),
+    so a rank that finished its work would be reported as failed. Other processes exit normally.
     """
     if _joined_group:
         sys.stdout.flush()
