@@ -94,39 +94,51 @@ def test_average_gradients_is_a_no_op_in_one_process():
     assert p.grad.tolist() == [1.0, 2.0, 3.0]
 
 
+# how a process ended: an exit handler touches `atexit<name>`; an object in a module global touches
+# `finalized<name>` when the interpreter tears the module down at finalization
+MARKERS = r"""
+import atexit, pathlib
+def markers(folder, name):
+    class Finalized:
+        def __del__(self):
+            (folder / f"finalized{name}").touch()
+    atexit.register((folder / f"atexit{name}").touch)
+    return Finalized()
+"""
+
 # a gloo rank that ends as the rs2sam2 program does: a device mesh holds the group past
-# destroy_process_group (as FSDP's does), the last collective's tensor was made in Python, an atexit
-# handler would leave a file behind, and the last line printed is not flushed
-RANK_END = r"""
-import atexit, pathlib, sys
+# destroy_process_group (as FSDP's does), the last collective's tensor was made in Python, and the
+# last line printed is not flushed
+RANK_END = MARKERS + r"""
+import sys
 from torch.distributed.device_mesh import init_device_mesh
 from rs2sam2.runtime import end_process, init_distributed
 rank, folder = int(sys.argv[1]), pathlib.Path(sys.argv[2])
+keep = markers(folder, rank)
 d = init_distributed("cpu", rank=rank, world_size=2, rendezvous=folder / "rendezvous")
 mesh = init_device_mesh("cpu", (2,))
 assert not d.any(False)
 d.close()
-atexit.register((folder / f"finalized{rank}").touch)
 print(f"rank {rank} done", end="")
 end_process(0)
 """
 
 
 def test_a_rank_ends_without_finalization(tmp_path):
-    """end_process in a process that joined a group: exit status as given, output flushed, and no
-    interpreter finalization, during which a gloo thread still freeing a tensor aborts the process
-    (how often: benchmarks/README.md, "A rank's end")."""
+    """end_process in a process that joined a group: exit status as given, output flushed, exit
+    handlers run, and no interpreter finalization, during which a gloo thread still freeing a tensor
+    aborts the process (how often: benchmarks/README.md, "A rank's end")."""
     procs = [subprocess.Popen([sys.executable, "-c", RANK_END, str(r), str(tmp_path)], stdout=subprocess.PIPE,
                               text=True) for r in range(2)]
     outs = [p.communicate(timeout=120)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0]
     assert outs == ["rank 0 done", "rank 1 done"]
+    assert (tmp_path / "atexit0").is_file() and (tmp_path / "atexit1").is_file()
     assert not list(tmp_path.glob("finalized*"))
 
 
 def test_a_process_without_a_group_ends_normally(tmp_path):
-    marker = tmp_path / "finalized"
-    code = (f"import atexit, pathlib; from rs2sam2.runtime import end_process; "
-            f"atexit.register(pathlib.Path({str(marker)!r}).touch); end_process(3)")
+    code = MARKERS + (f"from rs2sam2.runtime import end_process\n"
+                      f"keep = markers(pathlib.Path({str(tmp_path)!r}), 'single')\nend_process(3)")
     assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 3
-    assert marker.is_file()
+    assert (tmp_path / "atexitsingle").is_file() and (tmp_path / "finalizedsingle").is_file()

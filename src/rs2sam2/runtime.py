@@ -4,6 +4,7 @@ autocast rule that training, evaluation and the benchmark share."""
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import ctypes.util
 import os
@@ -206,15 +207,17 @@ def init_distributed(device: str = "auto", rank: int | None = None, world_size: 
 def end_process(status: int) -> NoReturn:
     """End this process with exit ``status``, once the program's own files are closed.
 
-    A process that joined a process group (:func:`init_distributed`) ends with ``os._exit`` after
-    flushing stdout and stderr, skipping the interpreter's finalization: gloo's worker threads
-    outlive ``destroy_process_group`` while something still holds the group (FSDP's device mesh
-    does, for the life of the process), and a thread that frees the tensors of a finished
+    A process that joined a process group (:func:`init_distributed`) runs the exit handlers
+    (``atexit``: multiprocessing's clean-up of its semaphores, tqdm's, ...), flushes stdout and
+    stderr, then ends with ``os._exit``, skipping the interpreter's finalization: gloo's worker
+    threads outlive ``destroy_process_group`` while something still holds the group (FSDP's device
+    mesh does, for the life of the process), and a thread that frees the tensors of a finished
     collective needs the GIL; if the interpreter is finalizing by then, the thread is torn down
     inside C++ and the process aborts (SIGABRT, "terminate called without an active exception"),
     so a rank that finished its work would be reported as failed. Other processes exit normally.
     """
     if _joined_group:
+        atexit._run_exitfuncs()  # what the interpreter runs first at exit, while it is still whole
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(status)
