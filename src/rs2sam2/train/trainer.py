@@ -26,13 +26,14 @@ from torch import nn
 
 from ..checkpoints import CardInfo, Located, locate
 from ..data import DatasetError
-from ..errors import ConfigError
+from ..errors import ConfigError, OutputError
 from ..fsutil import atomic_write_bytes
 from ..losses import LossOutput, grounding_loss
 from ..runtime import Dist, autocast, autocast_enabled, init_distributed
 from .config import TrainConfig, merge_dicts, model_config_from, read_yaml, resume_clashes, write_yaml
 from .grounding import grounding_warmup
 from .policy import apply_freeze, build_loss, build_optimizer, build_scheduler, per_sample_loss
+from .runfolder import claim_run_folder
 from .sampling import train_loader
 from .state import (
     CheckpointWriteError,
@@ -249,6 +250,7 @@ class Trainer:
         self.summary: dict[str, Any] = {}
         self.grounding_warmup: dict[str, Any] | None = None  # what the warm-up did, when this process ran it
         self.log: _RunLog | None = None
+        self.run_id: str | None = None  # on the main rank: the id in the run folder's marker
 
     # ------------------------------------------------------------------------------------- setup
     def setup(self) -> None:
@@ -274,7 +276,7 @@ class Trainer:
         if self.resume_dir is not None:
             self._restore(self.resume_dir)
         if d.is_main:
-            write_yaml(self.run / "train_config.yaml", {**cfg.to_dict(), "resume": False})
+            write_yaml(self.run / "train_config.yaml", {**cfg.to_dict(), "resume": False, "overwrite": False})
         self.log = _RunLog(self.run, self.progress.global_step, cfg.tensorboard, d)
         _log(f"{self.train_ds.num_refs} train refs ({len(self.train_ds)} expressions), "
              f"{len(self.val_ds) if self.val_ds is not None else 0} val expressions; world size {d.world_size}, "
@@ -283,14 +285,21 @@ class Trainer:
              f"{' FSDP' if self.fsdp else ' DDP' if d.enabled else ''}", d)
 
     def _check_run_folder(self) -> Path | None:
-        """The checkpoint to resume from (None: a new run); refuses to overwrite an existing run."""
+        """Claim the run folder on the main rank (:func:`~.runfolder.claim_run_folder`: only this run
+        writes there); returns the checkpoint to resume from (None: a new run)."""
         cfg, d = self.cfg, self.d
+        problem = None
+        if d.is_main:
+            try:
+                self.run_id = claim_run_folder(self.run, resume=cfg.resume, overwrite=cfg.overwrite).run_id
+            except OutputError as exc:
+                problem = str(exc)
+        problem = d.first_message(problem)
+        if problem is not None:
+            raise OutputError(problem)
         resume_dir = find_last_checkpoint(self.run) if cfg.resume else None
         if cfg.resume and resume_dir is None:
             _log(f"--resume: no checkpoint in {self.run / 'checkpoints'}; starting a new run", d)
-        if not cfg.resume and find_last_checkpoint(self.run) is not None:
-            raise FileExistsError(f"{self.run} already holds a training run (checkpoints/last); pass --resume to "
-                                  "continue it or choose another --out")
         if resume_dir is not None:
             self._check_resume(resume_dir)
         return resume_dir
@@ -488,6 +497,7 @@ class Trainer:
         summary = {
             "status": status,
             "message": message,
+            "run_id": self.run_id,
             "world_size": d.world_size,
             "global_step": p.global_step,
             "epoch": p.epoch,
