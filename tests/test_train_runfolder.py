@@ -121,12 +121,15 @@ def test_yaml_and_set_values_have_the_same_ranges(tmp_path, capsys):
     run folder exists."""
     base = dict(data="d", out=str(tmp_path / "run"))
     for key, bounds in RANGES.items():
-        bad = bounds["high"] * 2 if bounds["kind"] is float else bounds["high"] + 1
+        if "high" not in bounds:
+            bad = bounds["low"] if bounds.get("low_open") else bounds["low"] - 1
+        else:
+            bad = bounds["high"] * 2 if bounds["kind"] is float else bounds["high"] + 1
         value = [bad, bad] if key in ("betas", "lr_milestones") else bad
         with pytest.raises(ConfigError, match=rf"^{key}: expected "):
             TrainConfig.from_dict({**base, key: value}).resolved()
     assert _train(tmp_path, tmp_path / "run", "--set", "lr=-1") == 2
-    assert "rs2sam2 train: error: lr: expected a finite number in (0, 10], got '-1'" in capsys.readouterr().err
+    assert "rs2sam2 train: error: lr: expected a finite number > 0, got '-1'" in capsys.readouterr().err
     assert _train(tmp_path, tmp_path / "run", "--set", "eval_threshold=.nan") == 2
     assert "eval_threshold: expected a finite number in [0, 1], got 'nan'" in capsys.readouterr().err
     assert _train(tmp_path, tmp_path / "run", "--set", "betas=[0.9]") == 2
