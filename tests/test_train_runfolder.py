@@ -89,6 +89,7 @@ def test_another_runs_checkpoints_need_resume_or_overwrite(tmp_path, capsys):
 
 
 def test_out_that_is_a_file_or_cannot_be_written(tmp_path, capsys, monkeypatch):
+    """Both refused with one line; a file before any work."""
     (tmp_path / "file").write_text("x")
     assert _train(tmp_path, tmp_path / "file") == 2
     assert f"--out {tmp_path / 'file'}: a file, not a folder" in capsys.readouterr().err
@@ -97,10 +98,11 @@ def test_out_that_is_a_file_or_cannot_be_written(tmp_path, capsys, monkeypatch):
         raise PermissionError(13, "Permission denied", str(tmp_path / "ro"))
 
     monkeypatch.setattr(Path, "mkdir", refuse)
-    assert _train(tmp_path, tmp_path / "ro" / "run") == 2
-    err = capsys.readouterr().err
-    assert f"--out {tmp_path / 'ro' / 'run'}: the run folder cannot be written (permission denied: " in err
-    assert "[Errno" not in err
+    with pytest.raises(OutputError) as caught:
+        claim_run_folder(tmp_path / "ro" / "run", resume=False, overwrite=False)
+    assert str(caught.value).startswith(f"--out {tmp_path / 'ro' / 'run'}: the run folder cannot be written "
+                                        "(permission denied: ")
+    assert "[Errno" not in str(caught.value)
 
 
 @pytest.mark.parametrize("flags", [["--lr", "-1"], ["--lr-fusion", "nan"], ["--betas", "2", "2"],

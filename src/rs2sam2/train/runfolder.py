@@ -18,11 +18,12 @@ or overwritten.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..checkpoints import CheckpointError
@@ -40,20 +41,39 @@ _TEMPORARY = re.compile(r"^\.(" + "|".join(re.escape(n) for n in (*RUN_ENTRIES, 
 
 @dataclass(frozen=True)
 class RunFolder:
-    """A run folder claimed for one run: its id, and the checkpoint to resume from (None: a new run)."""
+    """A run folder checked for one run (:func:`check_run_folder`), to be claimed with :meth:`claim`.
+
+    Attributes:
+        path: the folder.
+        resume_from: the checkpoint to resume from; None for a new run.
+        remove: the entries of an earlier run that a new run removes first (``--overwrite``).
+        run_id: the run's id once claimed (a resumed run keeps its id).
+    """
 
     path: Path
-    run_id: str
-    resume_from: Path | None
+    resume_from: Path | None = None
+    remove: tuple[str, ...] = ()
+    run_id: str | None = None
+
+    def claim(self) -> RunFolder:
+        """Remove the earlier run's entries, write the marker of a new run (the first file it writes)
+        and return the folder with its run id."""
+        if self.resume_from is not None:
+            return replace(self, run_id=_run_id(self.path) or _mark(self.path))
+        for name in self.remove:
+            _remove(self.path / name)
+        return replace(self, remove=(), run_id=_mark(self.path))
 
 
-def claim_run_folder(path: str | Path, resume: bool, overwrite: bool) -> RunFolder:
-    """Check ``path`` against the rules of the module docstring and claim it: the marker of a new
-    run is written before anything else. Raises :class:`~rs2sam2.errors.OutputError` naming the
-    folder and what is in it when it may not be used."""
+def check_run_folder(path: str | Path, resume: bool, overwrite: bool) -> RunFolder:
+    """Check ``path`` against the rules of the module docstring, without writing anything; raises
+    :class:`~rs2sam2.errors.OutputError` naming the folder and what is in it when it may not be used."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise OutputError(f"--out {path}: a file, not a folder; give the folder for the run")
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputError(f"--out {path}: the run folder cannot be written ({existing} is read-only for this user)")
     entries = sorted(p.name for p in path.iterdir()) if path.is_dir() else []
     foreign = [n for n in entries if n not in (*RUN_ENTRIES, MARKER) and not _TEMPORARY.match(n)]
     if foreign:
@@ -65,14 +85,17 @@ def claim_run_folder(path: str | Path, resume: bool, overwrite: bool) -> RunFold
                           f"{MARKER}, no readable checkpoints/last); choose another --out")
     last = find_last_checkpoint(path)
     if resume and last is not None:
-        return RunFolder(path, _run_id(path) or _mark(path), last)
+        return RunFolder(path, resume_from=last)
     # --resume of a run that stopped before its first checkpoint starts it again (nothing is lost)
     restart = resume and (path / MARKER).is_file() and not any((path / "checkpoints").glob("*"))
     if ours and not (overwrite or restart):
         raise OutputError(_taken(path, ours, resume))
-    for name in ours:
-        _remove(path / name)
-    return RunFolder(path, _mark(path), None)
+    return RunFolder(path, remove=tuple(ours))
+
+
+def claim_run_folder(path: str | Path, resume: bool, overwrite: bool) -> RunFolder:
+    """:func:`check_run_folder`, then :meth:`RunFolder.claim`."""
+    return check_run_folder(path, resume, overwrite).claim()
 
 
 def _is_a_run(path: Path) -> bool:

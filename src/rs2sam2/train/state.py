@@ -252,8 +252,10 @@ def write_checkpoint(root: Path, name: str, state_dict: dict[str, torch.Tensor],
         save_state_dict(state_dict, model_config, tmp, tokenizer_path=tokenizer_path, card=card)
         with atomic_write(tmp / TRAINER_STATE) as part:
             torch.save(trainer_state, part)
-    except Exception as exc:
+    except BaseException as exc:  # a signal too: no partial folder is left behind
         shutil.rmtree(tmp, ignore_errors=True)
+        if not isinstance(exc, Exception):
+            raise
         reason = _write_failure(exc, final, _tensor_bytes(state_dict) + _tensor_bytes(trainer_state))
         if reason is None:
             raise

@@ -30,10 +30,11 @@ from ..errors import ConfigError, OutputError
 from ..fsutil import atomic_write_bytes
 from ..losses import LossOutput, grounding_loss
 from ..runtime import Dist, autocast, autocast_enabled, init_distributed
+from ..signals import Stopped
 from .config import TrainConfig, merge_dicts, model_config_from, read_yaml, resume_clashes, write_yaml
 from .grounding import grounding_warmup
 from .policy import apply_freeze, build_loss, build_optimizer, build_scheduler, per_sample_loss
-from .runfolder import claim_run_folder
+from .runfolder import check_run_folder
 from .sampling import train_loader
 from .state import (
     CheckpointWriteError,
@@ -259,6 +260,7 @@ class Trainer:
         self.resume_dir = self._check_run_folder()
         self._load_data()
         self._check_data()
+        self._claim_run_folder()
         self._prepare_tokenizer()
         self._prepare_model()
         self.optimizer = build_optimizer(self.core, cfg)
@@ -285,24 +287,35 @@ class Trainer:
              f"{' FSDP' if self.fsdp else ' DDP' if d.enabled else ''}", d)
 
     def _check_run_folder(self) -> Path | None:
-        """Claim the run folder on the main rank (:func:`~.runfolder.claim_run_folder`: only this run
-        writes there); returns the checkpoint to resume from (None: a new run)."""
+        """Check the run folder on the main rank (:func:`~.runfolder.check_run_folder`: only this run
+        writes there), writing nothing yet; returns the checkpoint to resume from (None: a new run)."""
         cfg, d = self.cfg, self.d
-        problem = None
-        if d.is_main:
-            try:
-                self.run_id = claim_run_folder(self.run, resume=cfg.resume, overwrite=cfg.overwrite).run_id
-            except OutputError as exc:
-                problem = str(exc)
-        problem = d.first_message(problem)
-        if problem is not None:
-            raise OutputError(problem)
+        self.run_folder = self._on_main(lambda: check_run_folder(self.run, resume=cfg.resume, overwrite=cfg.overwrite))
         resume_dir = find_last_checkpoint(self.run) if cfg.resume else None
         if cfg.resume and resume_dir is None:
             _log(f"--resume: no checkpoint in {self.run / 'checkpoints'}; starting a new run", d)
         if resume_dir is not None:
             self._check_resume(resume_dir)
         return resume_dir
+
+    def _claim_run_folder(self) -> None:
+        """Once setup found nothing wrong: the earlier run's files go (``--overwrite``) and the marker
+        of this run is written, before anything else of it."""
+        claimed = self._on_main(lambda: self.run_folder.claim())
+        self.run_id = claimed.run_id if claimed is not None else None
+
+    def _on_main(self, action):
+        """``action()`` on the main rank (None elsewhere); an OutputError it raises stops every rank."""
+        result, problem = None, None
+        if self.d.is_main:
+            try:
+                result = action()
+            except OutputError as exc:
+                problem = str(exc)
+        problem = self.d.first_message(problem)
+        if problem is not None:
+            raise OutputError(problem)
+        return result
 
     def _check_resume(self, folder: Path) -> None:
         """Read the trainer state of ``folder`` and refuse a command line that differs from the run
@@ -570,6 +583,9 @@ class Trainer:
         except (DatasetError, OSError) as exc:  # a sample that cannot be loaded, a failed write (full disk)
             self._record_stop("failed", exc)
             raise
+        except Stopped as exc:  # SIGTERM or SIGINT: the checkpoints on disk are the last complete ones
+            self._record_stop("stopped", exc)
+            raise
         finally:
             self.log.close()
         return self.write_summary("completed")
@@ -584,8 +600,8 @@ class Trainer:
 
             bar = tqdm(total=self.steps_per_epoch, initial=p.micro_done // cfg.grad_accum_steps,
                        desc=f"epoch {p.epoch}", dynamic_ncols=True, leave=False)
+        batches = iter(self.loader)
         try:
-            batches = iter(self.loader)
             while p.micro_done < self.micro_per_epoch and not self._done():
                 loss = self._step(batches)
                 if bar is not None:
@@ -593,6 +609,7 @@ class Trainer:
                     bar.set_postfix(loss=f"{loss:.4f}", step=p.global_step)
                 self._after_step()
         finally:
+            del batches  # its loader workers end now, also when a signal stops the run
             if bar is not None:
                 bar.close()
         if p.micro_done >= self.micro_per_epoch:
