@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from ..cliargs import number
 from ..data import DATASETS
 from ..errors import ConfigError
@@ -29,8 +31,6 @@ def _in_range(key: str):
 
 
 def _yaml_mapping(text: str) -> dict[str, Any]:
-    import yaml
-
     value = yaml.safe_load(text)
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError(f"expected a YAML mapping such as '{{fusion: {{bhfm: uni}}}}', got {text!r}")
@@ -147,8 +147,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _apply_set(config: dict[str, Any], item: str) -> None:
-    import yaml
-
     if "=" not in item:
         raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
     key, raw = item.split("=", 1)

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from ..cliargs import describe_range, number
 from ..config import ModelConfig, get_config
 from ..errors import ConfigError
@@ -258,8 +260,6 @@ def _coerce(name: str, value: str, hint: Any) -> Any:
 
 def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
     """A YAML mapping from ``path``; a missing file or another document is a clear error."""
-    import yaml
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
@@ -274,8 +274,6 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
 
 def write_yaml(path: Path, d: dict[str, Any]) -> None:
     """Write ``d`` as YAML, atomically."""
-    import yaml
-
     atomic_write_bytes(path, yaml.safe_dump(d, sort_keys=False).encode("utf-8"))
 
 
