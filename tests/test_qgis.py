@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import json
 import os
 import shutil
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -118,6 +120,88 @@ def test_install_names_a_missing_profile(tmp_path, monkeypatch, capsys):
 def test_install_into_a_plugins_folder(tmp_path):
     assert cli_main(["qgis", "install", "--plugins-dir", str(tmp_path / "plugins")]) == 0
     assert (tmp_path / "plugins" / "rs2sam2_qgis" / "provider.py").is_file()
+
+
+# --------------------------------------------------------------------------------------------
+# the plugin's runner (plain Python) with a stand-in program
+# --------------------------------------------------------------------------------------------
+
+FAKE_PROGRAM = """
+import json, sys, time
+mode = sys.argv[1]
+print(json.dumps({"event": "start", "jobs": 1}), flush=True)
+print("a warning", file=sys.stderr, flush=True)
+for k in (1, 2):
+    print(json.dumps({"event": "progress", "done": k, "total": 2}), flush=True)
+if mode == "user-error":
+    print("usage: ...", file=sys.stderr)
+    print("rs2sam2 predict: error: checkpoint not found: /x", file=sys.stderr)
+    sys.exit(2)
+if mode == "crash":
+    print("Traceback (most recent call last):", file=sys.stderr)
+    sys.exit(1)
+if mode == "slow":
+    time.sleep(60)
+print(json.dumps({"event": "job", "index": 0, "text": "t", "written": ["m.tif"], "foreground_px": 7}), flush=True)
+print(json.dumps({"event": "end", "status": "done", "seconds": 0.1}), flush=True)
+"""
+
+
+def _runner():
+    spec = importlib.util.spec_from_file_location("rs2sam2_qgis_runner", qgis.PLUGIN_DIR / "runner.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def fake(tmp_path):
+    script = tmp_path / "fake.py"
+    script.write_text(FAKE_PROGRAM)
+    return lambda mode: [sys.executable, str(script), mode]
+
+
+def test_runner_reports_progress_jobs_and_warnings(fake):
+    runner = _runner()
+    seen = {"progress": [], "info": [], "warning": []}
+    feedback = runner.Feedback(progress=seen["progress"].append, info=seen["info"].append,
+                               warning=seen["warning"].append)
+    result = runner.run(fake("ok"), feedback)
+    assert seen["progress"] == [50.0, 100.0]
+    assert seen["warning"] == ["a warning"]
+    assert result.jobs[0]["foreground_px"] == 7 and result.end["status"] == "done"
+
+
+def test_runner_gives_the_program_message_on_a_user_error_and_the_stderr_tail_on_a_crash(fake):
+    runner = _runner()
+    with pytest.raises(runner.ProgramError) as err:
+        runner.run(fake("user-error"))
+    assert str(err.value) == "checkpoint not found: /x"
+    with pytest.raises(runner.ProgramError, match="exit status 1:\n(.|\n)*Traceback"):
+        runner.run(fake("crash"))
+
+
+def test_runner_stops_the_program_on_cancel(fake):
+    runner = _runner()
+    pids, canceled_at = [], []
+
+    def canceled():
+        if pids and not canceled_at:
+            canceled_at.append(time.monotonic())
+        return bool(canceled_at)
+
+    with pytest.raises(runner.Canceled):
+        runner.run(fake("slow"), runner.Feedback(canceled=canceled, started=pids.append))
+    assert time.monotonic() - canceled_at[0] < 2.0
+    with pytest.raises(ProcessLookupError):
+        os.kill(pids[0], 0)
+
+
+def test_runner_names_a_missing_program(tmp_path):
+    runner = _runner()
+    with pytest.raises(runner.ProgramError, match="does not exist"):
+        runner.find_program(str(tmp_path / "rs2sam2"))
 
 
 # --------------------------------------------------------------------------------------------
