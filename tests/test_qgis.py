@@ -9,7 +9,6 @@ checkpoint. They are skipped only where QGIS is not installed.
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import importlib.util
 import json
@@ -27,7 +26,6 @@ import rasterio
 
 from helpers_ckpt import build_checkpoint, write_geotiff
 from rs2sam2 import qgis
-from rs2sam2.cli import COMMANDS
 from rs2sam2.cli import main as cli_main
 
 QGIS_PYTHON = "/usr/bin/python3"
@@ -47,19 +45,9 @@ def _has_qgis() -> bool:
     return probe.returncode == 0
 
 
-def _predict_has_progress() -> bool:
-    """Whether ``rs2sam2 predict`` has ``--progress json`` and ``--mode``, which the plugin runs it with."""
-    parser = argparse.ArgumentParser()
-    importlib.import_module(COMMANDS["predict"][0]).add_arguments(parser)
-    usage = parser.format_help()
-    return "--progress" in usage and "--mode" in usage
-
-
 needs_qgis = pytest.mark.skipif(not _has_qgis(), reason=(
     f"QGIS is not installed: no 'qgis' module in {QGIS_PYTHON} (Debian: apt-get install python3-qgis "
     "qgis-providers)"))
-needs_progress = pytest.mark.skipif(not _predict_has_progress(), reason=(
-    "rs2sam2 predict has no --progress json / --mode yet (issue 28 waits for them)"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -225,8 +213,8 @@ def _vrt(path: Path, source: Path) -> Path:
 @pytest.fixture(scope="module")
 def qgis_run(tmp_path_factory):
     """One QGIS session that runs every case; its report, and the paths it used."""
-    if not _has_qgis() or not _predict_has_progress():
-        pytest.skip("QGIS is not installed, or rs2sam2 predict has no --progress json yet")
+    if not _has_qgis():
+        pytest.skip("QGIS is not installed")
     tmp = tmp_path_factory.mktemp("qgis")
     ckpt = build_checkpoint(tmp / "ckpt")
     image = write_geotiff(tmp / "scene.tif")
@@ -286,7 +274,6 @@ def _case(qgis_run, name: str) -> dict:
 
 
 @needs_qgis
-@needs_progress
 def test_the_zip_installs_into_a_fresh_profile_and_registers_both_algorithms(qgis_run):
     report = qgis_run["report"]
     assert Path(report["plugin_file"]).is_relative_to(qgis_run["plugins"])
@@ -295,7 +282,6 @@ def test_the_zip_installs_into_a_fresh_profile_and_registers_both_algorithms(qgi
 
 
 @needs_qgis
-@needs_progress
 def test_segment_by_sentence_gives_a_mask_on_the_layer_grid_and_polygons_with_provenance(qgis_run):
     import pyogrio
 
@@ -322,7 +308,6 @@ def test_segment_by_sentence_gives_a_mask_on_the_layer_grid_and_polygons_with_pr
 
 
 @needs_qgis
-@needs_progress
 def test_segment_many_writes_one_mask_per_row_and_removes_its_temporary_export(qgis_run):
     case = _case(qgis_run, "many")
     assert case["error"] is None
@@ -336,7 +321,6 @@ def test_segment_many_writes_one_mask_per_row_and_removes_its_temporary_export(q
 
 
 @needs_qgis
-@needs_progress
 def test_a_vrt_layer_with_an_extent_in_a_model_is_exported_on_the_layer_grid(qgis_run):
     case = _case(qgis_run, "model_vrt_extent")
     assert case["error"] is None
@@ -349,7 +333,6 @@ def test_a_vrt_layer_with_an_extent_in_a_model_is_exported_on_the_layer_grid(qgi
 
 
 @needs_qgis
-@needs_progress
 def test_cancel_ends_the_program_within_two_seconds(qgis_run):
     case = _case(qgis_run, "cancel")
     assert case["error"] and "canceled" in case["error"]
@@ -359,7 +342,6 @@ def test_cancel_ends_the_program_within_two_seconds(qgis_run):
 
 
 @needs_qgis
-@needs_progress
 def test_user_errors_are_the_algorithm_error_with_the_program_message(qgis_run):
     bad = _case(qgis_run, "bad_checkpoint")
     assert "no-such-ckpt" in bad["error"] and "checkpoint" in bad["error"]
