@@ -47,7 +47,6 @@ import sys
 import tempfile
 import threading
 import time
-import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,7 +59,7 @@ from .data.synth import generate
 from .errors import ConfigError, MissingFileError
 from .extras import require
 from .imageio import ImageReadError, Raster, set_max_pixels
-from .predict import InputError, Predictor
+from .predict import InputError, Outputs, Predictor
 from .results import preview_shape
 from .runtime import PRECISIONS
 from .text import TextTruncatedWarning, normalize_text
@@ -162,16 +161,15 @@ def segment(predictor, file, text: str, threshold: float | None, workdir: str | 
     stem = Path(name).stem or "image"
     georef = bool(info.georeferenced)
     try:
-        with raster, warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("ignore", UserWarning)  # the downscale note goes into the summary
-            warnings.simplefilter("always", TextTruncatedWarning)  # shown to the user below
-            _, plan = predictor.plan(raster)
+        with raster:
+            setup = predictor.setup(raster, [str(text)])
+            plan = setup.plan
             # a decimated prediction is written window by window, which needs a TIFF
             out_dir = Path(tempfile.mkdtemp(prefix="request-", dir=workdir))
             mask_path = out_dir / f"{stem}_mask.{'tif' if georef or plan.mode != 'full' else 'png'}"
             geojson_path = out_dir / f"{stem}_mask.geojson"
-            result = predictor.predict_to_file(raster, str(text), out=mask_path, vector=geojson_path,
-                                               threshold=threshold, preview_side=DISPLAY_MAX_SIDE)
+            [result] = predictor.write(raster, setup, [Outputs.of(out=mask_path, vector=geojson_path)],
+                                       threshold=threshold, preview_side=DISPLAY_MAX_SIDE)
     except InputError as exc:
         raise gr.Error(str(exc)) from None
     except (ImageReadError, OSError) as exc:
@@ -193,9 +191,10 @@ def segment(predictor, file, text: str, threshold: float | None, workdir: str | 
         "Downloads: mask " + ("GeoTIFF on the input grid" if georef else mask_path.suffix[1:].upper())
         + " (255 = object) and GeoJSON polygons" + (" in lon/lat (RFC 7946)." if georef else " in pixel coordinates."),
     ]
-    for note in (w for w in caught if issubclass(w.category, TextTruncatedWarning)):
-        gr.Warning(str(note.message))
-        lines.append(f"**Expression**: {note.message}")
+    for category, note in setup.notes:
+        if issubclass(category, TextTruncatedWarning):
+            gr.Warning(note)
+            lines.append(f"**Expression**: {note}")
     if plan.mode == "decimated":
         lines.append(f"The image was read downscaled {plan.downscale:.1f}x for the model (input "
                      f"{predictor.config.image_size} px); for native resolution use `rs2sam2 predict --tile`.")

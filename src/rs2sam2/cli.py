@@ -29,6 +29,7 @@ COMMANDS = {
     "synth": ("rs2sam2.data.synth", "write a generated dataset in the RRSIS-D / RefSegRS / JSONL layout"),
     "check-data": ("rs2sam2.datacheck", "list missing or broken images and masks, size mismatches, duplicates"),
     "benchmark": ("rs2sam2.benchmark", "time a forward pass and report the ratio to the matmul floor"),
+    "qgis": ("rs2sam2.qgis", "install the QGIS plugin into a QGIS profile, or package it as a zip"),
 }
 
 

@@ -71,5 +71,6 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         atomic_write_text(args.json, json.dumps(report, indent=2) + "\n")
     if all("error" in s for s in report["splits"].values()):
-        raise DatasetError(f"no split of {args.data} could be read as {args.dataset}")
+        reasons = "; ".join(f"{name}: {result['error']}" for name, result in report["splits"].items())
+        raise DatasetError(f"no split of {args.data} could be read as {args.dataset} ({reasons})")
     return 0 if report["clean"] else 1
