@@ -387,8 +387,9 @@ class Predictor:
             bbox: ``(minx, miny, maxx, maxy)`` area of interest in the image's CRS (or ``bbox_crs``,
                 e.g. ``"EPSG:4326"``), snapped outward to whole pixels; only that window is read.
             window: ``(col, row, width, height)`` area of interest in pixels.
-            tile, overlap: predict the area tile by tile at native resolution (see
-                :mod:`rs2sam2.tiles`; ``overlap`` defaults to ``tile // 8``).
+            tile: predict the area tile by tile, tiles of ``tile`` pixels at native resolution (see
+                :mod:`rs2sam2.tiles`).
+            overlap: the tiles' overlap in pixels (default ``tile // 8``).
             progress: a progress bar over the tiles.
 
         The result covers the area (the whole image by default) on its own grid (``crs``,
@@ -397,9 +398,10 @@ class Predictor:
         areas of more than :func:`rs2sam2.imageio.max_pixels` pixels use :meth:`predict_to_file`.
 
         Raises:
-            InputError: empty text, unsupported image type, bad tiling; AreaError: a bbox/window
-            outside the image; FileNotFoundError / ImageReadError: an unreadable image file (the
-            message names it).
+            InputError: empty text, unsupported image type, bad tiling.
+            AreaError: a bbox/window outside the image.
+            FileNotFoundError: an image file that does not exist.
+            ImageReadError: an unreadable image file (the message names it).
         """
         single = isinstance(text, str)
         texts = _check_texts([text] if single else list(text))
