@@ -37,7 +37,6 @@ import shutil
 import signal
 import sys
 import tempfile
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,7 +144,7 @@ def segment(predictor, file, text: str, threshold: float | None, workdir: str | 
     memory stays bounded whatever the upload's size in pixels."""
     gr = _gradio()
     from .imageio import ImageReadError
-    from .predict import InputError
+    from .predict import InputError, Outputs
     from .text import TextTruncatedWarning, normalize_text
     from .viz import overlay, overlay_heatmap
 
@@ -159,16 +158,15 @@ def segment(predictor, file, text: str, threshold: float | None, workdir: str | 
     stem = Path(name).stem or "image"
     georef = bool(info.georeferenced)
     try:
-        with raster, warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("ignore", UserWarning)  # the downscale note goes into the summary
-            warnings.simplefilter("always", TextTruncatedWarning)  # shown to the user below
-            _, plan = predictor.plan(raster)
+        with raster:
+            setup = predictor.setup(raster, [str(text)])
+            plan = setup.plan
             # a decimated prediction is written window by window, which needs a TIFF
             out_dir = Path(tempfile.mkdtemp(prefix="request-", dir=workdir))
             mask_path = out_dir / f"{stem}_mask.{'tif' if georef or plan.mode != 'full' else 'png'}"
             geojson_path = out_dir / f"{stem}_mask.geojson"
-            result = predictor.predict_to_file(raster, str(text), out=mask_path, vector=geojson_path,
-                                               threshold=threshold, preview_side=DISPLAY_MAX_SIDE)
+            [result] = predictor.write(raster, setup, [Outputs.of(out=mask_path, vector=geojson_path)],
+                                       threshold=threshold, preview_side=DISPLAY_MAX_SIDE)
     except InputError as exc:
         raise gr.Error(str(exc)) from None
     except (ImageReadError, OSError) as exc:
@@ -190,9 +188,10 @@ def segment(predictor, file, text: str, threshold: float | None, workdir: str | 
         "Downloads: mask " + ("GeoTIFF on the input grid" if georef else mask_path.suffix[1:].upper())
         + " (255 = object) and GeoJSON polygons" + (" in lon/lat (RFC 7946)." if georef else " in pixel coordinates."),
     ]
-    for note in (w for w in caught if issubclass(w.category, TextTruncatedWarning)):
-        gr.Warning(str(note.message))
-        lines.append(f"**Expression**: {note.message}")
+    for category, note in setup.notes:
+        if issubclass(category, TextTruncatedWarning):
+            gr.Warning(note)
+            lines.append(f"**Expression**: {note}")
     if plan.mode == "decimated":
         lines.append(f"The image was read downscaled {plan.downscale:.1f}x for the model (input "
                      f"{predictor.config.image_size} px); for native resolution use `rs2sam2 predict --tile`.")

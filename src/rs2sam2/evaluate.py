@@ -67,8 +67,7 @@ from .metrics import (
     report_metrics,
     resize_target_nearest,
 )
-from .predict import resolve_device
-from .runtime import autocast, dist_info, init_distributed
+from .runtime import autocast, dist_info, init_distributed, resolve_device
 
 __all__ = [
     "evaluate_model",
