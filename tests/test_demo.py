@@ -31,7 +31,8 @@ def test_demo_quick(tmp_path, capsys):
 
 
 def test_demo_without_matplotlib_stops_before_any_work(tmp_path, monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if the plot extra were not installed
+    for name in ("matplotlib", "matplotlib.figure"):  # as if the plot extra were not installed
+        monkeypatch.setitem(sys.modules, name, None)
     assert main(["demo", "--quick", "--out", str(tmp_path / "demo")]) == 2
     assert "pip install 'rs2sam2[plot]'" in capsys.readouterr().err
     assert not (tmp_path / "demo").exists()
