@@ -262,6 +262,20 @@ def qgis_run(tmp_path_factory):
     return {"report": report, "image": image, "tmp": tmp, "out": out, "plugins": plugins}
 
 
+@needs_qgis
+def test_install_enables_the_plugin_so_qgis_process_lists_its_algorithms(tmp_path):
+    (tmp_path / "profiles" / "default").mkdir(parents=True)
+    env = {**os.environ, "QGIS_CUSTOM_CONFIG_PATH": str(tmp_path), "QT_QPA_PLATFORM": "offscreen"}
+    subprocess.run([sys.executable, "-m", "rs2sam2", "qgis", "install"], env=env, check=True, capture_output=True)
+    # Debian's qgis_process wrapper adds --noversioncheck, which qgis_process 3.22 refuses: call the binary;
+    # with the system PATH only, as QGIS's embedded Python takes its home from the python3 it finds on PATH
+    program = shutil.which("qgis_process.bin") or shutil.which("qgis_process")
+    env = {k: v for k, v in env.items() if k != "VIRTUAL_ENV"} | {"PATH": "/usr/bin:/bin"}
+    listed = subprocess.run([program, "list"], env=env, capture_output=True, text=True, timeout=120)
+    assert "rs2sam2:segment_by_sentence\tSegment by sentence" in listed.stdout
+    assert "rs2sam2:segment_many\tSegment many" in listed.stdout
+
+
 def _grid(path: Path):
     with rasterio.open(path) as ds:
         return ds.crs, ds.transform, (ds.width, ds.height)

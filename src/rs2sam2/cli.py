@@ -16,6 +16,7 @@ import importlib
 import sys
 from typing import NoReturn
 
+from .cliargs import check_environment
 from .errors import UserError, user_message
 from .signals import Stopped, stop_on_signals
 
@@ -63,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         tune_cpu_allocator()
     module = importlib.import_module(COMMANDS[args.command][0])
     try:
+        check_environment()  # RS2SAM2_* variables, before any work
         with stop_on_signals():
             return int(module.run(args) or 0)
     except Stopped as stop:

@@ -55,6 +55,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from .cliargs import environment_value
 from .errors import UserError
 
 __all__ = [
@@ -110,16 +111,8 @@ def max_pixels() -> int:
     :data:`DEFAULT_MAX_PIXELS` (10^8: a 10000 x 10000 image, 300 MB as 8-bit RGB)."""
     if _max_pixels_override is not None:
         return _max_pixels_override
-    value = os.environ.get(MAX_PIXELS_ENV, "").strip()
-    if not value:
-        return DEFAULT_MAX_PIXELS
-    try:
-        n = int(float(value))
-    except ValueError:
-        raise ValueError(f"{MAX_PIXELS_ENV}={value!r}: expected a whole number of pixels, e.g. 400000000") from None
-    if n < 1:
-        raise ValueError(f"{MAX_PIXELS_ENV}={value!r}: expected a positive number of pixels")
-    return n
+    value = environment_value(MAX_PIXELS_ENV)
+    return DEFAULT_MAX_PIXELS if value is None else int(value)
 
 
 def set_max_pixels(n: int | None) -> None:
