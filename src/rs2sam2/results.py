@@ -35,7 +35,7 @@ from .geo import mask_band, open_grid_writer, probability_band, write_mask, writ
 from .imageio import RasterInfo, gdal_env
 from .metrics import PUBLISHED_THRESHOLD
 from .tiles import Answer, Piece, upsample_window
-from .vector import check_vector_path, polygons, write_vector
+from .vector import check_vector_path, polygons, sidecars_replaced, write_vector
 from .viz import overlay as draw_overlay
 
 __all__ = [
@@ -105,6 +105,8 @@ class Prediction:
     preview: np.ndarray | None = field(default=None, repr=False)  # the input, at most PREVIEW_SIDE px
     scores: PieceScores | None = field(default=None, repr=False)  # per answered window, for polygons
     _probability: np.ndarray | None = field(default=None, repr=False)
+    gcps: tuple | None = field(default=None, repr=False)  # ground control points of the grid (RasterInfo)
+    gcp_crs: str | None = None
 
     @property
     def probability(self) -> np.ndarray:
@@ -133,7 +135,8 @@ class Prediction:
         """The grid as a :class:`~rs2sam2.imageio.RasterInfo` (for the writers of :mod:`rs2sam2.geo`)."""
         h, w = self.shape
         return RasterInfo(height=h, width=w, crs=self.crs, transform=self.transform, count=1,
-                          georeferenced=self.georeferenced, has_nodata=self.has_nodata)
+                          georeferenced=self.georeferenced, has_nodata=self.has_nodata, gcps=self.gcps,
+                          gcp_crs=self.gcp_crs)
 
     # ---- files ------------------------------------------------------------------------------
 
@@ -156,7 +159,7 @@ class Prediction:
         """Write the polygons: ``.gpkg`` / ``.shp`` in this grid's CRS, ``.geojson`` as RFC 7946
         (lon/lat). Returns the files written."""
         return write_vector(path, self.polygons(simplify, min_area), self.crs, text=self.text,
-                            properties=_grid_properties(self.info, self.foreground_pixels))
+                            properties=_grid_properties(self.info, self.foreground_pixels), transform=self.transform)
 
     # ---- pictures ---------------------------------------------------------------------------
 
@@ -282,7 +285,7 @@ def assemble(pieces: Iterable[Piece], texts: Sequence[str], info: RasterInfo, th
             iou_score=_largest_finite(a.iou_score for a in answers[k]),
             object_score=_largest_finite(a.object_score for a in answers[k]),
             crs=info.crs, transform=info.transform, valid=valid, has_nodata=info.has_nodata, tiles=tiles,
-            downscale=downscale, preview=preview, scores=scores[k]))
+            downscale=downscale, preview=preview, scores=scores[k], gcps=info.gcps, gcp_crs=info.gcp_crs))
     return out
 
 
@@ -428,8 +431,10 @@ def _write_vector_in(stack: contextlib.ExitStack, dest: Path, polys, crs, text: 
     """Write the vector file(s) to temporary names whose renames join ``stack``'s (all together)."""
     folder = _created_folder(dest.parent)
     work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=f".{dest.name}.", dir=folder)))
-    made = write_vector(work / dest.name, polys, crs, text=text, properties=properties)
+    made = write_vector(work / dest.name, polys, crs, text=text, properties=properties,
+                        transform=properties["transform"])
     finals = [dest.with_name(p.name) for p in made]
+    stack.enter_context(sidecars_replaced(dest, finals))  # after the renames below, on success only
     for p, final in zip(made, finals):
         os.replace(p, stack.enter_context(atomic_write(final)))
     return finals
