@@ -172,8 +172,13 @@ class Prediction:
         return draw_overlay(base, _shrink_mask(self.mask, base.shape[:2]))
 
     def plot(self, ax=None, image: np.ndarray | None = None, **imshow_kwargs):
-        """Draw the mask over the input (or ``image``) with matplotlib, in CRS coordinates when
-        georeferenced; returns the axes. Needs matplotlib (``pip install 'rs2sam2[plot]'``)."""
+        """Draw the mask over the input (or ``image``) with matplotlib, on ``ax`` or a new figure, in CRS
+        coordinates when georeferenced. Needs matplotlib (``pip install 'rs2sam2[plot]'``).
+
+        Returns:
+            The matplotlib ``Axes`` drawn on. A notebook shows its figure; a script calls
+            ``matplotlib.pyplot.show()`` or ``savefig(...)`` to see or keep it.
+        """
         plt = require("matplotlib.pyplot", "Prediction.plot")
         if ax is None:
             _, ax = plt.subplots()
