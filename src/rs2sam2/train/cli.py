@@ -95,6 +95,11 @@ def _add_optimisation_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--random-boxes", dest="random_boxes", **_BOOL,
                    help="RRSIS-D black-box augmentation (default: on for rrsisd)")
     p.add_argument("--box-prob", dest="box_prob", type=_in_range("box_prob"), help="share of samples given black boxes (0.2)")
+    p.add_argument("--negatives", dest="negatives", type=_in_range("negatives"), metavar="P",
+                   help="share of absent-object samples (another image's sentence, an empty target) that train the "
+                        "object-presence score (0: published recipe)")
+    p.add_argument("--w-presence", dest="w_presence", type=_in_range("w_presence"),
+                   help="weight of the presence loss when --negatives > 0 (1.0)")
     p.add_argument("--num-workers", dest="num_workers", type=_in_range("num_workers"), help="DataLoader workers per process")
     p.add_argument("--image-cache-mb", dest="image_cache_mb", type=_in_range("image_cache_mb"),
                    help="decoded training images kept in memory per process and loader worker, in MB (0)")

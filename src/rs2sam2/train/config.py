@@ -26,7 +26,7 @@ DATASET_EPOCHS = {"rrsisd": 40, "refsegrs": 60}
 #: may change on resume.
 RESUME_KEYS = ("preset", "model", "init", "sam2_checkpoint", "beit3_checkpoint", "tokenizer", "train_tokenizer",
                "tokenizer_vocab_size", "dataset", "data", "train_split", "seed", "random_boxes", "box_prob",
-               "mask_rule", "freeze")
+               "mask_rule", "freeze", "negatives")
 _PATH_KEYS = {"init", "sam2_checkpoint", "beit3_checkpoint", "tokenizer", "data"}
 
 _STEPS = 10**9  # more optimizer steps, epochs or samples than any run takes
@@ -58,6 +58,8 @@ RANGES: dict[str, dict[str, Any]] = {
     "grounding_warmup_lr": dict(kind=float, low=0, low_open=True),
     "grounding_warmup_batch_size": dict(kind=int, low=1, high=_BATCH),
     "box_prob": dict(kind=float, low=0, high=1),
+    "negatives": dict(kind=float, low=0, high=1, high_open=True),
+    "w_presence": dict(kind=float, low=0, high=1000),
     "num_workers": dict(kind=int, low=0, high=256),
     "image_cache_mb": dict(kind=int, low=0, high=1 << 20),
     "eval_every_epochs": dict(kind=int, low=1, high=_STEPS),
@@ -119,6 +121,8 @@ class TrainConfig:
     grounding_warmup_steps: int = 0  # union encoder + MPG trained alone first (train/grounding.py)
     grounding_warmup_lr: float = 5e-4
     grounding_warmup_batch_size: int = 8  # per process
+    negatives: float = 0.0  # share of absent-object samples (train/sampling.py); > 0 trains the presence score
+    w_presence: float = 1.0  # weight of the presence loss (losses.presence_loss), used only when negatives > 0
     # data
     random_boxes: bool | None = None
     box_prob: float = 0.2

@@ -30,12 +30,12 @@ from tqdm.auto import tqdm
 
 from ..checkpoints import CardInfo, Located, load_beit3_checkpoint, load_pretrained, load_sam2_checkpoint, locate
 from ..data import DatasetError, build_dataset
+from ..data.checks import blocking_problems
 from ..data.collate import check_vocabulary, collate, move_batch
-from ..datacheck import blocking_problems
 from ..errors import ConfigError, OutputError
 from ..evaluate import evaluate_model
 from ..fsutil import atomic_write_bytes
-from ..losses import LossOutput, grounding_loss
+from ..losses import LossOutput, grounding_loss, presence_loss
 from ..models import RS2SAM2
 from ..models.beit3 import Beit3Layer
 from ..models.hiera import HieraBlock
@@ -387,7 +387,9 @@ class Trainer:
         if (cfg.w_grounding or cfg.grounding_warmup_steps) and model.mpg is None:
             raise ConfigError("w_grounding and grounding_warmup_steps train the Mask Prompt Generator, which this "
                               "model has not (model.fusion.mpg is false)")
-        self.param_counts = counts = apply_freeze(model, cfg.freeze)
+        if cfg.negatives > 0:  # the object score is trained: inference may trust it (config.json says so)
+            model.config.presence_head = True
+        self.param_counts = counts = apply_freeze(model, cfg.freeze, presence=cfg.negatives > 0)
         _log(f"parameters: {counts['total']['trainable']:,} trainable of {counts['total']['total']:,} "
              f"(freeze={cfg.freeze})", dist)
         if cfg.grad_checkpointing:
@@ -655,6 +657,9 @@ class Trainer:
             out = self.module(images=batch["images"], images_evf=batch["images_evf"], input_ids=batch["input_ids"],
                               attention_mask=batch["attention_mask"])
         terms = per_sample_loss(self.loss_fn, out.logits.float(), batch["masks"], out.boundary_weight.float())
+        if self.cfg.negatives > 0:  # absent-object samples: the object score learns presence
+            presence = presence_loss(out.object_score_logits, batch["masks"])
+            terms = dataclasses.replace(terms, total=terms.total + self.cfg.w_presence * presence, presence=presence)
         if not self.cfg.w_grounding:
             return terms
         grounding = grounding_loss(out.prior_logits, batch["masks"])
