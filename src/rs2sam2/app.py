@@ -55,6 +55,7 @@ from PIL import Image
 
 from .checkpoints import CHECKPOINT_HELP, TOKENIZER_HELP, add_hub_arguments
 from .cliargs import number
+from .config import BOUNDS
 from .data.synth import generate
 from .errors import ConfigError, MissingFileError
 from .extras import require
@@ -364,8 +365,8 @@ def launch(demo, host: str = "127.0.0.1", port: int | None = None, *, max_upload
 # --------------------------------------------------------------------------------------------
 
 
-#: upper bounds of serve's numbers: far above any real use, low enough to refuse a typo at once
-MAX_UPLOAD_MB, MAX_IMAGE_SIZE = 10_240.0, 8192
+#: the largest --max-upload-mb: far above any real use, low enough to refuse a typo at once
+MAX_UPLOAD_MB = 10_240.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -386,7 +387,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="auto (default): bf16 where the device multiplies bf16 faster than fp32, else fp32")
     parser.add_argument("--threshold", type=number(float), default=0.5,
                         help="default logit threshold (0.5 = published)")
-    parser.add_argument("--image-size", type=number(int, low=1, high=MAX_IMAGE_SIZE), metavar="N",
+    parser.add_argument("--image-size", type=number(int, low=1, high=BOUNDS["image_size"]), metavar="N",
                         help="SAM2 input size for released checkpoints")
     parser.add_argument("--max-pixels", type=number(int, low=1), metavar="N",
                         help="decode budget: the most pixels decoded into memory at once (default 100,000,000, or "
