@@ -144,6 +144,10 @@ class ModelConfig:
     beit3: Beit3Config = field(default_factory=Beit3Config)
     fusion: FusionConfig = field(default_factory=FusionConfig)
     name: str = "custom"
+    # whether the object-score head (mask_decoder.pred_obj_score_head) was trained to tell a sentence
+    # that describes something in the image from one that describes nothing (train --negatives P > 0);
+    # False for the published recipe, whose head is untrained: inference then ranks by other evidence
+    presence_head: bool = False
 
     backbone_stride: int = 16
 

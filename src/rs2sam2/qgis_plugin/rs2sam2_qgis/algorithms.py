@@ -66,8 +66,8 @@ class _PredictAlgorithm(QgsProcessingAlgorithm):
         self.addParameter(QgsProcessingParameterString("CHECKPOINT", CHECKPOINT_HELP))
         self.addParameter(QgsProcessingParameterEnum("MODE", "Mode (as rs2sam2 predict --mode)", options=list(MODES),
                                                      defaultValue=MODES.index("whole")))
-        self.addParameter(QgsProcessingParameterNumber("TILE", "Tile size in pixels (mode tiles)", minValue=16,
-                                                       defaultValue=1024))
+        self.addParameter(QgsProcessingParameterNumber("TILE", "Tile size in pixels (mode tiles; empty: the "
+                                                       "model input)", minValue=16, optional=True))
         self.addParameter(QgsProcessingParameterNumber(
             "THRESHOLD", "Threshold on the mask logit (0.5: the published rule; 0: probability 0.5)",
             QgsProcessingParameterNumber.Double, defaultValue=0.5))
@@ -82,7 +82,7 @@ class _PredictAlgorithm(QgsProcessingAlgorithm):
                 "--threshold", repr(self.parameterAsDouble(parameters, "THRESHOLD", context)),
                 "--device", self.parameterAsString(parameters, "DEVICE", context).strip() or "auto",
                 "--precision", PRECISIONS[self.parameterAsEnum(parameters, "PRECISION", context)]]
-        if mode == "tiles":
+        if mode == "tiles" and parameters.get("TILE") not in (None, ""):
             args += ["--tile", str(self.parameterAsInt(parameters, "TILE", context))]
         return args
 
