@@ -230,7 +230,7 @@ def qgis_run(tmp_path_factory):
     out = tmp / "out"
     cases = {
         "sentence": {"alg": "rs2sam2:segment_by_sentence", "params": {
-            "INPUT": str(image), "SENTENCE": SENTENCE, **model, "THRESHOLD": -1000.0, "OUTPUT": str(out / "mask.tif"),
+            "INPUT": str(image), "SENTENCE": SENTENCE, **model, "MODE": 3, "THRESHOLD": -1000.0, "OUTPUT": str(out / "mask.tif"),
             "VECTOR": str(out / "mask.gpkg")}},
         "many": {"alg": "rs2sam2:segment_many", "params": {
             "ROWS": [str(image), "the red building on the left", "vrt layer", SENTENCE], **model,
@@ -239,7 +239,7 @@ def qgis_run(tmp_path_factory):
                              "params": {"layer": str(vrt), "seg:mask": str(out / "model_mask.tif"),
                                         "seg:polygons": str(out / "model_mask.gpkg")}},
         "cancel": {"alg": "rs2sam2:segment_by_sentence", "cancel_on_progress": True, "params": {
-            "INPUT": str(image), "SENTENCE": SENTENCE, **model, "MODE": 1, "TILE": 32,
+            "INPUT": str(image), "SENTENCE": SENTENCE, **model, "MODE": 2, "TILE": 32,
             "OUTPUT": str(out / "canceled.tif"), "VECTOR": str(out / "canceled.gpkg")}},
         "bad_checkpoint": {"alg": "rs2sam2:segment_by_sentence", "params": {
             "INPUT": str(image), "SENTENCE": SENTENCE, **model, "CHECKPOINT": str(tmp / "no-such-ckpt"),
@@ -317,7 +317,8 @@ def test_segment_by_sentence_gives_a_mask_on_the_layer_grid_and_polygons_with_pr
     # progress came from the program's JSON lines, in order, up to 100 %
     progress = case["log"]["progress"]
     assert progress and progress == sorted(progress) and progress[-1] == pytest.approx(100.0)
-    assert case["log"]["command"] and "--progress json" in case["log"]["command"][0]
+    assert case["log"]["command"] and "--mode whole" in case["log"]["command"][0]
+    assert "--progress json" in case["log"]["command"][0]
     assert case["pid_alive_after"] is False
 
 

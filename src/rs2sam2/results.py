@@ -35,7 +35,7 @@ from .geo import mask_band, open_grid_writer, probability_band, write_mask, writ
 from .imageio import RasterInfo, gdal_env
 from .metrics import PUBLISHED_THRESHOLD
 from .tiles import Answer, Piece, upsample_window
-from .vector import check_vector_path, polygons, write_vector
+from .vector import check_vector_path, polygons, sidecars_replaced, write_vector
 from .viz import overlay as draw_overlay
 
 __all__ = [
@@ -111,6 +111,8 @@ class Prediction:
     provenance: dict[str, Any] = field(default_factory=dict, repr=False)
     decision: dict[str, Any] | None = field(default=None, repr=False)
     _probability: np.ndarray | None = field(default=None, repr=False)
+    gcps: tuple | None = field(default=None, repr=False)  # ground control points of the grid (RasterInfo)
+    gcp_crs: str | None = None
 
     @property
     def probability(self) -> np.ndarray:
@@ -139,7 +141,8 @@ class Prediction:
         """The grid as a :class:`~rs2sam2.imageio.RasterInfo` (for the writers of :mod:`rs2sam2.geo`)."""
         h, w = self.shape
         return RasterInfo(height=h, width=w, crs=self.crs, transform=self.transform, count=1,
-                          georeferenced=self.georeferenced, has_nodata=self.has_nodata)
+                          georeferenced=self.georeferenced, has_nodata=self.has_nodata, gcps=self.gcps,
+                          gcp_crs=self.gcp_crs)
 
     # ---- files ------------------------------------------------------------------------------
 
@@ -162,7 +165,8 @@ class Prediction:
         """Write the polygons: ``.gpkg`` / ``.shp`` in this grid's CRS, ``.geojson`` as RFC 7946
         (lon/lat). Returns the files written."""
         return write_vector(path, self.polygons(simplify, min_area), self.crs, text=self.text,
-                            properties=_grid_properties(self.info, self.foreground_pixels), fields=self.provenance)
+                            properties=_grid_properties(self.info, self.foreground_pixels), transform=self.transform,
+                            fields=self.provenance)
 
     # ---- pictures ---------------------------------------------------------------------------
 
@@ -175,8 +179,13 @@ class Prediction:
         return draw_overlay(base, _shrink_mask(self.mask, base.shape[:2]))
 
     def plot(self, ax=None, image: np.ndarray | None = None, **imshow_kwargs):
-        """Draw the mask over the input (or ``image``) with matplotlib, in CRS coordinates when
-        georeferenced; returns the axes. Needs matplotlib (``pip install 'rs2sam2[plot]'``)."""
+        """Draw the mask over the input (or ``image``) with matplotlib, on ``ax`` or a new figure, in CRS
+        coordinates when georeferenced. Needs matplotlib (``pip install 'rs2sam2[plot]'``).
+
+        Returns:
+            The matplotlib ``Axes`` drawn on. A notebook shows its figure; a script calls
+            ``matplotlib.pyplot.show()`` or ``savefig(...)`` to see or keep it.
+        """
         plt = require("matplotlib.pyplot", "Prediction.plot")
         if ax is None:
             _, ax = plt.subplots()
@@ -283,7 +292,7 @@ def assemble(pieces: Iterable[Piece], texts: Sequence[str], info: RasterInfo, th
             iou_score=_largest_finite(a.iou_score for a in answers[k]),
             object_score=_largest_finite(a.object_score for a in answers[k]),
             crs=info.crs, transform=info.transform, valid=valid, has_nodata=info.has_nodata, tiles=tiles,
-            downscale=downscale, preview=preview, scores=scores[k]))
+            downscale=downscale, preview=preview, scores=scores[k], gcps=info.gcps, gcp_crs=info.gcp_crs))
     return out
 
 
@@ -430,8 +439,10 @@ def _write_vector_in(stack: contextlib.ExitStack, dest: Path, polys, crs, text: 
     """Write the vector file(s) to temporary names whose renames join ``stack``'s (all together)."""
     folder = _created_folder(dest.parent)
     work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=f".{dest.name}.", dir=folder)))
-    made = write_vector(work / dest.name, polys, crs, text=text, properties=properties, fields=fields)
+    made = write_vector(work / dest.name, polys, crs, text=text, properties=properties,
+                        transform=properties["transform"], fields=fields)
     finals = [dest.with_name(p.name) for p in made]
+    stack.enter_context(sidecars_replaced(dest, finals))  # after the renames below, on success only
     for p, final in zip(made, finals):
         os.replace(p, stack.enter_context(atomic_write(final)))
     return finals

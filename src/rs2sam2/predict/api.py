@@ -300,8 +300,9 @@ class Predictor:
             mode: ``"scene"``, ``"whole"`` or ``"tiles"`` (see :data:`rs2sam2.predict.inputs.MODES`);
                 default: a scene answer for areas larger than twice the model input per side, else one
                 look at the whole area; ``tile`` alone implies ``"tiles"``.
-            tile, overlap: the tiles of ``"tiles"``, at native resolution (see :mod:`rs2sam2.tiles`;
-                ``tile`` defaults to the model input, ``overlap`` to ``tile // 8``).
+            tile: the tile size of ``"tiles"``, at native resolution (see :mod:`rs2sam2.tiles`;
+                default: the model input).
+            overlap: the tiles' overlap in pixels (default ``tile // 8``).
             progress: a progress bar over the tiles, or a function called with ``(done, total)``.
 
         The result covers the area (the whole image by default) on its own grid (``crs``,
@@ -311,9 +312,10 @@ class Predictor:
         areas of more than :func:`rs2sam2.imageio.max_pixels` pixels use :meth:`predict_to_file`.
 
         Raises:
-            InputError: empty text, unsupported image type, bad tiling; AreaError: a bbox/window
-            outside the image; FileNotFoundError / ImageReadError: an unreadable image file (the
-            message names it).
+            InputError: empty text, unsupported image type, bad tiling.
+            AreaError: a bbox/window outside the image.
+            FileNotFoundError: an image file that does not exist.
+            ImageReadError: an unreadable image file (the message names it).
         """
         single = isinstance(text, str)
         texts = check_texts([text] if single else list(text))

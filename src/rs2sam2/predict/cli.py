@@ -124,7 +124,7 @@ def _area_arguments(g) -> None:
                    help="predict only this box, in the image's CRS (or --bbox-crs); snapped outward to whole "
                         "pixels; the mask covers exactly that window")
     g.add_argument("--bbox-crs", metavar="CRS", help="the CRS of --bbox, e.g. EPSG:4326 for lon/lat")
-    g.add_argument("--window", nargs=4, type=int, metavar=("COL", "ROW", "WIDTH", "HEIGHT"),
+    g.add_argument("--window", nargs=4, type=number(int, low=0), metavar=("COL", "ROW", "WIDTH", "HEIGHT"),
                    help="predict only this window, in pixels")
     g.add_argument("--mode", choices=MODES,
                    help="scene (default; tiles with --tile): areas larger than twice the model input per side get "

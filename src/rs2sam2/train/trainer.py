@@ -335,7 +335,7 @@ class Trainer:
         """Before step 1: the checks of ``rs2sam2 check-data`` that need no decoding (every image and
         mask present and readable, image sizes from the headers against the annotations), on the
         training and validation splits; a problem that would stop a sample from loading stops here."""
-        from ..datacheck import blocking_problems
+        from ..data.checks import blocking_problems
 
         cfg, problem = self.cfg, None
         if self.d.is_main:
