@@ -49,16 +49,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rasterio.features import shapes
+from rasterio.warp import transform_geom
 
+from .extras import require
 from .fsutil import atomic_write, atomic_write_text
 from .geo import MASK_FOREGROUND, to_affine, to_crs
 
-__all__ = ["GIS_EXTRA", "SHAPEFILE_PARTS", "VECTOR_SUFFIXES", "Polygon", "check_vector_path", "geojson_collection",
+__all__ = ["SHAPEFILE_PARTS", "VECTOR_SUFFIXES", "Polygon", "check_vector_path", "geojson_collection",
            "polygons", "sidecars_replaced", "simplify_ring", "write_vector"]
 
 #: Output suffix -> OGR driver.
 VECTOR_SUFFIXES = {".gpkg": "GPKG", ".shp": "ESRI Shapefile", ".geojson": "GeoJSON", ".json": "GeoJSON"}
-GIS_EXTRA = "pip install 'rs2sam2[gis]'"
 #: The files of a Shapefile besides ``.shp`` (attributes, index, projection, encoding, indexes, metadata).
 SHAPEFILE_PARTS = (".shx", ".dbf", ".prj", ".cpg", ".qix", ".sbn", ".sbx", ".shp.xml")
 # RFC 7946 coordinates: 7 decimals of a degree are about 1 cm
@@ -192,8 +194,6 @@ def polygons(
         score_of: ``(col, row, width, height)`` pixel window of a polygon -> its ``score``.
         connectivity: 4 or 8 pixel connectivity of the regions.
     """
-    from rasterio.features import shapes
-
     if connectivity not in (4, 8):
         raise ValueError(f"connectivity must be 4 or 8, got {connectivity}")
     if simplify < 0 or min_area < 0:
@@ -235,18 +235,15 @@ def polygons(
 
 
 def check_vector_path(path: str | os.PathLike) -> str:
-    """The OGR driver for ``path``'s suffix; ``ValueError`` for an unknown suffix, ``ImportError``
-    naming the extra when GPKG/SHP is asked for without pyogrio."""
+    """The OGR driver for ``path``'s suffix; ``ValueError`` for an unknown suffix, and
+    :class:`~rs2sam2.extras.MissingExtraError` naming the extra when GPKG/SHP is asked for without pyogrio."""
     suffix = Path(path).suffix.lower()
     if suffix not in VECTOR_SUFFIXES:
         raise ValueError(f"vector output {path}: unsupported suffix {suffix or '(none)'!r}; use "
                          f"{', '.join(VECTOR_SUFFIXES)}")
     driver = VECTOR_SUFFIXES[suffix]
     if driver != "GeoJSON":
-        try:
-            import pyogrio  # noqa: F401 - only whether it is installed
-        except ImportError:
-            raise ImportError(f"writing {suffix} files needs pyogrio: {GIS_EXTRA}") from None
+        require("pyogrio", f"writing {suffix} files")  # MissingExtraError (an ImportError) naming [gis]
     return driver
 
 
@@ -278,8 +275,6 @@ def geojson_collection(polys: Sequence[Polygon], crs: Any = None, *, text: str =
     src = to_crs(crs)
     geoms = [{"type": "Polygon", "coordinates": [r.tolist() for r in p.rings]} for p in polys]
     if src is not None and geoms:
-        from rasterio.warp import transform_geom
-
         geoms = [_orient_geometry(g) for g in
                  transform_geom(src, "EPSG:4326", geoms, antimeridian_cutting=True)]
         geoms = [{"type": g["type"], "coordinates": _round_coords(g["coordinates"], LONLAT_DECIMALS)}
@@ -307,8 +302,7 @@ def _wkb_polygon(rings: Sequence[np.ndarray]) -> bytes:
 
 
 def _write_ogr(tmp: Path, polys: Sequence[Polygon], crs, text: str, driver: str) -> None:
-    from pyogrio.raw import write
-
+    write = require("pyogrio.raw", f"writing {tmp.suffix} files").write
     geometry = np.array([_wkb_polygon(p.rings) for p in polys] or [], dtype=object)
     fields = {
         "text": np.array([text] * len(polys), dtype=object),
