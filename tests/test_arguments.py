@@ -70,6 +70,7 @@ RUN_CASES = {
     ("predict", "--batch"): "{missing}",
     ("predict", "--bbox-crs"): "EPSG:0",
     ("predict", "--bands"): "9,9,9",
+    ("predict", "--summary"): "{file}/summary.json",
     ("qgis install", "--plugins-dir"): "{file}",
     ("qgis install", "--profile"): "no-such-profile",
     ("qgis package", "--out"): "{file}/plugin.zip",

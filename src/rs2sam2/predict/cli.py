@@ -44,7 +44,7 @@ from ..checkpoints import CHECKPOINT_HELP, TOKENIZER_HELP, CheckpointError, add_
 from ..cliargs import number
 from ..config import BOUNDS
 from ..errors import ConfigError, UserError
-from ..fsutil import atomic_write_text
+from ..fsutil import atomic_write_text, check_writable
 from ..geo import AreaError
 from ..imageio import DEFAULT_MAX_PIXELS, MAX_PIXELS_ENV, ImageReadError, RasterInfo, set_max_pixels
 from ..metrics import PUBLISHED_THRESHOLD
@@ -331,6 +331,8 @@ def run(args) -> int:
     reporter = Reporter(args.progress, args.quiet, batch_mode, f"[rank {rank}] " if world > 1 else "")
     try:
         work = _prepare(args)
+        if (summary := _summary_path(args, rank, world)) is not None:
+            check_writable(summary, "--summary")  # before the work, not after it
     except _USER_ERRORS as exc:
         reporter.end(2, 0)
         return _fail(str(exc)) if rank == 0 else 2
