@@ -33,7 +33,7 @@ from qgis.core import (
     QgsProcessingUtils,
 )
 
-from .layers import export_geotiff, plain_path
+from .layers import export_geotiff, name_layer_source, plain_path
 from .runner import Canceled, Feedback, ProgramError, find_program, run
 
 PROGRAM_SETTING = "RS2SAM2_PROGRAM"
@@ -152,6 +152,8 @@ class SegmentBySentence(_PredictAlgorithm):
                 arguments += ["--bbox", *(repr(v) for v in (extent.xMinimum(), extent.yMinimum(),
                                                             extent.xMaximum(), extent.yMaximum()))]
             self._predict(["--image", image, *arguments], feedback)
+        if image.startswith(tmp):
+            name_layer_source(vector, layer)
         return {"OUTPUT": mask, "VECTOR": vector}
 
 
@@ -223,6 +225,9 @@ class SegmentMany(_PredictAlgorithm):
                     vectors.append(stem + ".gpkg")
                     out.writerow([images[layer.id()], sentence, masks[-1], vectors[-1]])
             self._predict(["--batch", jobs, *self._model_arguments(parameters, context)], feedback)
+        for (layer, _), vector in zip(rows, vectors):
+            if images[layer.id()].startswith(tmp):
+                name_layer_source(vector, layer)
         for (_, sentence), mask, vector in zip(rows, masks, vectors):  # into the project, named by sentence
             for path in (mask, vector):
                 context.addLayerToLoadOnCompletion(path, QgsProcessingContext.LayerDetails(
