@@ -15,6 +15,7 @@ import math
 import sys
 
 import pytest
+import torch
 
 from rs2sam2.cli import COMMANDS, build_parser, main
 from rs2sam2.cliargs import ENVIRONMENT
@@ -69,6 +70,7 @@ RUN_CASES = {
     ("predict", "--batch"): "{missing}",
     ("predict", "--bbox-crs"): "EPSG:0",
     ("predict", "--bands"): "9,9,9",
+    ("predict", "--summary"): "{file}/summary.json",
     ("qgis install", "--plugins-dir"): "{file}",
     ("qgis install", "--profile"): "no-such-profile",
     ("qgis package", "--out"): "{file}/plugin.zip",
@@ -265,3 +267,14 @@ def test_a_missing_extra_is_exit_2_naming_it(command, extra, module, install, in
     line = _refused([command, *_base(command, inputs), *extra], capsys)
     assert f"pip install '{install}'" in line and module in line, line
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--text-len", "65"], "--text-len 65: the nano preset reads at most 64 tokens"),
+    (["--batch", "100", "--texts", "3"], "--batch 100 x --texts 3: at most 256 expressions per pass"),
+    pytest.param(["--device", "cuda"], "device 'cuda' requested but CUDA is not available; use --device cpu",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")),
+])
+def test_benchmark_checks_its_arguments_together_before_any_work(extra, message, capsys):
+    line = _refused(["benchmark", "--preset", "nano", *extra], capsys)
+    assert line == f"rs2sam2 benchmark: error: {message}"
