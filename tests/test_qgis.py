@@ -241,7 +241,8 @@ def qgis_run(tmp_path_factory):
     out = tmp / "out"
     cases = {
         "sentence": {"alg": "rs2sam2:segment_by_sentence", "params": {
-            "INPUT": str(image), "SENTENCE": SENTENCE, **model, "MODE": 3, "THRESHOLD": -1000.0, "OUTPUT": str(out / "mask.tif"),
+            "INPUT": str(image), "SENTENCE": SENTENCE, **model, "MODE": 2, "THRESHOLD": -1000.0,
+            "OUTPUT": str(out / "mask.tif"),
             "VECTOR": str(out / "mask.gpkg")}},
         "many": {"alg": "rs2sam2:segment_many", "params": {
             "ROWS": [str(image), "the red building on the left", "vrt layer", SENTENCE,
@@ -252,7 +253,7 @@ def qgis_run(tmp_path_factory):
                              "params": {"layer": str(vrt), "seg:mask": str(out / "model_mask.tif"),
                                         "seg:polygons": str(out / "model_mask.gpkg")}},
         "cancel": {"alg": "rs2sam2:segment_by_sentence", "cancel_on_progress": True, "params": {
-            "INPUT": str(image), "SENTENCE": SENTENCE, **model, "MODE": 2, "TILE": 32,
+            "INPUT": str(image), "SENTENCE": SENTENCE, **model, "MODE": 1, "TILE": 32,
             "OUTPUT": str(out / "canceled.tif"), "VECTOR": str(out / "canceled.gpkg")}},
         "bad_checkpoint": {"alg": "rs2sam2:segment_by_sentence", "params": {
             "INPUT": str(image), "SENTENCE": SENTENCE, **model, "CHECKPOINT": str(tmp / "no-such-ckpt"),
