@@ -13,10 +13,12 @@ from typing import Any
 
 import yaml
 
+from ..checkpoints.hub import is_repo_id
 from ..cliargs import describe_range, number
-from ..config import ModelConfig, get_config
-from ..errors import ConfigError
+from ..config import PRESET_NAMES, ModelConfig, get_config
+from ..errors import ConfigError, MissingFileError
 from ..fsutil import atomic_write_bytes
+from ..runtime import resolve_device
 
 DATASET_EPOCHS = {"rrsisd": 40, "refsegrs": 60}
 
@@ -212,8 +214,13 @@ class TrainConfig:
             raise ConfigError(f"precision must be auto, bf16 or fp32, got {c.precision!r}")
         if c.best_metric not in ("mIoU+oIoU", "mIoU", "oIoU"):
             raise ConfigError(f"best_metric must be mIoU+oIoU, mIoU or oIoU, got {c.best_metric!r}")
+        resolve_device(c.device)  # a device that does not exist here: a ConfigError naming it
+        if c.preset not in PRESET_NAMES:
+            raise ConfigError(f"preset: {c.preset!r} is not a preset; choose one of {', '.join(PRESET_NAMES)}")
         for name, bounds in RANGES.items():
             _check_range(name, getattr(c, name), **bounds)
+        if not c.resume:
+            _check_inputs(c)
         if c.grounding_warmup_steps and c.fsdp:
             raise ConfigError("grounding_warmup_steps cannot be combined with --fsdp (the warm-up updates whole "
                               "parameters); use DDP or set it to 0")
@@ -222,6 +229,17 @@ class TrainConfig:
         if not c.out:
             raise ConfigError("no run folder given (--out RUN)")
         return c
+
+
+def _check_inputs(c: TrainConfig) -> None:
+    """The files a new run starts from exist (a resumed run takes them from its folder): the
+    tokenizer, and the checkpoints (``init`` may also be a Hugging Face Hub id)."""
+    if c.tokenizer and not Path(c.tokenizer).is_file():
+        raise MissingFileError(f"tokenizer: {c.tokenizer} is not a file")
+    for key in ("init", "sam2_checkpoint", "beit3_checkpoint"):
+        path = getattr(c, key)
+        if path and not os.path.lexists(path) and not (key == "init" and is_repo_id(str(path))):
+            raise MissingFileError(f"{key}: checkpoint not found: {path}")
 
 
 def _check_range(name: str, value: Any, **bounds: Any) -> None:
