@@ -262,3 +262,121 @@ def test_shard_index_must_match_its_shards(tmp_path):
     index_path.write_text(json.dumps({"weight_map": {k: n for n, part in shards.items() for k in part}}))
     with pytest.raises(CheckpointError, match="not found: .*model-00002-of-00002.safetensors"):
         read_state_dict(index_path)
+
+
+# --- checked before anything is allocated (issue 30) -----------------------------------------------
+
+def _numeric_fields(cls):
+    """(config class, field name, type) of every number or tuple of numbers in a config class tree."""
+    import dataclasses
+    import typing
+
+    out = []
+    for f in dataclasses.fields(cls):
+        kind = typing.get_type_hints(cls)[f.name]
+        if dataclasses.is_dataclass(kind):
+            out += _numeric_fields(kind)
+        elif kind in (int, float) or typing.get_origin(kind) is tuple:
+            out.append((cls, f.name, kind))
+    return out
+
+
+def test_every_config_number_is_bounded():
+    """Each number of a model configuration has an upper bound; one past it is refused naming the key."""
+    from rs2sam2.config import BOUNDS, ModelConfig
+    from rs2sam2.errors import ConfigError
+
+    fields = _numeric_fields(ModelConfig)
+    assert {name for _, name, _ in fields} == set(BOUNDS)
+    nested = {"HieraConfig": "hiera", "Beit3Config": "beit3", "FusionConfig": "fusion"}
+    for cls, name, kind in fields:
+        too_big = BOUNDS[name] * 2 if kind is float else int(BOUNDS[name]) + 1
+        value = [too_big] * len(getattr(cls(), name)) if isinstance(getattr(cls(), name), tuple) else too_big
+        key = name if cls is ModelConfig else f"{nested[cls.__name__]}.{name}"
+        raw = {name: value} if cls is ModelConfig else {nested[cls.__name__]: {name: value}}
+        with pytest.raises(ConfigError, match=rf"^{key}: expected .* in \[\d+, "):
+            ModelConfig.from_dict(raw)
+    with pytest.raises(ConfigError, match=r"^beit3\.embed_dim: expected an integer in \[1, 8192\], got 10000000$"):
+        ModelConfig.from_dict({"beit3": {"embed_dim": 10**7}})
+    with pytest.raises(ConfigError, match="hiera.dim_mul, head_mul: the last stage would be"):
+        ModelConfig.from_dict({"hiera": {"dim_mul": 8.0}})
+
+
+def _nano_folder(folder, beit3=None):
+    """A saved nano checkpoint whose config.json's beit3 section is then changed by ``beit3``."""
+    rs2sam2.save_pretrained(rs2sam2.build_model("nano"), folder)
+    if beit3:
+        cfg = json.loads((folder / "config.json").read_text())
+        cfg["rs2sam2_config"]["beit3"].update(beit3)
+        (folder / "config.json").write_text(json.dumps(cfg))
+    return folder
+
+
+def test_config_json_out_of_bounds_names_the_file_and_key(tmp_path):
+    folder = _nano_folder(tmp_path / "ckpt", {"embed_dim": 10**7})
+    with pytest.raises(CheckpointError, match=r"ckpt/config.json: rs2sam2_config\.beit3\.embed_dim: expected an "
+                                              r"integer in \[1, 8192\], got 10000000"):
+        load_pretrained(folder)
+
+
+def test_absurd_width_fails_in_bounded_memory(tmp_path):
+    """A config.json with widths within the bounds but not those of its weights (a model of a few
+    hundred GB): refused from the weights' headers alone, exit 2 and one line, under a 3 GB address space."""
+    import subprocess
+    import sys
+
+    folder = _nano_folder(tmp_path / "ckpt", {"embed_dim": 8192, "ffn_dim": 65536, "depth": 24})
+    (folder / "tokenizer.model").write_bytes((FIXTURES / "tokenizer" / "test_xlmr.model").read_bytes())
+    from PIL import Image
+
+    Image.new("RGB", (32, 32)).save(tmp_path / "scene.png")
+    code = ("import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30)); "
+            "from rs2sam2.cli import main; sys.exit(main(sys.argv[1:]))")
+    result = subprocess.run([sys.executable, "-c", code, "predict", "--checkpoint", str(folder), "--image",
+                             str(tmp_path / "scene.png"), "--text", "the tank", "--out", str(tmp_path / "m.png"),
+                             "--device", "cpu"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and "MemoryError" not in result.stderr
+    assert "does not fit this model" in result.stderr and "checkpoint (128,) vs model (8192,)" in result.stderr
+    assert f"built from {folder / 'config.json'}, which does not describe these weights" in result.stderr
+    assert not (tmp_path / "m.png").exists()
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "bin", "sharded"])
+def test_shapes_come_from_the_headers(tmp_path, fmt):
+    """read_shapes gives what read_state_dict would, as meta tensors, without reading the weights."""
+    from rs2sam2.checkpoints import read_shapes
+
+    sd = {"a": torch.randn(3, 4), "b": torch.arange(5), "c": torch.ones(2, dtype=torch.bfloat16)}
+    if fmt == "safetensors":
+        path = tmp_path / "m.safetensors"
+        save_file(sd, str(path))
+    elif fmt == "bin":
+        path = tmp_path / "m.bin"
+        torch.save({"state_dict": sd}, path)
+    else:
+        _write_shards(tmp_path / "s", sd, "safetensors")
+        path = tmp_path / "s" / "model.safetensors.index.json"
+    shapes = read_shapes(path)
+    assert {k: (v.shape, v.dtype) for k, v in shapes.items()} == {k: (v.shape, v.dtype) for k, v in sd.items()}
+    assert all(v.device.type == "meta" for v in shapes.values())
+
+
+def test_official_parts_are_checked_on_shapes_first(tmp_path, monkeypatch):
+    """A SAM2 checkpoint of the wrong size is refused from its header: its tensors are never read."""
+    big = {"image_encoder.trunk.pos_embed": torch.zeros(1, 144, 7, 7)}
+    save_file(big, str(tmp_path / "sam2.safetensors"))
+    read = []
+    monkeypatch.setattr(rs2sam2.checkpoints, "read_state_dict", lambda p: read.append(p) or {})
+    with pytest.raises(CheckpointError, match=r"sam2 checkpoint .*sam2\.safetensors does not fit.*pos_embed"):
+        load_sam2_checkpoint(rs2sam2.build_model("nano"), tmp_path / "sam2.safetensors")
+    assert read == []
+
+
+@pytest.mark.parametrize("content,what", [(b"weights: none\n", "it holds text"), (b"", "it is empty"),
+                                          (b"\x89PNG\r\n\x1a\n0000", "it starts with the bytes 89 50 4e 47")])
+def test_a_file_that_is_not_weights_says_what_it_is(tmp_path, content, what):
+    (tmp_path / "notes.txt").write_bytes(content)
+    with pytest.raises(CheckpointError, match=rf"notes\.txt: not a weights file \({what}.*\); expected a "
+                                              r"\.safetensors file"):
+        locate(tmp_path / "notes.txt")

@@ -290,19 +290,20 @@ def test_truncated_prediction_is_exit_two(tmp_path, rrsisd, capsys):
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--threshold", "nan"], "--threshold must be a finite number"),
-    (["--threshold", "inf"], "--threshold must be a finite number"),
-    (["--threshold=-inf"], "--threshold must be a finite number"),
-    (["--batch-size", "0"], "--batch-size must be >= 1, got 0"),
-    (["--num-workers", "-1"], "--num-workers must be >= 0, got -1"),
-    (["--limit", "0"], "--limit must be >= 1, got 0"),
-    (["--image-size", "-64"], "--image-size must be >= 1, got -64"),
+    (["--threshold", "nan"], "argument --threshold: expected a finite number, got 'nan'"),
+    (["--threshold", "inf"], "argument --threshold: expected a finite number, got 'inf'"),
+    (["--threshold=-inf"], "argument --threshold: expected a finite number, got '-inf'"),
+    (["--batch-size", "0"], "argument --batch-size: expected an integer in [1, 4096], got '0'"),
+    (["--num-workers", "-1"], "argument --num-workers: expected an integer in [0, 256], got '-1'"),
+    (["--limit", "0"], "argument --limit: expected an integer >= 1, got '0'"),
+    (["--image-size", "-64"], "argument --image-size: expected an integer in [1, 8192], got '-64'"),
 ])
 def test_bad_evaluate_arguments_are_refused_before_reading(tmp_path, capsys, extra, message):
-    # checked before anything is read: a checkpoint and data that do not exist are never looked at
-    rc, out = _evaluate(tmp_path, tmp_path / "no-ckpt", tmp_path / "no-data", *extra)
-    assert rc == 2 and _error(capsys).startswith(message)
-    assert not out.parent.exists()
+    # refused as they are parsed: a checkpoint and data that do not exist are never looked at
+    with pytest.raises(SystemExit) as exc:
+        _evaluate(tmp_path, tmp_path / "no-ckpt", tmp_path / "no-data", *extra)
+    assert exc.value.code == 2 and _error(capsys) == message
+    assert not (tmp_path / "report").exists()
 
 
 def test_evaluate_threshold_nan_in_python(ckpt, rrsisd):
@@ -329,7 +330,7 @@ def test_unwritable_evaluate_out_is_refused_first(tmp_path, ckpt, rrsisd, capsys
 def test_missing_predictions_folder_is_exit_two(tmp_path, rrsisd, capsys):
     rc = main(["evaluate", "--predictions", str(tmp_path / "none"), "--dataset", "rrsisd", "--data", str(rrsisd),
                "--split", "train", "--out", str(tmp_path / "r.json"), "--no-progress"])
-    assert rc == 2 and _error(capsys) == f"predictions folder not found: {tmp_path / 'none'}"
+    assert rc == 2 and _error(capsys) == f"--predictions {tmp_path / 'none'}: no such file or folder"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")

@@ -282,3 +282,25 @@ def test_serve_and_evaluate_take_the_hub_flags(hub_cache, ckpt, tmp_path, capsys
     assert cli_main(["evaluate", "--predictions", str(tmp_path), "--subfolder", "rrsisd", "--out",
                      str(tmp_path / "x.json"), *common]) == 2
     assert "--subfolder and --revision go with --checkpoint" in capsys.readouterr().err
+
+
+def test_paths_on_disk_are_never_hub_ids(tmp_path, monkeypatch, capsys):
+    """A relative path of the form owner/name that exists on disk in any form -- a broken link, a
+    link loop -- is a local error naming it; the Hub is never asked."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(rs2sam2.checkpoints.hub, "HubRepo", lambda *a, **k: pytest.fail("the Hub was asked"))
+    Path("owner").mkdir()
+    Path("owner/broken").symlink_to("nowhere")
+    Path("owner/loop").symlink_to("loop")
+    Path("owner/a").symlink_to("b")
+    Path("owner/b").symlink_to("a")
+    assert is_repo_id("owner/broken") and is_repo_id("owner/loop")
+    with pytest.raises(CheckpointError, match=r"^checkpoint owner/broken: a broken symbolic link \(to nowhere"):
+        locate("owner/broken")
+    for name in ("owner/loop", "owner/a"):
+        with pytest.raises(CheckpointError, match=rf"^checkpoint {name}: a loop of symbolic links$"):
+            locate(name)
+    image = h.write_png(tmp_path / "scene.png")
+    rc = cli_main(["predict", "--checkpoint", "owner/loop", "--image", str(image), "--text", TEXT, "--out", "m.png"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "owner/loop: a loop of symbolic links" in err and "Traceback" not in err

@@ -90,8 +90,8 @@ def test_configurable_weights_and_module() -> None:
     assert isinstance(custom, LossOutput)
     torch.testing.assert_close(custom.total, parts.ce + 0.5 * parts.dice)
     torch.testing.assert_close(parts.total, 0.9 * parts.ce + 0.1 * parts.dice + 0.2 * parts.boundary)
-    assert set(parts.as_dict()) == {"total", "ce", "dice", "boundary", "grounding"}
-    assert parts.as_dict()["grounding"] == 0.0
+    assert set(parts.as_dict()) == {"total", "ce", "dice", "boundary", "grounding", "presence"}
+    assert parts.as_dict()["grounding"] == 0.0 and parts.as_dict()["presence"] == 0.0
     with pytest.raises(ValueError):
         RS2SAM2Loss(boundary="fuzzy")  # type: ignore[arg-type]
 

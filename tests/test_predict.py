@@ -170,7 +170,7 @@ def test_write_outputs_all_or_nothing(predictor, images, tmp_path, monkeypatch):
     def boom(*a, **k):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr("rs2sam2.viz.overlay", boom)
+    monkeypatch.setattr("rs2sam2.results.draw_overlay", boom)
     with pytest.raises(RuntimeError, match="disk full"):
         write_outputs(pred, rgb, info, out=out / "m.tif", geojson=out / "m.geojson", overlay=out / "o.png")
     assert _files(out) == []  # the mask and GeoJSON were not renamed into place, no temporaries left

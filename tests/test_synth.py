@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import numpy as np
@@ -102,12 +103,15 @@ def _parse(text: str) -> dict:
     return parsed
 
 
-def _in_third(coord: float, name: str, margin: float) -> bool:
+def _in_third(coord: float, name: str, margin: float, side: int = 256) -> bool:
     k = _THIRDS[name]
-    return k * 256 / 3 - margin <= coord <= (k + 1) * 256 / 3 + margin
+    return k * side / 3 - margin <= coord <= (k + 1) * side / 3 + margin
 
 
 def _check_sentence(scene, target_index: int, text: str) -> None:
+    """``text`` is true of the target and of no other object of ``scene`` (margins scale with its side)."""
+    side = scene.image.shape[0]
+    sc = side / 256
     t = scene.objects[target_index]
     p = _parse(text)
     assert p["cls"] == t.cls, text
@@ -123,8 +127,9 @@ def _check_sentence(scene, target_index: int, text: str) -> None:
     if p["region"]:
         v, h = p["region"]
         # the target is clearly in the named thirds; any object that might be read as being there counts
-        assert (v is None or _in_third(t.cy, v, -5)) and (h is None or _in_third(t.cx, h, -5)), text
-        group = [o for o in group if (v is None or _in_third(o.cy, v, 6)) and (h is None or _in_third(o.cx, h, 6))]
+        assert (v is None or _in_third(t.cy, v, -5 * sc, side)) and (h is None or _in_third(t.cx, h, -5 * sc, side)), text
+        group = [o for o in group if (v is None or _in_third(o.cy, v, 6 * sc, side))
+                 and (h is None or _in_third(o.cx, h, 6 * sc, side))]
     if p["selector"] is None:
         assert group == [t] or p["size"] is not None, f"{text!r} is ambiguous"
         return
@@ -224,9 +229,11 @@ def test_cli_documented_form_and_bad_arguments(tmp_path, capsys):
     rc = cli_main(["synth", "--format", "rrsisd", "--out", str(tmp_path / "d"), "--num-images", "3", "--seed", "0"])
     assert rc == 0 and json.loads(capsys.readouterr().out)["splits"]["train"]["images"] >= 1
     assert len(build_dataset("rrsisd", tmp_path / "d", "train")) > 0
-    assert cli_main(["synth", "--format", "jsonl", "--out", str(tmp_path / "e"), "--num-images", "0"]) == 2
-    assert "num_images must be >= 1" in capsys.readouterr().err
-    assert cli_main(["synth", "--format", "jsonl", "--out", str(tmp_path / "f"), "--splits", "1", "-1", "0"]) == 2
+    with pytest.raises(SystemExit) as exc:  # refused by argparse, before any work
+        cli_main(["synth", "--format", "jsonl", "--out", str(tmp_path / "e"), "--num-images", "0"])
+    assert exc.value.code == 2
+    assert "argument --num-images: expected an integer in [1, 100000], got '0'" in capsys.readouterr().err
+    assert cli_main(["synth", "--format", "jsonl", "--out", str(tmp_path / "f"), "--splits", "0", "0", "0"]) == 2
     assert "splits" in capsys.readouterr().err
     assert not (tmp_path / "e").exists() and not (tmp_path / "f").exists()
     with pytest.raises(SystemExit) as exc:  # the old positional form is gone
@@ -289,14 +296,14 @@ def test_a_failed_or_interrupted_write_leaves_the_folder_as_it_was(tmp_path, mon
     out = tmp_path / "d"
     assert _synth(out, "jsonl", 3) == 0
     before = _snapshot(out)
-    real = synth._JsonlWriter.write_scene
+    real = synth.WRITERS["jsonl"].write_scene
 
     def full_disk_at_second_scene(self, index, scene, split):
         if index == 1:
             raise OSError(errno.ENOSPC, "No space left on device")
         real(self, index, scene, split)
 
-    monkeypatch.setattr(synth._JsonlWriter, "write_scene", full_disk_at_second_scene)
+    monkeypatch.setattr(synth.WRITERS["jsonl"], "write_scene", full_disk_at_second_scene)
     capsys.readouterr()
     assert _synth(out, "jsonl", 4, "--overwrite") == 2
     assert _stderr_error(capsys) == (f"cannot write the dataset to {out}: No space left on device; the folder is left "
@@ -308,27 +315,49 @@ def test_a_failed_or_interrupted_write_leaves_the_folder_as_it_was(tmp_path, mon
     def interrupted(self, index, scene, split):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(synth._JsonlWriter, "write_scene", interrupted)
+    monkeypatch.setattr(synth.WRITERS["jsonl"], "write_scene", interrupted)
     with pytest.raises(KeyboardInterrupt):
         _synth(out, "jsonl", 4, "--overwrite")
     assert _snapshot(out) == before
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--num-images", "-3"], "num_images must be >= 1 (--num-images), got -3"),
-    (["--seed", "-1"], "seed must be an integer >= 0 (--seed), got -1"),
-    (["--image-size", "8"], "image_size must be an integer >= 32 (--image-size), got 8"),
-    (["--splits", "nan", "1", "1"], "splits must be three non-negative fractions"),
+    (["--num-images", "-3"], "argument --num-images: expected an integer in [1, 100000], got '-3'"),
+    (["--seed", "-1"], "argument --seed: expected an integer >= 0, got '-1'"),
+    (["--image-size", "8"], "argument --image-size: expected an integer in [32, 4096], got '8'"),
+    (["--image-size", "100000000"], "argument --image-size: expected an integer in [32, 4096], got '100000000'"),
+    (["--splits", "nan", "1", "1"], "argument --splits: expected a finite number >= 0, got 'nan'"),
+    (["--mosaic", "1"], "argument --mosaic: expected an integer in [2, 128], got '1'"),
+    (["--absent", "-1"], "argument --absent: expected an integer in [0, 10], got '-1'"),
     (["--format", "rrsisd"], None),  # a valid call, for contrast
 ])
 def test_bad_synth_arguments(tmp_path, capsys, extra, message):
+    """Each argument's range is checked by argparse before any work: one line, exit 2, nothing written."""
     out = tmp_path / "d"
-    rc = cli_main(["synth", "--format", "jsonl", "--out", str(out), "--num-images", "2", "--image-size", "64", *extra])
+    argv = ["synth", "--format", "jsonl", "--out", str(out), "--num-images", "2", "--image-size", "64", *extra]
     if message is None:
-        assert rc == 0
+        assert cli_main(argv) == 0
         return
-    assert rc == 2 and _stderr_error(capsys).startswith(message)
+    with pytest.raises(SystemExit) as exc:
+        cli_main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == f"rs2sam2 synth: error: {message}"
     assert not out.exists()
+
+
+def test_arguments_that_only_fail_together_and_api_checks(tmp_path, capsys):
+    """A mosaic larger than 4096 px a side is refused as a user error before anything is written; the
+    Python API checks its arguments the same way."""
+    assert _synth(tmp_path / "m", "jsonl", 2, "--mosaic", 80) == 2  # 80 x 64 px
+    assert _stderr_error(capsys).startswith("mosaic must be 0 (single scenes) or K >= 1 with K * image_size <= 4096")
+    assert not (tmp_path / "m").exists()
+    for kwargs, text in [({"num_images": 0}, "num_images must be >= 1"), ({"seed": -1}, "seed must be"),
+                         ({"image_size": 10**8}, "image_size must be an integer in [32, 4096]"),
+                         ({"absent": -1}, "absent must be")]:
+        with pytest.raises(ValueError, match=re.escape(text)):
+            synth.generate("jsonl", tmp_path / "api", **{"num_images": 2, "seed": 0, **kwargs})
+    assert not (tmp_path / "api").exists()
 
 
 def test_unusable_output_folder(tmp_path, capsys):
@@ -357,3 +386,91 @@ def test_all_targets_describes_every_describable_object(tmp_path):
     assert summary["all_targets"] is True
     assert cli_main(["synth", "--format", "jsonl", "--out", str(tmp_path / "cli"), "--num-images", "3",
                      "--all-targets"]) == 0
+
+
+# --------------------------------------------------------------------------------------------
+# mosaics: K x K scenes described as one, with absent sentences
+# --------------------------------------------------------------------------------------------
+
+
+def _check_absent(scene, cls: str, text: str) -> None:
+    """An absent sentence names a class and colour that no object of the image has together."""
+    p = _parse(text)
+    assert p["cls"] == cls and p["colour"] is not None and p["selector"] is None, text
+    assert not any(o.cls == p["cls"] and o.colour == p["colour"] for o in scene.objects), text
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_mosaic_sentences_identify_one_object_in_the_whole_mosaic(k):
+    size = 96
+    mosaics = [synth.make_mosaic(seed, k, size, num_absent=2) for seed in range(4)]
+    for mosaic in mosaics:
+        side = k * size
+        assert mosaic.image.shape == (side, side, 3) and mosaic.image.dtype == np.uint8
+        union = np.zeros((side, side), int)
+        for obj in mosaic.objects:
+            assert obj.mask.shape == (side, side) and obj.mask.sum() == obj.area
+            ys, xs = np.nonzero(obj.mask)
+            assert abs(xs.mean() - obj.cx) < 1e-6 and abs(ys.mean() - obj.cy) < 1e-6
+            assert len({int(y) // size for y in ys}) == 1 and len({int(x) // size for x in xs}) == 1  # one cell
+            union += obj.mask
+        assert union.max() <= 1 and len(mosaic.objects) >= k * k
+        assert 1 <= len(mosaic.targets) <= 3 and len(mosaic.absent) >= 1
+        for index, texts in mosaic.targets:
+            for text in texts:
+                _check_sentence(mosaic, index, text)
+                assert "road" not in text  # a cell's road says nothing about the mosaic
+        for cls, text in mosaic.absent:
+            _check_absent(mosaic, cls, text)
+    again = synth.make_mosaic(0, k, size, num_absent=2)
+    assert np.array_equal(again.image, mosaics[0].image) and again.targets == mosaics[0].targets
+    # the cells are generated scenes: cell (0, 0) is the first scene of the mosaic's generator
+    first = synth.make_scene(np.random.default_rng([0, k, size]), size)
+    assert np.array_equal(mosaics[0].image[:size, :size], first.image)
+
+
+def test_absent_sentences_describe_nothing_and_keep_the_scenes(scenes):
+    rng = np.random.default_rng(0)
+    for scene in scenes[:60]:
+        cls, text = synth.absent_sentence(scene.objects, rng)
+        _check_absent(scene, cls, text)
+    plain = list(synth.iter_dataset_scenes(5, seed=4))
+    with_absent = list(synth.iter_dataset_scenes(5, seed=4, absent=2))
+    for a, b in zip(plain, with_absent):  # the same scenes, only the absent sentences added
+        assert np.array_equal(a.image, b.image) and a.targets == b.targets
+        assert a.absent == [] and len(b.absent) >= 1
+
+
+@pytest.mark.parametrize("fmt", ["rrsisd", "refsegrs", "jsonl", "risbench"])
+def test_mosaic_datasets_carry_absent_sentences_with_empty_masks(tmp_path, fmt):
+    from rs2sam2.imageio import read_info
+
+    summary = synth.generate(fmt, tmp_path, 3, seed=5, image_size=64, mosaic=2, splits=(1, 0, 0))
+    assert summary["mosaic"] == 2
+    counts = summary["splits"]["train"]
+    assert counts["images"] == 3 and counts["absent"] >= 3
+    ds = build_dataset(fmt, tmp_path, "train")
+    assert len(ds) == counts["expressions"]
+    mosaics = list(synth.iter_dataset_scenes(3, 5, 64, mosaic=2))
+    absent_texts = {text for m in mosaics for _, text in m.absent}
+    empty = 0
+    for i in range(len(ds)):
+        sample = ds.load(i)
+        assert sample["image"].shape == (128, 128, 3)
+        if sample["text"].lower() in {t.lower() for t in absent_texts}:
+            assert not sample["mask"].any()
+            empty += 1
+        else:
+            assert sample["mask"].any()
+    assert empty == counts["absent"]
+    if fmt != "rrsisd":  # RRSIS-D keeps its JPEG layout; the others take GeoTIFFs
+        info = read_info(ds.load(0)["meta"]["image_path"])
+        assert info.crs is not None and str(info.crs).endswith("32633")
+
+
+def test_mosaic_cli(tmp_path, capsys):
+    assert _synth(tmp_path / "m", "jsonl", 2, "--mosaic", 2, "--absent", 2) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["mosaic"] == 2 and summary["splits"]["train"]["absent"] + summary["splits"]["val"]["absent"] \
+        + summary["splits"]["test"]["absent"] >= 3
+    assert len(build_dataset("jsonl", tmp_path / "m", None)) > 0

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from affine import Affine
 
 from rs2sam2.imageio import Raster
-from rs2sam2.results import SceneWriter, assemble
+from rs2sam2.results import Outputs, SceneWriter, assemble
 from rs2sam2.tiles import Answer, iter_pieces, plan_region, tile_grid, upsample_window
 
 
@@ -169,7 +169,7 @@ def test_windowed_geotiff_tiles_with_nodata_and_scene_writer(tmp_path: Path):
         plan = plan_region(700, 500, model_size=256, tile=256, overlap=32)
         info = raster.info.window(*region)
         with contextlib.ExitStack() as stack:
-            writer = SceneWriter(stack, "bright", info, 0.0, out=out)
+            writer = SceneWriter(stack, "bright", info, 0.0, Outputs.of(out=out))
             for piece in iter_pieces(raster, region, plan, _brightness):
                 writer.write(piece.window, piece.logits[0], piece.valid, piece.answers[0])
             result = writer.finish(raster, region, steps=plan.steps, downscale=1.0)

@@ -17,10 +17,14 @@ import time
 
 import torch
 
+from .cliargs import number
 from .config import PRESET_NAMES, get_config
 from .errors import ConfigError
 from .models import RS2SAM2
 from .runtime import PRECISIONS, resolve_precision, tune_cpu_allocator
+
+#: bounds of the arguments: far above a useful measurement, low enough to refuse a typo before any work
+MAX_BATCH, MAX_RUNS, MAX_THREADS = 256, 1000, 1024
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -29,16 +33,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="auto (default): bf16 where the device multiplies bf16 faster than fp32, else fp32")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--batch", type=int, default=1, help="images per forward, one expression each")
-    p.add_argument("--texts", type=int, default=1, help="expressions per image, batched in one pass")
-    p.add_argument("--text-len", type=int, default=12, help="tokens per expression")
-    p.add_argument("--runs", type=int, default=3)
-    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--batch", type=number(int, low=1, high=MAX_BATCH), default=1,
+                   help=f"images per forward, one expression each (at most {MAX_BATCH} with --texts)")
+    p.add_argument("--texts", type=number(int, low=1, high=MAX_BATCH), default=1,
+                   help="expressions per image, batched in one pass")
+    p.add_argument("--text-len", type=number(int, low=2), default=12,
+                   help="tokens per expression, BOS and EOS included (at most the preset's position table)")
+    p.add_argument("--runs", type=number(int, low=1, high=MAX_RUNS), default=3)
+    p.add_argument("--warmup", type=number(int, low=0, high=MAX_RUNS), default=1)
     p.add_argument("--compile", action="store_true", help="torch.compile the model first")
     p.add_argument("--train", action="store_true",
                    help="time a training step (published freeze policy, AdamW, published loss) instead")
     p.add_argument("--grad-checkpointing", action="store_true", help="with --train: recompute blocks in backward")
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--threads", type=number(int, low=1, high=MAX_THREADS), default=None,
+                   help="torch intra-op threads (default: torch's)")
     p.add_argument("--clock", default="wall", choices=["wall", "cpu"],
                    help="time runs and the matmul rate by the wall clock (default) or by this process's CPU "
                         "time: with --threads 1 on a shared machine, CPU time leaves out the time the "
@@ -116,7 +124,7 @@ def run_benchmark(preset="paper", precision="auto", device="cpu", batch=1, texts
     if threads:
         torch.set_num_threads(threads)
     if device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: no CUDA device is available")
+        raise ConfigError("--device cuda: no CUDA device is available")
     precision = resolve_precision(precision, device)
     if clock == "cpu" and device != "cpu":
         raise ConfigError("--clock cpu times this process's CPU time: use it with --device cpu")
@@ -238,6 +246,7 @@ def run_train_benchmark(preset="nano", device="cpu", batch=1, text_len=12, runs=
 
 def run(args: argparse.Namespace) -> int:
     """``rs2sam2 benchmark``: print the result (``--json``: as JSON)."""
+    check_arguments(args)
     tuned = False if args.no_malloc_tuning else tune_cpu_allocator()
     if args.train:
         result = run_train_benchmark(args.preset, args.device, args.batch, args.text_len, args.runs, args.warmup,
@@ -251,3 +260,15 @@ def run(args: argparse.Namespace) -> int:
             print(f"{k:>22}: {v}")
     print(json.dumps(result))
     return 0
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """What the parser cannot check alone, before any work: a CUDA device that is not there, more
+    expressions per pass than :data:`MAX_BATCH`, a text longer than the preset's position table."""
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA device is available; use --device cpu")
+    if args.batch * args.texts > MAX_BATCH:
+        raise ConfigError(f"--batch {args.batch} x --texts {args.texts}: at most {MAX_BATCH} expressions per pass")
+    longest = get_config(args.preset).beit3.max_text_len
+    if args.text_len > longest:
+        raise ConfigError(f"--text-len {args.text_len}: the {args.preset} preset reads at most {longest} tokens")

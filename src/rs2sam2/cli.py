@@ -3,8 +3,10 @@
 
 Exit status: 0 done; 1 what the command reports as a finding (``check-data``: problems found); 2 a
 user error (a bad argument, file or setting: :mod:`rs2sam2.errors`), printed here as
-``rs2sam2 <command>: error: <message>`` without a traceback; 3 training stopped on a non-finite loss.
-Any other exception is a bug and propagates with its traceback.
+``rs2sam2 <command>: error: <message>`` without a traceback; 3 training stopped on a non-finite loss;
+143 / 130 stopped by SIGTERM / SIGINT, after the command cleaned up (:mod:`rs2sam2.signals`), with
+one line ``rs2sam2 <command>: stopped by SIGTERM``. Any other exception is a bug and propagates with
+its traceback.
 """
 
 from __future__ import annotations
@@ -13,6 +15,10 @@ import argparse
 import importlib
 import sys
 from typing import NoReturn
+
+from .cliargs import check_environment
+from .errors import UserError, user_message
+from .signals import Stopped, stop_on_signals
 
 COMMANDS = {
     "demo": ("rs2sam2.demo", "generate data, train the nano preset on the CPU, evaluate, write a report"),
@@ -23,12 +29,20 @@ COMMANDS = {
     "synth": ("rs2sam2.data.synth", "write a generated dataset in the RRSIS-D / RefSegRS / JSONL layout"),
     "check-data": ("rs2sam2.datacheck", "list missing or broken images and masks, size mismatches, duplicates"),
     "benchmark": ("rs2sam2.benchmark", "time a forward pass and report the ratio to the matmul floor"),
+    "qgis": ("rs2sam2.qgis", "install the QGIS plugin into a QGIS profile, or package it as a zip"),
 }
+
+
+DESCRIPTION = "RS2-SAM2: segment the object a sentence describes in an aerial or satellite image."
+EPILOG = """start with `rs2sam2 demo` (nothing to download); `rs2sam2 COMMAND --help` gives a command's options.
+exit status: 0 done; 1 a finding (check-data: problems found); 2 a user error, printed as one line
+naming the argument, file or setting; 3 training stopped on a non-finite loss."""
 
 
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     """The parser of every subcommand; only the one ``argv`` names imports its module and adds its arguments."""
-    parser = argparse.ArgumentParser(prog="rs2sam2", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="rs2sam2", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     # only the chosen subcommand's module is imported, so a missing optional dependency of one
     # command (gradio for `serve`) does not break the others
@@ -45,17 +59,20 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(argv).parse_args(argv)
     if args.command != "benchmark":  # benchmark decides itself (it can compare both settings)
-        from .runtime import tune_cpu_allocator
+        from .runtime import tune_cpu_allocator  # noqa: PLC0415 - torch, not needed by --help
 
         tune_cpu_allocator()
     module = importlib.import_module(COMMANDS[args.command][0])
     try:
-        return int(module.run(args) or 0)
+        check_environment()  # RS2SAM2_* variables, before any work
+        with stop_on_signals():
+            return int(module.run(args) or 0)
+    except Stopped as stop:
+        print(f"rs2sam2 {args.command}: {stop}", file=sys.stderr)
+        return stop.status
     except Exception as exc:
         if not is_user_error(exc):
             raise
-        from .errors import user_message
-
         print(f"rs2sam2 {args.command}: error: {user_message(exc)}", file=sys.stderr)
         return 2
 
@@ -65,15 +82,13 @@ def entry() -> NoReturn:
     :func:`main` on ``sys.argv``, then the end of the process with its status
     (:func:`rs2sam2.runtime.end_process`)."""
     status = main()
-    from .runtime import end_process
+    from .runtime import end_process  # noqa: PLC0415 - torch, not needed by --help
 
     end_process(status)
 
 
 def is_user_error(exc: BaseException) -> bool:
     """Whether ``exc`` is the user's doing (exit status 2 with its message) rather than a bug."""
-    from .errors import UserError
-
     return isinstance(exc, UserError)
 
 

@@ -6,8 +6,9 @@ from one :class:`ModelConfig`, so ``nano``, ``tiny-parity`` and ``paper`` run th
 Every config checks its values when it is built (from Python, from a checkpoint's ``config.json`` or a
 training config): each field has the type its annotation says (a JSON list is read as a tuple, an
 integer where a float is expected as that float), numbers are finite and not negative, counts and
-widths at least 1, and the input size is one the model can take (:attr:`ModelConfig.image_size_step`).
-A bad value raises :class:`~rs2sam2.errors.ConfigError` naming the key, as a dotted path for nested
+widths at least 1 and each at most its bound in :data:`BOUNDS` (so that a checkpoint's ``config.json``
+cannot ask for a model larger than any machine holds), and the input size is one the model can take
+(:attr:`ModelConfig.image_size_step`). A bad value raises :class:`~rs2sam2.errors.ConfigError` naming the key, as a dotted path for nested
 ones (``hiera.window_spec``), and saying what is allowed.
 """
 
@@ -20,6 +21,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+from .cliargs import describe_range
 from .errors import ConfigError
 
 BHFM_MODES = ("bi", "uni", "linear", "off")
@@ -46,6 +48,14 @@ class HieraConfig:
 
     def __post_init__(self) -> None:
         _check_fields(self)
+        if len(self.stages) > MAX_STAGES or sum(self.stages) > MAX_BLOCKS:
+            raise ConfigError(f"stages: at most {MAX_STAGES} stages of {MAX_BLOCKS} blocks in all, "
+                              f"got {list(self.stages)}")
+        widest = self.embed_dim * self.dim_mul ** (len(self.stages) - 1)
+        most_heads = self.num_heads * self.head_mul ** (len(self.stages) - 1)
+        if widest > BOUNDS["embed_dim"] or most_heads > BOUNDS["num_heads"]:
+            raise ConfigError(f"dim_mul, head_mul: the last stage would be {widest:g} wide with {most_heads:g} heads; "
+                              f"at most {BOUNDS['embed_dim']} and {BOUNDS['num_heads']}")
 
     @property
     def stage_dims(self) -> list[int]:
@@ -134,6 +144,10 @@ class ModelConfig:
     beit3: Beit3Config = field(default_factory=Beit3Config)
     fusion: FusionConfig = field(default_factory=FusionConfig)
     name: str = "custom"
+    # whether the object-score head (mask_decoder.pred_obj_score_head) was trained to tell a sentence
+    # that describes something in the image from one that describes nothing (train --negatives P > 0);
+    # False for the published recipe, whose head is untrained: inference then ranks by other evidence
+    presence_head: bool = False
 
     backbone_stride: int = 16
 
@@ -192,6 +206,30 @@ def _from_dict(cls, d: Any):
 # fields that may be 0 (every other integer is a count or a width: at least 1)
 _MAY_BE_ZERO = {"q_pool", "scalp"}
 
+#: The largest value of every number in a configuration (of each item, for lists), far above the
+#: published models' (``paper``: widths 1024 and 4096, 24 layers, 16 heads, vocabulary 64010, input
+#: 1024) yet small enough that no single value asks for an absurd model.
+BOUNDS: dict[str, float] = {
+    # input sizes and strides
+    "image_size": 8192, "img_size": 4096, "patch_size": 256, "backbone_stride": 256,
+    # widths
+    "embed_dim": 8192, "hidden_dim": 8192, "ffn_dim": 65536, "decoder_mlp_dim": 65536, "mask_in_chans": 1024,
+    # depths and counts
+    "depth": 128, "decoder_depth": 64, "num_multimask_outputs": 16, "q_pool": 8, "scalp": 8,
+    "stages": 256, "global_att_blocks": 256, "fpn_top_down_levels": 8,
+    # heads
+    "num_heads": 256, "decoder_heads": 256, "adapter_heads": 256, "mpg_heads": 256, "guidance_heads": 256,
+    # text
+    "vocab_size": 500_000, "max_text_positions": 8192,
+    # windows
+    "window_spec": 1024, "window_pos_embed_bkg_spatial_size": 1024,
+    # factors and rates
+    "dim_mul": 8.0, "head_mul": 8.0, "adapter_ratio": 16.0, "alpha_t": 100.0, "alpha_i": 100.0,
+    "drop_path_rate": 1.0, "layernorm_eps": 1.0,
+}
+#: at most this many Hiera stages, and blocks in all stages together
+MAX_STAGES, MAX_BLOCKS = 8, 256
+
 
 def _shown(value: Any) -> str:
     text = repr(value)
@@ -242,9 +280,9 @@ def _check_number(name: str, value: Any, kind: type, minimum: int) -> None:
     ok_type = isinstance(value, (int, float) if kind is float else int) and not isinstance(value, bool)
     if not ok_type:
         raise ConfigError(f"{name}: expected {'a number' if kind is float else 'an integer'}, got {_shown(value)}")
-    if not math.isfinite(value) or value < minimum:
-        raise ConfigError(f"{name}: expected {'a finite number' if kind is float else 'an integer'} >= {minimum}, "
-                          f"got {value!r}")
+    maximum = BOUNDS[name]
+    if not math.isfinite(value) or not minimum <= value <= maximum:
+        raise ConfigError(f"{name}: expected {describe_range(kind, minimum, maximum)}, got {value!r}")
 
 
 # --- registries of the official backbone sizes ---------------------------------------------------

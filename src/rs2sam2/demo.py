@@ -14,11 +14,14 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import shlex
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .extras import require
 
 # The demo's recipe (not a published one): everything is trained from scratch, so nothing is frozen
 # and one learning rate serves both parameter groups; small inputs keep a CPU run within minutes;
@@ -97,6 +100,8 @@ def run_demo(out: str | Path = "rs2sam2-demo", num_images: int | None = None, ep
     from .train import TrainConfig, train_cpu_processes
     from .viz import gallery, plot_curves
 
+    # the training curve needs the plot extra: say so before any work, not after ten minutes of training
+    require("matplotlib.figure", "rs2sam2 demo (its training curve)")
     t0 = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -140,7 +145,7 @@ def run_demo(out: str | Path = "rs2sam2-demo", num_images: int | None = None, ep
         pred = predictor.predict(sample["image"], sample["text"])
         inter, union = intersection_union(pred.mask, sample["mask"])
         rows.append(dict(image=sample["image"], text=sample["text"], pred=pred.mask, target=sample["mask"],
-                         iou=inter / union if union else 0.0))
+                         iou=inter / union if union else 0.0, path=sample["meta"]["image_path"]))
     gallery_path = gallery(rows, out / "gallery.png")
 
     elapsed = time.perf_counter() - t0
@@ -160,7 +165,18 @@ def run_demo(out: str | Path = "rs2sam2-demo", num_images: int | None = None, ep
     atomic_write_text(out / "report.json", json.dumps(result, indent=2))
     print(f"held-out test: mIoU {result['mIoU']:.2f}  oIoU {result['oIoU']:.2f}  Pr@0.5 {result['Pr@0.5']:.2f} "
           f"({result['num_expressions']} expressions) in {elapsed / 60:.1f} min -> {out / 'report.json'}")
+    print(next_commands(out, max(rows, key=lambda row: row["iou"])))
     return result
+
+
+def next_commands(out: Path, row: dict[str, Any]) -> str:
+    """What to run after the demo: ``predict`` on one of its test scenes (``row``: its best gallery row)
+    and ``serve``, both on the demo's checkpoint, the run folder ``out/run``."""
+    run, q = out / "run", shlex.quote
+    return (f"next: segment a sentence in one of the test scenes with this checkpoint, then open the web demo on it:\n"
+            f"  rs2sam2 predict --checkpoint {q(str(run))} --image {q(str(row['path']))} --text {q(row['text'])} "
+            f"--out {q(str(out / 'mask.png'))} --overlay {q(str(out / 'overlay.png'))}\n"
+            f"  rs2sam2 serve --checkpoint {q(str(run))}")
 
 
 def _curves(logs: Path) -> dict[str, list[tuple[float, float]]]:

@@ -261,6 +261,11 @@ def _profile(height: int, width: int, dtype: str, info: RasterInfoLike | None, *
         assert info is not None
         profile["crs"] = to_crs(info.crs)
         profile["transform"] = to_affine(info.transform)
+    elif getattr(info, "gcps", None):  # georeferenced by ground control points: the mask keeps them
+        from rasterio.control import GroundControlPoint  # noqa: PLC0415 - rasterio only where a file is written
+
+        profile["gcps"] = [GroundControlPoint(row, col, x, y, z) for row, col, x, y, z in info.gcps]
+        profile["crs"] = to_crs(info.gcp_crs)
     return profile
 
 

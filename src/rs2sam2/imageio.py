@@ -53,8 +53,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from affine import Affine
 from PIL import Image
 
+from .cliargs import environment_value
 from .errors import UserError
 
 __all__ = [
@@ -110,16 +112,8 @@ def max_pixels() -> int:
     :data:`DEFAULT_MAX_PIXELS` (10^8: a 10000 x 10000 image, 300 MB as 8-bit RGB)."""
     if _max_pixels_override is not None:
         return _max_pixels_override
-    value = os.environ.get(MAX_PIXELS_ENV, "").strip()
-    if not value:
-        return DEFAULT_MAX_PIXELS
-    try:
-        n = int(float(value))
-    except ValueError:
-        raise ValueError(f"{MAX_PIXELS_ENV}={value!r}: expected a whole number of pixels, e.g. 400000000") from None
-    if n < 1:
-        raise ValueError(f"{MAX_PIXELS_ENV}={value!r}: expected a positive number of pixels")
-    return n
+    value = environment_value(MAX_PIXELS_ENV)
+    return DEFAULT_MAX_PIXELS if value is None else int(value)
 
 
 def set_max_pixels(n: int | None) -> None:
@@ -157,7 +151,9 @@ class RasterInfo:
 
     ``crs`` is the CRS as a string (``"EPSG:32633"`` or WKT) and ``transform`` the affine
     pixel-to-world transform as a 6-tuple ``(a, b, c, d, e, f)`` in rasterio/``affine`` order;
-    both are ``None`` when the file carries no georeferencing. ``count`` and ``dtype`` describe the
+    both are ``None`` when the file carries no georeferencing. A raster georeferenced by ground
+    control points instead (a scan or an unrectified scene) has ``gcps``, each ``(row, col, x, y,
+    z)``, in ``gcp_crs``; masks written on its grid carry them, polygons stay in pixel coordinates. ``count`` and ``dtype`` describe the
     raster *on disk* (before conversion to RGB uint8). ``has_nodata`` says whether some pixels may
     be nodata (a nodata value, an internal mask, an alpha band, or a floating-point band).
     """
@@ -170,16 +166,20 @@ class RasterInfo:
     dtype: str = "uint8"
     georeferenced: bool = False
     has_nodata: bool = False
+    gcps: tuple[tuple[float, float, float, float, float], ...] | None = None
+    gcp_crs: str | None = None
 
     def window(self, col_off: int, row_off: int, width: int, height: int) -> RasterInfo:
-        """The info of a window of this raster: its size, and its transform when georeferenced."""
+        """The info of a window of this raster: its size, and its transform (or its ground control
+        points) moved to the window's corner."""
         transform = self.transform
         if transform is not None:
-            from affine import Affine
-
             t = Affine(*transform[:6]) @ Affine.translation(col_off, row_off)
             transform = tuple(float(v) for v in t[:6])
-        return replace(self, height=int(height), width=int(width), transform=transform)
+        gcps = self.gcps
+        if gcps is not None:
+            gcps = tuple((row - row_off, col - col_off, x, y, z) for row, col, x, y, z in gcps)
+        return replace(self, height=int(height), width=int(width), transform=transform, gcps=gcps)
 
 
 def describe(info: RasterInfo) -> dict[str, Any]:
@@ -444,8 +444,11 @@ class Raster:
         crs = ds.crs.to_string() if ds.crs else None
         affine = ds.transform
         georef = crs is not None or not affine.is_identity
+        points, gcp_crs = ds.gcps if not georef else ([], None)
         return {"crs": crs, "transform": tuple(float(v) for v in affine[:6]) if georef else None,
-                "georeferenced": georef}
+                "georeferenced": georef,
+                "gcps": tuple((p.row, p.col, p.x, p.y, p.z or 0.0) for p in points) or None,
+                "gcp_crs": gcp_crs.to_string() if points and gcp_crs else None}
 
     def _open_dataset(self, bands) -> None:
         from rasterio.enums import ColorInterp, MaskFlags

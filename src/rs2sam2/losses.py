@@ -28,6 +28,12 @@ with ``w_ce = 0.9, w_dice = 0.1, w_tbl = 0.2`` (the paper writes lambda_ce = 1).
 referred object. Trained from scratch, the union encoder otherwise learns to localise the target
 far too slowly for the MPG prior to help (benchmarks/README.md, issue 14).
 
+**Presence** (not in the published code; only when a run trains with absent-object samples,
+``train --negatives P`` with P > 0): :func:`presence_loss`, a binary cross-entropy of SAM2's
+object-score logit against whether the sample's target has any pixel, so that the score tells a
+sentence that describes something in the image from one that describes nothing. The mask terms
+above apply to absent samples too, with their empty target.
+
 Batch quirk of the published code: it multiplies the (B,1,H,W) maps by ``w`` of shape
 (B,1,1), which broadcasts to (B,B,H,W) when B > 1 (every sample's map weighted by every
 sample's ``w``). It trained with one sample per GPU, where the two readings agree; this
@@ -53,6 +59,8 @@ __all__ = [
     "rs2sam2_loss",
     "grounding_cells",
     "grounding_loss",
+    "presence_loss",
+    "presence_targets",
 ]
 
 BoundaryMode = Literal["hard", "soft"]
@@ -63,19 +71,20 @@ DICE_SMOOTH = 1e-6
 
 @dataclass
 class LossOutput:
-    """Loss terms. ``total`` is the weighted sum; the others are unweighted (``grounding``: 0 when
-    the run has no grounding term)."""
+    """Loss terms. ``total`` is the weighted sum; the others are unweighted (``grounding``,
+    ``presence``: 0 when the run has no such term)."""
 
     total: torch.Tensor
     ce: torch.Tensor
     dice: torch.Tensor
     boundary: torch.Tensor
     grounding: torch.Tensor | float = 0.0
+    presence: torch.Tensor | float = 0.0
 
     def as_dict(self) -> dict[str, float]:
         """Detached Python floats, for logging."""
         return {k: float(torch.as_tensor(getattr(self, k)).detach())
-                for k in ("total", "ce", "dice", "boundary", "grounding")}
+                for k in ("total", "ce", "dice", "boundary", "grounding", "presence")}
 
 
 def _check_inputs(logits: torch.Tensor, target: torch.Tensor) -> None:
@@ -192,6 +201,22 @@ def grounding_loss(grid_logits: torch.Tensor, target: torch.Tensor) -> torch.Ten
     share = cells / cells.sum(dim=1, keepdim=True).clamp(min=1.0)
     pointing = -(F.log_softmax(scores, dim=1) * share).sum(dim=1).mean()
     return pointing + F.binary_cross_entropy_with_logits(scores, cells)
+
+
+def presence_targets(target: torch.Tensor) -> torch.Tensor:
+    """(B,H,W) 0/1 masks -> (B,) floats: 1 where the target has a pixel (the object is there), else 0."""
+    return target.flatten(1).any(dim=1).float()
+
+
+def presence_loss(object_score_logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy (mean over the batch) of the object-score logits, (B,1) or (B,), against
+    :func:`presence_targets` of the (B,H,W) targets: 1 for a sample whose object is in the image, 0
+    for an absent-object sample (empty target)."""
+    logits = object_score_logits.float().reshape(-1)
+    if logits.shape[0] != target.shape[0]:
+        raise ValueError(f"object_score_logits must hold one logit per sample ({target.shape[0]}), "
+                         f"got shape {tuple(object_score_logits.shape)}")
+    return F.binary_cross_entropy_with_logits(logits, presence_targets(target))
 
 
 class RS2SAM2Loss(torch.nn.Module):

@@ -26,14 +26,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from .errors import UserError
-from .imageio import RasterInfo
+from .extras import require
+from .fsutil import atomic_write
+from .geo import mask_band, open_grid_writer, probability_band, write_mask, write_probability
+from .imageio import RasterInfo, gdal_env
 from .metrics import PUBLISHED_THRESHOLD
-from .tiles import Answer, Piece
+from .tiles import Answer, Piece, upsample_window
+from .vector import check_vector_path, polygons, sidecars_replaced, write_vector
+from .viz import overlay as draw_overlay
 
 __all__ = [
     "MASK_SUFFIXES",
+    "Outputs",
     "OVERLAY_MAX_SIDE",
     "OVERLAY_SUFFIXES",
     "Prediction",
@@ -98,6 +105,8 @@ class Prediction:
     preview: np.ndarray | None = field(default=None, repr=False)  # the input, at most PREVIEW_SIDE px
     scores: PieceScores | None = field(default=None, repr=False)  # per answered window, for polygons
     _probability: np.ndarray | None = field(default=None, repr=False)
+    gcps: tuple | None = field(default=None, repr=False)  # ground control points of the grid (RasterInfo)
+    gcp_crs: str | None = None
 
     @property
     def probability(self) -> np.ndarray:
@@ -126,58 +135,51 @@ class Prediction:
         """The grid as a :class:`~rs2sam2.imageio.RasterInfo` (for the writers of :mod:`rs2sam2.geo`)."""
         h, w = self.shape
         return RasterInfo(height=h, width=w, crs=self.crs, transform=self.transform, count=1,
-                          georeferenced=self.georeferenced, has_nodata=self.has_nodata)
+                          georeferenced=self.georeferenced, has_nodata=self.has_nodata, gcps=self.gcps,
+                          gcp_crs=self.gcp_crs)
 
     # ---- files ------------------------------------------------------------------------------
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the mask: ``.tif`` (a GeoTIFF on this grid when georeferenced; 255 = object, 0 =
         background, nodata declared where the input has none) or ``.png``."""
-        from .geo import write_mask
-
         return write_mask(path, self.mask, self.info, self.valid)
 
     def save_probability(self, path: str | os.PathLike) -> Path:
         """Write the probability map (``.tif`` float32 with NaN nodata, or 8-bit ``.png``)."""
-        from .geo import write_probability
-
         return write_probability(path, self.probability, self.info, self.valid)
 
     def polygons(self, simplify: float = 0.0, min_area: float = 0.0) -> list:
         """The mask's polygons in this grid's CRS (:class:`rs2sam2.vector.Polygon`; pixel
         coordinates without georeference), with area and score (the predicted IoU)."""
-        from .vector import polygons
-
         score_of = self.scores if self.scores is not None else (lambda box: self.iou_score)
         return polygons(self.mask, self.transform, simplify=simplify, min_area=min_area, score_of=score_of)
 
     def to_vector(self, path: str | os.PathLike, simplify: float = 0.0, min_area: float = 0.0) -> list[Path]:
         """Write the polygons: ``.gpkg`` / ``.shp`` in this grid's CRS, ``.geojson`` as RFC 7946
         (lon/lat). Returns the files written."""
-        from .vector import write_vector
-
         return write_vector(path, self.polygons(simplify, min_area), self.crs, text=self.text,
-                            properties=_grid_properties(self.info, self.foreground_pixels))
+                            properties=_grid_properties(self.info, self.foreground_pixels), transform=self.transform)
 
     # ---- pictures ---------------------------------------------------------------------------
 
     def overlay(self, image: np.ndarray | None = None):
         """The mask drawn over ``image`` (HxWx3 uint8 on this grid), or over the stored preview of
         the input (shrunk), as a PIL image."""
-        from .viz import overlay
-
         if image is not None:
-            return overlay(image, self.mask)
+            return draw_overlay(image, self.mask)
         base = self.preview if self.preview is not None else np.zeros((*self.shape, 3), np.uint8)
-        return overlay(base, _shrink_mask(self.mask, base.shape[:2]))
+        return draw_overlay(base, _shrink_mask(self.mask, base.shape[:2]))
 
     def plot(self, ax=None, image: np.ndarray | None = None, **imshow_kwargs):
-        """Draw the mask over the input (or ``image``) with matplotlib, in CRS coordinates when
-        georeferenced; returns the axes. Needs matplotlib (``pip install 'rs2sam2[plot]'``)."""
-        try:
-            import matplotlib.pyplot as plt
-        except ImportError:
-            raise ImportError("Prediction.plot needs matplotlib: pip install 'rs2sam2[plot]'") from None
+        """Draw the mask over the input (or ``image``) with matplotlib, on ``ax`` or a new figure, in CRS
+        coordinates when georeferenced. Needs matplotlib (``pip install 'rs2sam2[plot]'``).
+
+        Returns:
+            The matplotlib ``Axes`` drawn on. A notebook shows its figure; a script calls
+            ``matplotlib.pyplot.show()`` or ``savefig(...)`` to see or keep it.
+        """
+        plt = require("matplotlib.pyplot", "Prediction.plot")
         if ax is None:
             _, ax = plt.subplots()
         h, w = self.shape
@@ -208,8 +210,6 @@ class Prediction:
 
 
 def _shrink_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    from PIL import Image
-
     if tuple(mask.shape) == tuple(shape):
         return mask
     img = Image.fromarray(mask.astype(np.uint8) * 255).resize((shape[1], shape[0]), Image.Resampling.NEAREST)
@@ -221,7 +221,7 @@ def preview_shape(height: int, width: int, side: int) -> tuple[int, int]:
     return max(1, round(height / scale)), max(1, round(width / scale))
 
 
-def _best(values: Iterable[float]) -> float:
+def _largest_finite(values: Iterable[float]) -> float:
     finite = [v for v in values if np.isfinite(v)]
     return max(finite) if finite else float("nan")
 
@@ -244,7 +244,7 @@ class PieceScores:
         w = np.asarray(self._windows)
         c, r, bw, bh = box
         hit = (w[:, 0] < c + bw) & (c < w[:, 0] + w[:, 2]) & (w[:, 1] < r + bh) & (r < w[:, 1] + w[:, 3])
-        return _best(np.asarray(self._scores)[hit].tolist())
+        return _largest_finite(np.asarray(self._scores)[hit].tolist())
 
 
 def assemble(pieces: Iterable[Piece], texts: Sequence[str], info: RasterInfo, threshold: float, *,
@@ -282,9 +282,10 @@ def assemble(pieces: Iterable[Piece], texts: Sequence[str], info: RasterInfo, th
             mask &= valid
         out.append(Prediction(
             text=text, logits=logits[k], mask=mask, prior=priors[k], threshold=threshold,
-            iou_score=_best(a.iou_score for a in answers[k]), object_score=_best(a.object_score for a in answers[k]),
+            iou_score=_largest_finite(a.iou_score for a in answers[k]),
+            object_score=_largest_finite(a.object_score for a in answers[k]),
             crs=info.crs, transform=info.transform, valid=valid, has_nodata=info.has_nodata, tiles=tiles,
-            downscale=downscale, preview=preview, scores=scores[k]))
+            downscale=downscale, preview=preview, scores=scores[k], gcps=info.gcps, gcp_crs=info.gcp_crs))
     return out
 
 
@@ -316,14 +317,11 @@ def _writable_folder(path: Path, what: str) -> None:
         raise OutputPathError(f"{what} {path}: the folder {probe} is not writable")
 
 
-def check_output_paths(out=None, geojson=None, overlay=None, prob=None, vector=None) -> None:
+def check_output_paths(*, out=None, overlay=None, prob=None, vector=None) -> None:
     """Raise :class:`OutputPathError` for output paths whose suffix no writer handles, folders,
-    or places that cannot be written; ``ImportError`` naming the extra for GPKG/SHP without pyogrio."""
-    from .vector import check_vector_path
-
+    or places that cannot be written; ``MissingExtraError`` naming the extra for GPKG/SHP without pyogrio."""
     for value, allowed, what in ((out, MASK_SUFFIXES, "mask output"), (prob, MASK_SUFFIXES, "probability output"),
-                                 (overlay, OVERLAY_SUFFIXES, "overlay output"), (geojson, None, "vector output"),
-                                 (vector, None, "vector output")):
+                                 (overlay, OVERLAY_SUFFIXES, "overlay output"), (vector, None, "vector output")):
         if value is None:
             continue
         p = Path(value)
@@ -339,6 +337,44 @@ def check_output_paths(out=None, geojson=None, overlay=None, prob=None, vector=N
         _writable_folder(p, what)
 
 
+def _as_path(value) -> Path | None:
+    return None if value is None else Path(value).expanduser()
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """The files of one expression's prediction, checked: the mask raster, the probability map, the
+    polygons and the overlay (each optional). Make one with :meth:`of`, which resolves the
+    ``geojson`` alias of ``vector`` and checks every path (:func:`check_output_paths`)."""
+
+    mask: Path | None = None
+    prob: Path | None = None
+    vector: Path | None = None
+    overlay: Path | None = None
+
+    @classmethod
+    def of(cls, *, out=None, prob=None, vector=None, geojson=None, overlay=None) -> Outputs:
+        """Checked outputs; ``geojson`` is an alias of ``vector`` (give one of them)."""
+        if vector is not None and geojson is not None:
+            raise OutputPathError("give the polygons' path once: --geojson (geojson) is an alias of --vector (vector)")
+        outputs = cls(mask=_as_path(out), prob=_as_path(prob), vector=_as_path(vector if vector is not None else geojson),
+                      overlay=_as_path(overlay))
+        check_output_paths(out=outputs.mask, overlay=outputs.overlay, prob=outputs.prob, vector=outputs.vector)
+        return outputs
+
+    def paths(self) -> list[Path]:
+        """Every path given, in the order mask, vector, overlay, probability."""
+        return [p for p in (self.mask, self.vector, self.overlay, self.prob) if p is not None]
+
+    def check_windowed(self, how: str) -> None:
+        """Raise :class:`OutputPathError` when a raster output cannot be written window by window (a PNG):
+        ``how`` says why the prediction is written that way ("tile by tile", "downscaled", ...)."""
+        for p, flag in ((self.mask, "--out"), (self.prob, "--prob")):
+            if p is not None and p.suffix.lower() == ".png":
+                raise OutputPathError(f"{flag} {p}: the area is predicted {how} and written window by window, "
+                                      "which needs a GeoTIFF; use .tif")
+
+
 def write_outputs(prediction: Prediction, rgb: np.ndarray | None, info: RasterInfo | None = None, *, out=None,
                   geojson=None, overlay=None, prob=None, vector=None, simplify: float = 0.0,
                   min_area: float = 0.0) -> list[Path]:
@@ -351,34 +387,31 @@ def write_outputs(prediction: Prediction, rgb: np.ndarray | None, info: RasterIn
     temporary name next to its destination; only when all of them are written are they renamed
     into place. ``info``, when given, must describe the prediction's grid. Returns the paths written.
     """
-    from .fsutil import atomic_write
-    from .geo import write_mask, write_probability
-    from .viz import overlay as draw_overlay
-
-    if geojson is not None and vector is not None:
-        raise OutputPathError("give the polygons' path once (geojson is an alias of vector)")
-    vector = vector if vector is not None else geojson
-    check_output_paths(out, None, overlay, prob, vector)
+    outputs = Outputs.of(out=out, prob=prob, vector=vector, geojson=geojson, overlay=overlay)
     if info is not None and (info.height, info.width) != prediction.shape:
         raise ValueError(f"prediction {prediction.shape} does not match the raster {(info.height, info.width)}")
+    return write_prediction(prediction, rgb, outputs, simplify=simplify, min_area=min_area)
+
+
+def write_prediction(prediction: Prediction, rgb: np.ndarray | None, outputs: Outputs, *, simplify: float = 0.0,
+                     min_area: float = 0.0) -> list[Path]:
+    """:func:`write_outputs` for checked :class:`Outputs`."""
     grid = prediction.info
     writers = []
-    if out is not None:
-        writers.append((Path(out), lambda tmp: write_mask(tmp, prediction.mask, grid, prediction.valid)))
-    if prob is not None:
-        writers.append((Path(prob), lambda tmp: write_probability(tmp, prediction.probability, grid,
-                                                                  prediction.valid)))
-    polys = None
-    if vector is not None:
-        polys = prediction.polygons(simplify, min_area)
-    if overlay is not None:
+    if outputs.mask is not None:
+        writers.append((outputs.mask, lambda tmp: write_mask(tmp, prediction.mask, grid, prediction.valid)))
+    if outputs.prob is not None:
+        writers.append((outputs.prob, lambda tmp: write_probability(tmp, prediction.probability, grid,
+                                                                    prediction.valid)))
+    polys = None if outputs.vector is None else prediction.polygons(simplify, min_area)
+    if outputs.overlay is not None:
         if rgb is None:
             raise ValueError("an overlay needs the image (rgb)")
 
-        def _overlay(tmp: Path, dest: Path = Path(overlay)) -> None:
+        def _overlay(tmp: Path, dest: Path = outputs.overlay) -> None:
             img = draw_overlay(rgb, prediction.mask)
             img.save(tmp, format="PNG" if dest.suffix.lower() == ".png" else "JPEG")
-        writers.append((Path(overlay), _overlay))
+        writers.append((outputs.overlay, _overlay))
     # nested atomic writes: an exception in any writer removes every temporary file; the renames
     # happen together on the way out
     written: list[Path] = []
@@ -388,7 +421,7 @@ def write_outputs(prediction: Prediction, rgb: np.ndarray | None, info: RasterIn
             write(tmp)
             written.append(dest)
         if polys is not None:
-            written.extend(_write_vector_in(stack, Path(vector), polys, grid.crs, prediction.text,
+            written.extend(_write_vector_in(stack, outputs.vector, polys, grid.crs, prediction.text,
                                             _grid_properties(grid, prediction.foreground_pixels)))
     return written
 
@@ -396,18 +429,18 @@ def write_outputs(prediction: Prediction, rgb: np.ndarray | None, info: RasterIn
 def _write_vector_in(stack: contextlib.ExitStack, dest: Path, polys, crs, text: str,
                      properties: dict[str, Any]) -> list[Path]:
     """Write the vector file(s) to temporary names whose renames join ``stack``'s (all together)."""
-    from .fsutil import atomic_write
-    from .vector import write_vector
-
-    work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=f".{dest.name}.", dir=_made(dest.parent))))
-    made = write_vector(work / dest.name, polys, crs, text=text, properties=properties)
+    folder = _created_folder(dest.parent)
+    work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=f".{dest.name}.", dir=folder)))
+    made = write_vector(work / dest.name, polys, crs, text=text, properties=properties,
+                        transform=properties["transform"])
     finals = [dest.with_name(p.name) for p in made]
+    stack.enter_context(sidecars_replaced(dest, finals))  # after the renames below, on success only
     for p, final in zip(made, finals):
         os.replace(p, stack.enter_context(atomic_write(final)))
     return finals
 
 
-def _made(folder: Path) -> Path:
+def _created_folder(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 
@@ -447,17 +480,12 @@ class SceneWriter:
     is removed). Call :meth:`write` for every piece, then :meth:`finish`.
     """
 
-    def __init__(self, stack: contextlib.ExitStack, text: str, info: RasterInfo, threshold: float, *, out=None,
-                 prob=None, vector=None, overlay=None, simplify: float = 0.0, min_area: float = 0.0) -> None:
-        from .fsutil import atomic_write
-        from .geo import open_grid_writer
-
-        for p, what in ((out, "mask output"), (prob, "probability output")):
-            if p is not None and Path(p).suffix.lower() == ".png":
-                raise OutputPathError(f"{what} {p}: a tiled or downscaled prediction is written window by window, "
-                                      "which needs a GeoTIFF; use .tif")
+    def __init__(self, stack: contextlib.ExitStack, text: str, info: RasterInfo, threshold: float,
+                 outputs: Outputs, *, simplify: float = 0.0, min_area: float = 0.0) -> None:
+        outputs.check_windowed("in windows")
+        out, prob = outputs.mask, outputs.prob
         self.stack, self.text, self.info, self.threshold = stack, text, info, float(threshold)
-        self.out, self.prob, self.vector, self.overlay = out, prob, vector, overlay
+        self.out, self.prob, self.vector, self.overlay = out, prob, outputs.vector, outputs.overlay
         self.simplify, self.min_area = simplify, min_area
         self.foreground_px = 0
         self.answers: list[Answer] = []
@@ -473,9 +501,8 @@ class SceneWriter:
                 stack.enter_context(atomic_write(prob)), info, "probability")))
 
     def write(self, window, logits: np.ndarray, valid: np.ndarray | None, answer: Answer) -> None:
-        from rasterio.windows import Window
+        from rasterio.windows import Window  # noqa: PLC0415 -- rasterio is heavy; only windowed writes need it
 
-        from .geo import mask_band, probability_band
 
         mask = logits > self.threshold
         if valid is not None:
@@ -491,16 +518,15 @@ class SceneWriter:
 
     def finish(self, raster, region, *, steps: int, downscale: float, preview_side: int | None = None) -> SceneResult:
         """Close the rasters, trace the polygons, draw the overlay (all still under temporary names)."""
-        import rasterio
-
-        from .imageio import gdal_env
+        import rasterio  # noqa: PLC0415 -- rasterio is heavy; only windowed writes need it
 
         written = [Path(p) for p in (self.out, self.prob) if p is not None]
         self._mask.close()
         if self._prob is not None:
             self._prob.close()
         result = SceneResult(self.text, self.info.width, self.info.height, self.foreground_px,
-                             _best(a.iou_score for a in self.answers), _best(a.object_score for a in self.answers),
+                             _largest_finite(a.iou_score for a in self.answers),
+                             _largest_finite(a.object_score for a in self.answers),
                              steps, downscale, written)
         with gdal_env(), rasterio.open(self._mask_tmp) as mask_ds:
             if self.vector is not None:
@@ -513,17 +539,13 @@ class SceneWriter:
                 if side == preview_side:
                     result.preview, result.preview_mask = rgb, small
                     if steps == 1 and self.answers and self.answers[0].prior is not None:  # one model input
-                        from .tiles import upsample_window
-
                         result.preview_prior = np.clip(upsample_window(self.answers[0].prior, *shape), 0, 1)
                 if self.overlay is not None and side == OVERLAY_MAX_SIDE:
                     written.append(self._write_overlay(rgb, small))
         return result
 
     def _write_vector(self, mask_ds) -> list[Path]:
-        import rasterio
-
-        from .vector import polygons
+        import rasterio  # noqa: PLC0415 -- rasterio is heavy; only windowed writes need it
 
         polys = polygons(rasterio.band(mask_ds, 1), self.info.transform, simplify=self.simplify,
                          min_area=self.min_area, score_of=self.scores)
@@ -531,10 +553,7 @@ class SceneWriter:
                                 _grid_properties(self.info, self.foreground_px))
 
     def _write_overlay(self, rgb: np.ndarray, mask: np.ndarray) -> Path:
-        from .fsutil import atomic_write
-        from .viz import overlay
-
         dest = Path(self.overlay)
         tmp = self.stack.enter_context(atomic_write(dest))
-        overlay(rgb, mask).save(tmp, format="PNG" if dest.suffix.lower() == ".png" else "JPEG")
+        draw_overlay(rgb, mask).save(tmp, format="PNG" if dest.suffix.lower() == ".png" else "JPEG")
         return dest

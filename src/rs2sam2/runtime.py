@@ -239,6 +239,24 @@ _cpu_bf16: bool | None = None
 _bf16_warned = False
 
 
+
+def resolve_device(device: str | torch.device | None, model: torch.nn.Module | None = None) -> torch.device:
+    """``device`` as a ``torch.device``; ``None``/``"auto"``: the model's device when one is given,
+    else CUDA when available, else the CPU. Asking for CUDA without it raises :class:`ConfigError`."""
+    if device is None or str(device) == "auto":
+        if model is not None:
+            param = next(model.parameters(), None)
+            if param is not None:
+                return param.device
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"device {str(device)!r}: expected cpu, cuda, cuda:N or auto") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {str(device)!r} requested but CUDA is not available; use --device cpu")
+    return dev
+
 def resolve_precision(precision: str, device="cpu") -> str:
     """The inference precision to use on ``device`` (a ``torch.device`` or its name).
 

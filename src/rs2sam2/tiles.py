@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 __all__ = ["DECIMATE_ABOVE", "Answer", "Piece", "Plan", "Tile", "iter_pieces", "plan_region", "tile_grid",
            "upsample_window"]
@@ -195,31 +196,36 @@ def _piece(answers: Sequence[Answer], height: int, width: int, window: Window, o
 
 
 def iter_pieces(raster, region: Window, plan: Plan, segment: Callable[[np.ndarray], Sequence[Answer]], *,
-                progress: bool = False, desc: str = "tiles") -> Iterator[Piece]:
+                progress: bool | Callable[[int, int], None] = False, desc: str = "tiles") -> Iterator[Piece]:
     """Run ``plan`` on ``region`` (``(col_off, row_off, width, height)`` of ``raster``, an
     :class:`rs2sam2.imageio.Raster`): yield the output grid window by window (windows in the
-    region's pixels). ``segment(rgb)`` returns one :class:`Answer` per text; ``progress`` shows a
-    bar over the tiles."""
+    region's pixels). ``segment(rgb)`` returns one :class:`Answer` per text. ``progress``: True
+    shows a bar over the tiles; a function is called with ``(done, total)`` after every model input."""
+    report = progress if callable(progress) else (lambda done, total: None)
     width, height = plan.width, plan.height
     whole = (0, 0, width, height)
     if plan.mode == "full":
         rgb, valid = raster.read(region)
-        yield _piece(segment(rgb), height, width, whole, whole, valid)
+        answers = segment(rgb)
+        report(1, 1)
+        yield _piece(answers, height, width, whole, whole, valid)
     elif plan.mode == "decimated":
         rgb, _ = raster.read(region, out_shape=plan.read_shape)
         answers = segment(rgb)
+        report(1, 1)
         del rgb
         for block in _blocks(width, height):
             valid = raster.read_valid(_offset(block, region))
             yield _piece(answers, height, width, block, block, valid)
     elif plan.mode == "tiled":
-        from tqdm import tqdm
-
-        for t in tqdm(plan.tiles, desc=desc, unit="tile", disable=not progress, file=sys.stderr,
-                      dynamic_ncols=True):
+        bar = tqdm(plan.tiles, desc=desc, unit="tile", disable=progress is not True, file=sys.stderr,
+                   dynamic_ncols=True)
+        for done, t in enumerate(bar, 1):
             rgb, valid = raster.read(_offset(t.window, region))
             core = (t.core[0] - t.window[0], t.core[1] - t.window[1], t.core[2], t.core[3])
             tw, th = t.window[2], t.window[3]
-            yield _piece(segment(rgb), th, tw, core, t.core, _crop(valid, core))
+            answers = segment(rgb)
+            report(done, len(plan.tiles))
+            yield _piece(answers, th, tw, core, t.core, _crop(valid, core))
     else:
         raise ValueError(f"unknown plan mode {plan.mode!r}")

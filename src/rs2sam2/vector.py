@@ -23,8 +23,13 @@ Rings are simplified independently, so neighbouring polygons may no longer share
 * ``.geojson`` / ``.json`` -- RFC 7946: WGS 84 longitude/latitude (EPSG:4326), exteriors
   counter-clockwise and holes clockwise (right-hand rule), no ``crs`` member, geometries that cross
   the antimeridian cut there, coordinates rounded to 7 decimals (about 1 cm). A raster without a CRS
-  has no lon/lat: its GeoJSON is in pixel coordinates (x = column, y = row from the top-left corner),
-  which ``properties.coordinate_space`` says.
+  has no lon/lat, and ``properties.coordinate_space`` says what its GeoJSON holds instead: ``"map"``
+  when it has a transform (its map coordinates, in a CRS the file does not name), ``"pixel"`` when it
+  has none (x = column, y = row from the top-left corner).
+
+A Shapefile is several files (``.shp``, ``.shx``, ``.dbf``, ``.prj``, ``.cpg``...); writing one
+replaces them together, and removes those of an earlier Shapefile of the same name that the new one
+does not have: a stale ``.prj`` would give the new file the old CRS.
 
 Attributes of every feature: ``text`` (the expression), ``area``, ``area_px``, ``score``. GeoJSON
 collections also carry a foreign ``properties`` member describing the source grid.
@@ -48,12 +53,14 @@ import numpy as np
 from .fsutil import atomic_write, atomic_write_text
 from .geo import MASK_FOREGROUND, to_affine, to_crs
 
-__all__ = ["GIS_EXTRA", "VECTOR_SUFFIXES", "Polygon", "check_vector_path", "geojson_collection", "polygons",
-           "simplify_ring", "write_vector"]
+__all__ = ["GIS_EXTRA", "SHAPEFILE_PARTS", "VECTOR_SUFFIXES", "Polygon", "check_vector_path", "geojson_collection",
+           "polygons", "sidecars_replaced", "simplify_ring", "write_vector"]
 
 #: Output suffix -> OGR driver.
 VECTOR_SUFFIXES = {".gpkg": "GPKG", ".shp": "ESRI Shapefile", ".geojson": "GeoJSON", ".json": "GeoJSON"}
 GIS_EXTRA = "pip install 'rs2sam2[gis]'"
+#: The files of a Shapefile besides ``.shp`` (attributes, index, projection, encoding, indexes, metadata).
+SHAPEFILE_PARTS = (".shx", ".dbf", ".prj", ".cpg", ".qix", ".sbn", ".sbx", ".shp.xml")
 # RFC 7946 coordinates: 7 decimals of a degree are about 1 cm
 LONLAT_DECIMALS = 7
 
@@ -264,9 +271,10 @@ def _orient_geometry(geom: dict[str, Any]) -> dict[str, Any]:
 
 
 def geojson_collection(polys: Sequence[Polygon], crs: Any = None, *, text: str = "",
-                       properties: dict[str, Any] | None = None) -> dict[str, Any]:
-    """An RFC 7946 ``FeatureCollection`` (a dict) of ``polys`` given in ``crs`` (None: pixel
-    coordinates, kept as they are); ``properties`` become the collection's foreign ``properties``."""
+                       properties: dict[str, Any] | None = None, transform: Any = None) -> dict[str, Any]:
+    """An RFC 7946 ``FeatureCollection`` (a dict) of ``polys`` given in ``crs`` (None: coordinates
+    kept as they are: map units when ``transform``, the grid's, is not the identity, else pixels);
+    ``properties`` become the collection's foreign ``properties``."""
     src = to_crs(crs)
     geoms = [{"type": "Polygon", "coordinates": [r.tolist() for r in p.rings]} for p in polys]
     if src is not None and geoms:
@@ -282,7 +290,8 @@ def geojson_collection(polys: Sequence[Polygon], crs: Any = None, *, text: str =
                  "properties": {"text": text, "area": _clean(p.area), "area_px": p.area_px, "score": _clean(p.score)}}
                 for i, (p, g) in enumerate(zip(polys, geoms))]
     fc: dict[str, Any] = {"type": "FeatureCollection", "features": features}
-    meta = {"coordinate_space": "lonlat" if src is not None else "pixel",
+    space = "lonlat" if src is not None else "pixel" if to_affine(transform).is_identity else "map"
+    meta = {"coordinate_space": space,
             "source_crs": None if src is None else (f"EPSG:{src.to_epsg()}" if src.to_epsg() else src.to_wkt()),
             "num_polygons": len(features)}
     fc["properties"] = {**meta, **(properties or {})}
@@ -313,14 +322,15 @@ def _write_ogr(tmp: Path, polys: Sequence[Polygon], crs, text: str, driver: str)
 
 
 def write_vector(path: str | os.PathLike, polys: Sequence[Polygon], crs: Any = None, *, text: str = "",
-                 properties: dict[str, Any] | None = None) -> list[Path]:
-    """Write ``polys`` (in ``crs``) to ``path``, the format chosen by its suffix (see the module
+                 properties: dict[str, Any] | None = None, transform: Any = None) -> list[Path]:
+    """Write ``polys`` (in ``crs``; ``transform``: the grid's, which tells map from pixel
+    coordinates without a CRS) to ``path``, the format chosen by its suffix (see the module
     docstring), atomically: every file appears whole or not at all. Returns the files written (a
     Shapefile is several)."""
     dest = Path(path)
     driver = check_vector_path(dest)
     if driver == "GeoJSON":
-        fc = geojson_collection(polys, crs, text=text, properties=properties)
+        fc = geojson_collection(polys, crs, text=text, properties=properties, transform=transform)
         atomic_write_text(dest, json.dumps(fc, ensure_ascii=False, allow_nan=False) + "\n")
         return [dest]
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -331,8 +341,23 @@ def write_vector(path: str | os.PathLike, polys: Sequence[Polygon], crs: Any = N
         finals = [dest.with_suffix(f.suffix) for f in made]
         # every file renamed into place together on the way out (a Shapefile is .shp, .shx, .dbf, .prj, .cpg)
         with contextlib.ExitStack() as stack:
+            stack.enter_context(sidecars_replaced(dest, finals))  # last on the way out: after the renames
             for f, final in zip(made, finals):
                 os.replace(f, stack.enter_context(atomic_write(final)))
         return finals
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def sidecars_replaced(dest: Path, written: Sequence[Path]) -> Iterator[None]:
+    """When the block succeeds and ``dest`` is a Shapefile: remove the parts of an earlier Shapefile
+    named like it (:data:`SHAPEFILE_PARTS`, in any letter case) that are not among ``written``."""
+    yield
+    if dest.suffix.lower() != ".shp":
+        return
+    keep = {p.name for p in written}
+    stale = {(dest.stem + part).lower() for part in SHAPEFILE_PARTS}
+    for entry in dest.parent.iterdir():
+        if entry.name.lower() in stale and entry.name not in keep:
+            entry.unlink(missing_ok=True)

@@ -44,6 +44,7 @@ from .folders import (
     find_tokenizer,
     locate,
     read_config,
+    read_shapes,
     read_state_dict,
     save_pretrained,
     save_state_dict,
@@ -76,6 +77,7 @@ __all__ = [
     "locate",
     "parameter_counts",
     "read_config",
+    "read_shapes",
     "read_state_dict",
     "save_pretrained",
     "save_state_dict",
@@ -102,8 +104,11 @@ class LoadReport:
         )
 
 
-def _check_and_load(model: torch.nn.Module, sd: dict[str, Tensor], layout: str, ignored: list[str],
-                    partial: bool) -> LoadReport:
+def _check_fit(model: torch.nn.Module, sd: Mapping[str, Tensor], layout: str, partial: bool,
+               source: str = "") -> list[str]:
+    """The model keys ``sd`` leaves out (with ``partial``; else that is an error); raises
+    :class:`CheckpointError` naming the keys when ``sd`` has keys the model lacks or other shapes.
+    Works on meta tensors as well (shapes only), so a checkpoint is checked before anything is allocated."""
     own = model.state_dict()
     unexpected = sorted(k for k in sd if k not in own)
     missing = sorted(k for k in own if k not in sd)
@@ -120,9 +125,15 @@ def _check_and_load(model: torch.nn.Module, sd: dict[str, Tensor], layout: str, 
         problems.append(f"wrongly shaped keys ({len(wrong)}): {_short(wrong)}")
     if problems:
         raise CheckpointError(
-            f"{layout} checkpoint does not fit this model ({getattr(model, 'config', None) and model.config.name}): "
-            + "; ".join(problems)
-        )
+            f"{layout} checkpoint {source + ' ' if source else ''}does not fit this model "
+            f"({getattr(model, 'config', None) and model.config.name}): " + "; ".join(problems))
+    return missing
+
+
+def _check_and_load(model: torch.nn.Module, sd: dict[str, Tensor], layout: str, ignored: list[str],
+                    partial: bool) -> LoadReport:
+    own = model.state_dict()
+    missing = _check_fit(model, sd, layout, partial)
     if partial:
         merged = dict(own)
         merged.update({k: v.to(own[k].dtype) for k, v in sd.items()})
@@ -136,47 +147,53 @@ def _short(items: list[str], n: int = 12) -> str:
     return ", ".join(items[:n]) + (f", ... (+{len(items) - n} more)" if len(items) > n else "")
 
 
+def _our_layout(state_dict: Mapping[str, Tensor]) -> tuple[str, dict[str, Tensor], list[str]]:
+    """(layout, the state dict in our key names, published keys dropped on purpose) of a complete
+    RS2-SAM2 state dict; works on meta tensors."""
+    state_dict = unwrap_state_dict(state_dict)
+    layout = detect_layout(state_dict)
+    if layout == "rs2sam2-published":
+        return (layout, *convert_published_state_dict(state_dict))
+    if layout == "rs2sam2":
+        return layout, dict(state_dict), []
+    raise CheckpointError(
+        f"this is a {layout} checkpoint, which initialises only part of RS2-SAM2: use "
+        f"load_{layout}_checkpoint (or init_from_official) instead"
+    )
+
+
 def load_official_state_dict(model: torch.nn.Module, state_dict: Mapping[str, Tensor]) -> LoadReport:
     """Load a complete RS2-SAM2 state dict, in the released (published) layout or ours.
 
     Every model key must be present and every checkpoint key used, except the documented
     :data:`IGNORED_PUBLISHED_PREFIXES`; shapes must match. Errors name the offending keys.
     """
-    state_dict = unwrap_state_dict(state_dict)
-    layout = detect_layout(state_dict)
-    if layout == "rs2sam2-published":
-        sd, ignored = convert_published_state_dict(state_dict)
-    elif layout == "rs2sam2":
-        sd, ignored = dict(state_dict), []
-    else:
-        raise CheckpointError(
-            f"this is a {layout} checkpoint, which initialises only part of RS2-SAM2: use "
-            f"load_{layout}_checkpoint (or init_from_official) instead"
-        )
+    layout, sd, ignored = _our_layout(state_dict)
     return _check_and_load(model, sd, layout, ignored, partial=False)
 
 
-def _read(source) -> tuple[dict[str, Tensor], str]:
-    """(state dict, name for messages) of a path or an in-memory state dict."""
-    if isinstance(source, (str, os.PathLike)):
-        return read_state_dict(source), str(source)
-    return unwrap_state_dict(source), "state dict"
+def _load_part(model: torch.nn.Module, source, convert, layout: str) -> LoadReport:
+    """Initialise part of ``model`` from a path or an in-memory state dict through ``convert``; a
+    path's tensors are checked on their shapes (from the file's header) before they are read."""
+    if not isinstance(source, (str, os.PathLike)):
+        return _check_and_load(model, *convert(unwrap_state_dict(source), "state dict"), layout, partial=True)
+    _check_fit(model, convert(read_shapes(source), str(source))[0], layout, partial=True, source=str(source))
+    converted, ignored = convert(read_state_dict(source), str(source))
+    return _check_and_load(model, converted, layout, ignored, partial=True)
 
 
 def load_sam2_checkpoint(model: torch.nn.Module, source) -> LoadReport:
     """Initialise the SAM2 parts (image encoder, prompt encoder, mask decoder, ``no_mem_embed``) from
     an official SAM2 / SAM2.1 checkpoint (``sam2_hiera_large.pt`` etc.). The BHFM adapters, the
     decoder's text guidance and everything outside SAM2 stay as initialised (listed in the report)."""
-    converted, ignored = convert_sam2_state_dict(*_read(source))
-    return _check_and_load(model, converted, "sam2", ignored, partial=True)
+    return _load_part(model, source, convert_sam2_state_dict, "sam2")
 
 
 def load_beit3_checkpoint(model: torch.nn.Module, source) -> LoadReport:
     """Initialise the union encoder from an official BEiT-3 checkpoint (``beit3_large_patch16_224.pth``,
     keys ``beit3.*``). Keys outside ``beit3.`` (task heads of fine-tuned checkpoints) are reported
     as ignored."""
-    converted, ignored = convert_beit3_state_dict(*_read(source))
-    return _check_and_load(model, converted, "beit3", ignored, partial=True)
+    return _load_part(model, source, convert_beit3_state_dict, "beit3")
 
 
 def load_pretrained(path: str | os.PathLike, image_size: int | None = None, *, subfolder: str | None = None,
@@ -184,15 +201,30 @@ def load_pretrained(path: str | os.PathLike, image_size: int | None = None, *, s
     """Build and load a model from anything :func:`locate` accepts: our folder, a released RS2-SAM2
     folder, a single weights file, a training run folder, or a Hugging Face Hub id such as
     ``"ReeF2025/RS2-SAM2"`` with ``subfolder="rrsisd"`` (and ``revision=``, default ``main``).
-    ``image_size`` overrides the SAM2 input size (default: the recorded one; 1024 for released weights)."""
+    ``image_size`` overrides the SAM2 input size (default: the recorded one; 1024 for released weights).
+
+    Nothing is allocated before the checkpoint is known to fit: the configuration's values are
+    bounded (:data:`rs2sam2.config.BOUNDS`), the model is built on the meta device and every tensor's
+    shape, read from the files' headers, is compared with it; only then are the model and the
+    weights materialised, so memory stays within the weights' size plus the model's."""
     located = locate(path, subfolder=subfolder, revision=revision)
-    sd = read_state_dict(located.weights)
+    layout, shapes, _ = _our_layout(read_shapes(located.weights))
     if located.config is None:  # a released folder: its config.json does not say which SAM2 size was used
-        cfg = infer_config(sd, image_size=1024 if image_size is None else image_size)
+        cfg = infer_config(shapes, image_size=1024 if image_size is None else image_size)
     else:
         cfg = located.config if image_size is None else dataclasses.replace(located.config, image_size=image_size)
+    with torch.device("meta"):
+        skeleton = RS2SAM2(cfg)
+    try:
+        _check_fit(skeleton, shapes, layout, partial=False, source=str(located.weights))
+    except CheckpointError as e:
+        if located.config is None:
+            raise
+        config_file = (located.path if located.path.is_dir() else located.path.parent) / "config.json"
+        raise CheckpointError(f"{e} (the model was built from {config_file}, which does not describe these "
+                              "weights)") from None
     model = RS2SAM2(cfg)
-    load_official_state_dict(model, sd)
+    load_official_state_dict(model, read_state_dict(located.weights))
     return model
 
 

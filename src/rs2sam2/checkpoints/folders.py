@@ -12,6 +12,7 @@ located like any folder. Weights are read without executing pickled code: safete
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
 from collections.abc import Mapping
@@ -19,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from ..config import ModelConfig
@@ -88,14 +91,16 @@ def locate(path: str | os.PathLike, subfolder: str | None = None, revision: str 
     training run folder (``RUN/`` -> ``RUN/checkpoints/best``, else ``RUN/checkpoints/last``), or,
     when no such local path exists, a Hugging Face Hub id ``owner/name``. ``subfolder`` is a folder
     inside it (``rrsisd`` of the released repository); ``revision`` (a branch, tag or commit; default
-    ``main``) applies to Hub ids only. A Hub id is resolved through huggingface_hub's cache
+    ``main``) applies to Hub ids only. A path that exists on disk in any form (a broken symbolic link
+    or a link loop included) is local, and an error when it leads nowhere. A Hub id is resolved through huggingface_hub's cache
     (``HF_HUB_OFFLINE=1``: the cache only), fetching just the weights (and their shards),
     ``config.json`` and the tokenizer. Reads only ``config.json``; the weights are read by
     :func:`read_state_dict`.
     """
     sub = _subfolder(subfolder)
     local = Path(path)
-    if local.exists():
+    if os.path.lexists(local):  # anything on disk, a broken link too, is local: never a Hub id
+        _check_link(local)
         if revision is not None:
             raise CheckpointError(f"a revision ({revision!r}) applies to Hugging Face Hub ids only; {path} is a "
                                   "local path")
@@ -138,6 +143,51 @@ def _hub_folder(repo_id: str, subfolder: str, revision: str | None) -> Path:
     return weights.parent
 
 
+def _check_link(path: Path) -> None:
+    """:class:`CheckpointError` naming ``path`` when it is a symbolic link loop or a broken link."""
+    try:
+        path.resolve(strict=True)
+    except RuntimeError as e:  # Python < 3.13 reports a loop as RuntimeError
+        raise CheckpointError(f"checkpoint {path}: a loop of symbolic links") from e
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise CheckpointError(f"checkpoint {path}: a loop of symbolic links") from e
+        if path.is_symlink() and not path.exists():
+            raise CheckpointError(f"checkpoint {path}: a broken symbolic link (to {os.readlink(path)}, which does "
+                                  "not exist)") from e
+        raise CheckpointError(f"checkpoint {path}: cannot be read ({e.strerror})") from e
+
+
+def weights_format(path: Path) -> str:
+    """``"safetensors"``, ``"torch"`` (a zip or legacy pickle) or ``"index"`` (a shard index), from the
+    file's first bytes; :class:`CheckpointError` saying what the file is when it is none of them."""
+    if path.name.endswith(".index.json"):
+        return "index"
+    try:
+        with path.open("rb") as f:
+            head = f.read(9)
+        size = path.stat().st_size
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot be read ({e.strerror})") from e
+    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":  # torch.save's zip, or a pickle (legacy torch.save)
+        return "torch"
+    if len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < size:
+        return "safetensors"
+    raise CheckpointError(
+        f"{path}: not a weights file ({_what_it_is(head, size)}); expected a .safetensors file, a torch checkpoint "
+        f"(.pt, .pth, .bin), a shard index (*.index.json) or a folder holding {' or '.join(WEIGHTS_NAMES)}")
+
+
+def _what_it_is(head: bytes, size: int) -> str:
+    if size == 0:
+        return "it is empty"
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return f"it starts with the bytes {head[:8].hex(' ')}"
+    return "it holds text"
+
+
 def _locate_local(path: Path) -> Located:
     if path.is_dir():
         weights = _weights_file_in(path)
@@ -150,6 +200,7 @@ def _locate_local(path: Path) -> Located:
                 "with checkpoints/best or checkpoints/last)")
     else:
         weights = path
+        weights_format(weights)
     return Located(path, weights, find_tokenizer(path), read_config(path if path.is_dir() else path.parent))
 
 
@@ -210,22 +261,30 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
     """Read a state dict from ``.safetensors`` or a torch pickle (``weights_only=True``), a sharded
     checkpoint (``*.index.json``) or anything :func:`locate` accepts. Unwraps ``{"model": ...}`` /
     ``{"state_dict": ...}`` / ``{"module": ...}`` containers."""
-    path = Path(path)
+    return _read_weights(Path(path), meta=False)
+
+
+def read_shapes(path: str | os.PathLike) -> dict[str, Tensor]:
+    """What :func:`read_state_dict` would return, as tensors on the meta device: names, shapes and
+    dtypes from the safetensors headers (a torch checkpoint's pickle, ``weights_only=True``), without
+    reading the weights themselves, so a checkpoint can be checked against a model before it is loaded."""
+    return _read_weights(Path(path), meta=True)
+
+
+def _read_weights(path: Path, meta: bool) -> dict[str, Tensor]:
     if path.is_dir():
         path = locate(path).weights
     if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}")
     if path.name.endswith(".index.json"):
-        return _read_shards(path)
+        return _read_shards(path, meta)
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         try:
-            return load_file(str(path))
+            return _safetensors_shapes(path) if meta else load_file(str(path))
         except Exception as e:  # safetensors raises its own error type for malformed headers
             raise CheckpointError(f"{path}: cannot read safetensors file ({e}); is it truncated?") from e
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = torch.load(path, map_location="meta" if meta else "cpu", weights_only=True)
     except Exception as e:  # torch raises several types for truncated zips and refused pickles
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise CheckpointError(
@@ -233,6 +292,23 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
             "weights_only=True, so pickles that would execute code are refused; truncated files fail too."
         ) from e
     return unwrap_state_dict(obj, str(path))
+
+
+# safetensors' dtype names -> torch's
+_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                       "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+                       "U8": torch.uint8, "BOOL": torch.bool}
+
+
+def _safetensors_shapes(path: Path) -> dict[str, Tensor]:
+    """The tensors of a safetensors file as meta tensors, from its header alone."""
+    out = {}
+    with safe_open(str(path), framework="pt") as f:
+        for key in f.keys():  # noqa: SIM118 - safe_open is not a mapping
+            part = f.get_slice(key)
+            dtype = _SAFETENSORS_DTYPES.get(part.get_dtype(), torch.float32)
+            out[key] = torch.empty(part.get_shape(), dtype=dtype, device="meta")
+    return out
 
 
 def _weight_map(index: Path) -> dict[str, str]:
@@ -254,13 +330,13 @@ def shard_names(index: str | os.PathLike) -> list[str]:
     return sorted(set(_weight_map(Path(index)).values()))
 
 
-def _read_shards(index: Path) -> dict[str, Tensor]:
+def _read_shards(index: Path, meta: bool) -> dict[str, Tensor]:
     """The state dict of a sharded checkpoint: every shard read, and each shard holding exactly the
     tensors the index assigns to it."""
     weight_map = _weight_map(index)
     sd: dict[str, Tensor] = {}
     for shard in sorted(set(weight_map.values())):
-        part = read_state_dict(index.parent / shard)
+        part = _read_weights(index.parent / shard, meta)
         listed = {k for k, v in weight_map.items() if v == shard}
         if set(part) != listed:
             wrong = sorted(listed - set(part)) + sorted(set(part) - listed)
@@ -290,8 +366,6 @@ def save_state_dict(state_dict: Mapping[str, Tensor], config: ModelConfig, folde
     Training saves gathered (FSDP) state dicts through this without a model at hand. Files are
     written to temporary names and renamed, so an interrupted save never leaves a half-written
     checkpoint behind under the final names."""
-    from safetensors.torch import save_file
-
     info = _card_info(card)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -13,10 +13,8 @@ from __future__ import annotations
 import re
 from pathlib import Path, PurePosixPath
 
+from ..extras import MissingExtraError, require
 from .convert import CheckpointError
-
-#: the optional-dependency extra that installs huggingface_hub
-EXTRA = "hub"
 
 # one part of a repo id: letters, digits, '-', '_', '.', neither starting nor ending with '-' or '.'
 _PART = r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,94}[A-Za-z0-9_])?"
@@ -31,12 +29,10 @@ def is_repo_id(text: str) -> bool:
 
 def _hf(repo_id: str):
     try:
-        import huggingface_hub
-        import huggingface_hub.utils  # noqa: F401  (the error types)
-    except ImportError as e:
-        raise CheckpointError(
-            f"checkpoint not found: {repo_id} is not a local path, and loading it as a Hugging Face Hub id needs "
-            f"huggingface_hub, which is not installed: pip install 'rs2sam2[{EXTRA}]'") from e
+        huggingface_hub = require("huggingface_hub", "loading it as a Hugging Face Hub id")
+        require("huggingface_hub.utils")  # the error types
+    except MissingExtraError as e:
+        raise CheckpointError(f"checkpoint not found: {repo_id} is not a local path, and {e}") from None
     return huggingface_hub
 
 

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..cliargs import number
 from ..data import DATASETS
 from ..errors import ConfigError
 from .config import TrainConfig, merge_dicts, read_yaml
@@ -89,6 +90,11 @@ def _add_optimisation_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--random-boxes", dest="random_boxes", **_BOOL,
                    help="RRSIS-D black-box augmentation (default: on for rrsisd)")
     p.add_argument("--box-prob", dest="box_prob", type=float, help="share of samples given black boxes (0.2)")
+    p.add_argument("--negatives", dest="negatives", type=number(float, low=0, high=1, high_open=True), metavar="P",
+                   help="share of absent-object samples (another image's sentence, an empty target) that train the "
+                        "object-presence score (0: published recipe)")
+    p.add_argument("--w-presence", dest="w_presence", type=number(float, low=0),
+                   help="weight of the presence loss when --negatives > 0 (1.0)")
     p.add_argument("--num-workers", dest="num_workers", type=int, help="DataLoader workers per process")
     p.add_argument("--image-cache-mb", dest="image_cache_mb", type=int,
                    help="decoded training images kept in memory per process and loader worker, in MB (0)")

@@ -22,7 +22,7 @@ DATASET_EPOCHS = {"rrsisd": 40, "refsegrs": 60}
 #: may change on resume.
 RESUME_KEYS = ("preset", "model", "init", "sam2_checkpoint", "beit3_checkpoint", "tokenizer", "train_tokenizer",
                "tokenizer_vocab_size", "dataset", "data", "train_split", "seed", "random_boxes", "box_prob",
-               "mask_rule", "freeze")
+               "mask_rule", "freeze", "negatives")
 _PATH_KEYS = {"init", "sam2_checkpoint", "beit3_checkpoint", "tokenizer", "data"}
 
 
@@ -74,6 +74,8 @@ class TrainConfig:
     grounding_warmup_steps: int = 0  # union encoder + MPG trained alone first (train/grounding.py)
     grounding_warmup_lr: float = 5e-4
     grounding_warmup_batch_size: int = 8  # per process
+    negatives: float = 0.0  # share of absent-object samples (train/sampling.py); > 0 trains the presence score
+    w_presence: float = 1.0  # weight of the presence loss (losses.presence_loss), used only when negatives > 0
     # data
     random_boxes: bool | None = None
     box_prob: float = 0.2
@@ -168,6 +170,8 @@ class TrainConfig:
         if c.grounding_warmup_steps and c.fsdp:
             raise ConfigError("grounding_warmup_steps cannot be combined with --fsdp (the warm-up updates whole "
                               "parameters); use DDP or set it to 0")
+        if not 0 <= c.negatives < 1 or c.w_presence < 0:
+            raise ConfigError(f"negatives must be in [0, 1) and w_presence >= 0, got {c.negatives}, {c.w_presence}")
         if c.image_cache_mb < 0:
             raise ConfigError(f"image_cache_mb must be >= 0, got {c.image_cache_mb}")
         if c.max_steps is not None and c.max_steps < 0:

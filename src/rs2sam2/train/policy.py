@@ -39,14 +39,17 @@ UNREACHABLE_PREFIXES = (
     "prompt_encoder.point_embeddings.",
     "prompt_encoder.not_a_point_embed.",
 )
+# the object-score head: reached by the presence loss, when a run trains with absent samples
+PRESENCE_HEAD_PREFIX = "mask_decoder.pred_obj_score_head."
 
 
 def _core(model: nn.Module) -> nn.Module:
     return getattr(model, "module", model)
 
 
-def unreachable_parameter_names(model: nn.Module) -> list[str]:
-    """Parameters that no output used by the loss depends on, whatever the input.
+def unreachable_parameter_names(model: nn.Module, presence: bool = False) -> list[str]:
+    """Parameters that no output used by the loss depends on, whatever the input (``presence``: the
+    run has the presence loss, which reaches the object-score head).
 
     * :data:`UNREACHABLE_PREFIXES`: the mask decoder's IoU and object-score heads, the prompt
       encoder's point embeddings (no point prompts);
@@ -64,7 +67,7 @@ def unreachable_parameter_names(model: nn.Module) -> list[str]:
     """
     core = _core(model)
     cfg = core.config
-    prefixes = list(UNREACHABLE_PREFIXES)
+    prefixes = [p for p in UNREACHABLE_PREFIXES if not (presence and p == PRESENCE_HEAD_PREFIX)]
     prefixes += [f"mask_decoder.output_hypernetworks_mlps.{i}." for i in range(1, cfg.num_multimask_outputs + 1)]
     if getattr(core, "mpg", None) is not None:
         prefixes.append("prompt_encoder.no_mask_embed.")
@@ -77,9 +80,9 @@ def unreachable_parameter_names(model: nn.Module) -> list[str]:
     return [n for n, _ in core.named_parameters() if n.startswith(tuple(prefixes))]
 
 
-def freeze_unreachable(model: nn.Module) -> list[str]:
+def freeze_unreachable(model: nn.Module, presence: bool = False) -> list[str]:
     """Freeze :func:`unreachable_parameter_names`; returns their names."""
-    names = set(unreachable_parameter_names(model))
+    names = set(unreachable_parameter_names(model, presence))
     for n, p in _core(model).named_parameters():
         if n in names:
             p.requires_grad_(False)
@@ -90,29 +93,31 @@ def _published_trainable(name: str) -> bool:
     return not name.startswith(FROZEN_PREFIXES) or any(m in name for m in TRAINED_INSIDE_FROZEN)
 
 
-def freeze_published(model: nn.Module) -> dict[str, dict[str, int]]:
+def freeze_published(model: nn.Module, presence: bool = False) -> dict[str, dict[str, int]]:
     """Apply the published freeze policy in place and return :func:`~rs2sam2.checkpoints.parameter_counts`.
 
     The SAM2 image encoder (``image_encoder.*``: Hiera trunk + FPN neck) is frozen except every
     block's ``space_adapter`` and ``mlp_adapter``; every other parameter trains (BEiT-3, text
     projection, sparse prompt, MPG, prompt encoder, mask decoder with its text guidance, boundary
-    head, ``no_mem_embed``), except the unreachable ones (:func:`unreachable_parameter_names`).
+    head, ``no_mem_embed``), except the unreachable ones (:func:`unreachable_parameter_names`; with
+    ``presence`` the object-score head trains too).
     """
     core = _core(model)
     for n, p in core.named_parameters():
         p.requires_grad_(_published_trainable(n))
-    freeze_unreachable(core)
+    freeze_unreachable(core, presence)
     return parameter_counts(core)
 
 
-def apply_freeze(model: nn.Module, freeze: str) -> dict[str, dict[str, int]]:
+def apply_freeze(model: nn.Module, freeze: str, presence: bool = False) -> dict[str, dict[str, int]]:
     """``published`` (:func:`freeze_published`) or ``none`` (only the unreachable parameters are
-    frozen); returns :func:`~rs2sam2.checkpoints.parameter_counts`."""
+    frozen); ``presence`` trains the object-score head. Returns
+    :func:`~rs2sam2.checkpoints.parameter_counts`."""
     if freeze == "published":
-        return freeze_published(model)
+        return freeze_published(model, presence)
     for p in model.parameters():
         p.requires_grad_(True)
-    freeze_unreachable(model)
+    freeze_unreachable(model, presence)
     return parameter_counts(model)
 
 

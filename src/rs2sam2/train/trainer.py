@@ -28,7 +28,7 @@ from ..checkpoints import CardInfo, Located, locate
 from ..data import DatasetError
 from ..errors import ConfigError
 from ..fsutil import atomic_write_bytes
-from ..losses import LossOutput, grounding_loss
+from ..losses import LossOutput, grounding_loss, presence_loss
 from ..runtime import Dist, autocast, autocast_enabled, init_distributed
 from .config import TrainConfig, merge_dicts, model_config_from, read_yaml, resume_clashes, write_yaml
 from .grounding import grounding_warmup
@@ -335,7 +335,7 @@ class Trainer:
         """Before step 1: the checks of ``rs2sam2 check-data`` that need no decoding (every image and
         mask present and readable, image sizes from the headers against the annotations), on the
         training and validation splits; a problem that would stop a sample from loading stops here."""
-        from ..datacheck import blocking_problems
+        from ..data.checks import blocking_problems
 
         cfg, problem = self.cfg, None
         if self.d.is_main:
@@ -371,7 +371,9 @@ class Trainer:
         if (cfg.w_grounding or cfg.grounding_warmup_steps) and model.mpg is None:
             raise ConfigError("w_grounding and grounding_warmup_steps train the Mask Prompt Generator, which this "
                               "model has not (model.fusion.mpg is false)")
-        self.param_counts = counts = apply_freeze(model, cfg.freeze)
+        if cfg.negatives > 0:  # the object score is trained: inference may trust it (config.json says so)
+            model.config.presence_head = True
+        self.param_counts = counts = apply_freeze(model, cfg.freeze, presence=cfg.negatives > 0)
         _log(f"parameters: {counts['total']['trainable']:,} trainable of {counts['total']['total']:,} "
              f"(freeze={cfg.freeze})", d)
         if cfg.grad_checkpointing:
@@ -642,6 +644,9 @@ class Trainer:
             out = self.module(images=batch["images"], images_evf=batch["images_evf"], input_ids=batch["input_ids"],
                               attention_mask=batch["attention_mask"])
         terms = per_sample_loss(self.loss_fn, out.logits.float(), batch["masks"], out.boundary_weight.float())
+        if self.cfg.negatives > 0:  # absent-object samples: the object score learns presence
+            presence = presence_loss(out.object_score_logits, batch["masks"])
+            terms = dataclasses.replace(terms, total=terms.total + self.cfg.w_presence * presence, presence=presence)
         if not self.cfg.w_grounding:
             return terms
         grounding = grounding_loss(out.prior_logits, batch["masks"])
