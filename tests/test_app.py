@@ -212,8 +212,9 @@ def test_upload_over_the_decode_budget_is_refused_before_decoding(predictor, tmp
         set_max_pixels(None)
 
 
-def test_large_pixel_upload_is_read_decimated_by_the_handler(predictor, tmp_path):
-    """A scene over twice the model input per side: decimated for the model, the mask on the full grid."""
+def test_large_pixel_upload_is_answered_as_a_scene_by_the_handler(predictor, tmp_path):
+    """A scene over twice the model input per side: a global look decimated for the model, native looks
+    where it points, the mask on the full grid."""
     import rasterio
 
     import helpers_scene
@@ -225,7 +226,8 @@ def test_large_pixel_upload_is_read_decimated_by_the_handler(predictor, tmp_path
     assert max(overlay.size) == 1024 and max(prior.size) == 1024
     with rasterio.open(scene) as src, rasterio.open(mask_file) as m:
         assert (m.crs, m.transform, m.shape) == (src.crs, src.transform, (3000, 3000))
-    assert "downscaled 11.7x" in summary and json.loads(Path(geojson_file).read_text())["type"] == "FeatureCollection"
+    assert "Answered as a scene: a global look downscaled 11.7x" in summary
+    assert json.loads(Path(geojson_file).read_text())["type"] == "FeatureCollection"
 
 
 @contextlib.contextmanager

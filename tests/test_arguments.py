@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 
 import pytest
 
@@ -250,4 +251,17 @@ def test_bad_environment_variables_are_refused_at_the_start(command, variable, v
     monkeypatch.setenv(variable, value)
     line = _refused([*command.split(), *_base(command, inputs)], capsys)
     assert f"environment variable {variable}: expected" in line and repr(value) in line, line
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command, extra, module, install", [
+    ("serve", [], "gradio", "rs2sam2[app]"),
+    ("predict", ["--vector", "polygons.gpkg"], "pyogrio", "rs2sam2[gis]"),
+    ("predict", ["--vector", "polygons.shp"], "pyogrio", "rs2sam2[gis]"),
+])
+def test_a_missing_extra_is_exit_2_naming_it(command, extra, module, install, inputs, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(sys.modules, module, None)  # what an environment without the extra gives: no module
+    line = _refused([command, *_base(command, inputs), *extra], capsys)
+    assert f"pip install '{install}'" in line and module in line, line
     assert list(tmp_path.iterdir()) == []

@@ -210,6 +210,16 @@ def _vrt(path: Path, source: Path) -> Path:
     return path
 
 
+def _gpkg_raster(path: Path, source: Path) -> Path:
+    """A GeoPackage raster (8-bit RGB) on the grid of ``source``."""
+    with rasterio.open(source) as src:
+        data, profile = (src.read([1, 2, 3]) // 16).astype("uint8"), src.profile
+    with rasterio.open(path, "w", driver="GPKG", width=profile["width"], height=profile["height"], count=3,
+                       dtype="uint8", crs=profile["crs"], transform=profile["transform"]) as dst:
+        dst.write(data)
+    return path
+
+
 @pytest.fixture(scope="module")
 def qgis_run(tmp_path_factory):
     """One QGIS session that runs every case; its report, and the paths it used."""
@@ -219,6 +229,7 @@ def qgis_run(tmp_path_factory):
     ckpt = build_checkpoint(tmp / "ckpt")
     image = write_geotiff(tmp / "scene.tif")
     vrt = _vrt(tmp / "scene.vrt", image)
+    gpkg = _gpkg_raster(tmp / "raster.gpkg", image)
     # the zip, unpacked into a fresh profile as QGIS's "Install from ZIP" does
     plugins = tmp / "config" / "profiles" / "default" / "python" / "plugins"
     plugins.mkdir(parents=True)
@@ -233,7 +244,8 @@ def qgis_run(tmp_path_factory):
             "INPUT": str(image), "SENTENCE": SENTENCE, **model, "MODE": 3, "THRESHOLD": -1000.0, "OUTPUT": str(out / "mask.tif"),
             "VECTOR": str(out / "mask.gpkg")}},
         "many": {"alg": "rs2sam2:segment_many", "params": {
-            "ROWS": [str(image), "the red building on the left", "vrt layer", SENTENCE], **model,
+            "ROWS": [str(image), "the red building on the left", "vrt layer", SENTENCE,
+                     str(gpkg), "the large ship in the middle"], **model,
             "OUTPUT_FOLDER": str(out / "many")}},
         "model_vrt_extent": {"model": True, "model_params": {"SENTENCE": SENTENCE, "EXTENT": EXTENT, **model},
                              "params": {"layer": str(vrt), "seg:mask": str(out / "model_mask.tif"),
@@ -323,13 +335,14 @@ def test_segment_by_sentence_gives_a_mask_on_the_layer_grid_and_polygons_with_pr
 
 
 @needs_qgis
-def test_segment_many_writes_one_mask_per_row_and_removes_its_temporary_export(qgis_run):
+def test_segment_many_writes_one_mask_per_row_and_removes_its_temporary_exports(qgis_run):
     case = _case(qgis_run, "many")
     assert case["error"] is None
     masks, vectors = case["results"]["MASKS"], case["results"]["VECTORS"]
     assert [Path(m).name for m in masks] == ["01_the_red_building_on_the_left.tif",
-                                            "02_the_white_storage_tank_at_the_top.tif"]
-    for mask in masks:  # the VRT layer was exported whole: the same grid as the GeoTIFF it shows
+                                            "02_the_white_storage_tank_at_the_top.tif",
+                                            "03_the_large_ship_in_the_middle.tif"]
+    for mask in masks:  # the VRT and GeoPackage layers were exported whole: the GeoTIFF's grid
         assert _grid(Path(mask)) == _grid(qgis_run["image"])
     assert all(Path(v).is_file() for v in vectors)
     assert not list((qgis_run["tmp"] / "tmpdir").glob("rs2sam2-qgis-*"))

@@ -52,6 +52,7 @@ PARSE_ONLY = (
     (r"ReeF2025/", "needs the Hugging Face Hub (tests/test_hub.py loads a cached Hub id)"),
     (r"--preset paper", "the paper-size model: official weights, and minutes per image on this CPU"),
     (r"^rs2sam2 serve ", "a server that runs until stopped (tests/test_app.py starts and drives it)"),
+    (r"^rs2sam2 qgis install", "writes into the user's QGIS profile (tests/test_qgis.py installs into a fresh one)"),
 )
 
 

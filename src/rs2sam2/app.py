@@ -198,6 +198,13 @@ def segment(predictor, file, text: str, threshold: float | None, workdir: str | 
     if plan.mode == "decimated":
         lines.append(f"The image was read downscaled {plan.downscale:.1f}x for the model (input "
                      f"{predictor.config.image_size} px); for native resolution use `rs2sam2 predict --tile`.")
+    if result.decision is not None:
+        d = result.decision
+        verdict = "the object it chose was kept" if d["present"] else "nothing was kept (the sentence was judged absent)"
+        presence = "n/a" if d["presence"] is None else f"{d['presence']:.2f}"
+        lines.append(f"Answered as a scene: a global look downscaled {plan.downscale:.1f}x for the model (input "
+                     f"{predictor.config.image_size} px), then {len(d['looks'])} look(s) at native resolution; "
+                     f"presence {presence} ({d['presence_source']}): {verdict}.")
     if result.foreground_px == 0:
         gr.Warning("The mask is empty: the model found nothing matching the expression at this threshold.")
     return overlay_img, prior_img, str(mask_path), str(geojson_path), "\n\n".join(lines)

@@ -16,12 +16,15 @@ import statistics
 import time
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from .cliargs import number
 from .config import PRESET_NAMES, get_config
 from .errors import ConfigError
+from .losses import RS2SAM2Loss
 from .models import RS2SAM2
-from .runtime import PRECISIONS, resolve_precision, tune_cpu_allocator
+from .runtime import PRECISIONS, autocast, resolve_precision, tune_cpu_allocator
+from .train.policy import freeze_published, param_groups, per_sample_loss
 
 #: bounds of the arguments: far above a useful measurement, low enough to refuse a typo before any work
 MAX_BATCH, MAX_RUNS, MAX_THREADS = 256, 1000, 1024
@@ -91,8 +94,6 @@ def matmul_gflops(dtype: torch.dtype, device: str, n: int = 2048, reps: int = 8,
 def forward_tflop(preset: str, batch: int, text_len: int) -> tuple[float, float]:
     """TFLOPs of one forward, counted on the meta device (no arithmetic runs): all of them, and
     those of the linear layers and convolutions (attention's score and value products excluded)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     with torch.device("meta"):
         model = RS2SAM2(get_config(preset)).eval()
         inputs = random_inputs(model, batch, text_len, "meta")
@@ -201,10 +202,6 @@ def run_train_benchmark(preset="nano", device="cpu", batch=1, text_len=12, runs=
                         grad_checkpointing=False, threads=None) -> dict:
     """Seconds and peak memory of one optimizer step (forward, published loss, backward, AdamW), with
     the published freeze policy; bf16 autocast on CUDA as in training."""
-    from .losses import RS2SAM2Loss
-    from .runtime import autocast
-    from .train.policy import freeze_published, param_groups, per_sample_loss
-
     if threads:
         torch.set_num_threads(threads)
     model = build_random_model(preset, "fp32", device).train()

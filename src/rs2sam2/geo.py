@@ -13,8 +13,7 @@ grid, so they overlay the source scene in any GIS:
   scenes whose mask does not fit in memory.
 
 Polygons and vector files are :mod:`rs2sam2.vector`'s job. Every file is written through
-:func:`rs2sam2.fsutil.atomic_write`, so readers never see a half-written file. ``rasterio`` is
-imported lazily, so importing this module stays cheap.
+:func:`rs2sam2.fsutil.atomic_write`, so readers never see a half-written file.
 """
 
 from __future__ import annotations
@@ -24,16 +23,19 @@ import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+import rasterio
+from affine import Affine
+from PIL import Image
+from rasterio.control import GroundControlPoint
+from rasterio.crs import CRS
+from rasterio.errors import NotGeoreferencedWarning
+from rasterio.warp import transform_bounds
 
 from .errors import UserError
 from .fsutil import atomic_write
-
-if TYPE_CHECKING:  # pragma: no cover - typing only
-    from affine import Affine
-    from rasterio.crs import CRS
 
 __all__ = [
     "MASK_BACKGROUND",
@@ -102,7 +104,6 @@ def to_crs(crs: Any) -> CRS | None:
     """``crs`` as a :class:`rasterio.crs.CRS` (None stays None)."""
     if crs is None or crs == "":
         return None
-    from rasterio.crs import CRS
 
     if isinstance(crs, CRS):
         return crs
@@ -111,8 +112,6 @@ def to_crs(crs: Any) -> CRS | None:
 
 def to_affine(transform: Any) -> Affine:
     """``transform`` as an :class:`affine.Affine` (None: the identity, i.e. pixel coordinates)."""
-    from affine import Affine
-
     if transform is None:
         return Affine.identity()
     if isinstance(transform, Affine):
@@ -125,8 +124,6 @@ def to_affine(transform: Any) -> Affine:
 
 def grid_of(info: RasterInfoLike | None) -> tuple[Affine, CRS | None]:
     """The ``(transform, crs)`` of ``info``: pixel coordinates (identity, None) when not georeferenced."""
-    from affine import Affine
-
     if not _is_georeferenced(info):
         return Affine.identity(), None
     return to_affine(info.transform), to_crs(info.crs)
@@ -202,7 +199,6 @@ def area_of_interest(
         if crs is None:
             raise AreaError(f"the bbox is given in {bbox_crs} but the raster has no CRS; give the bbox in "
                             "pixel coordinates, or use a window")
-        from rasterio.warp import transform_bounds
 
         try:
             src = to_crs(bbox_crs)
@@ -262,7 +258,6 @@ def _profile(height: int, width: int, dtype: str, info: RasterInfoLike | None, *
         profile["crs"] = to_crs(info.crs)
         profile["transform"] = to_affine(info.transform)
     elif getattr(info, "gcps", None):  # georeferenced by ground control points: the mask keeps them
-        from rasterio.control import GroundControlPoint  # noqa: PLC0415 - rasterio only where a file is written
 
         profile["gcps"] = [GroundControlPoint(row, col, x, y, z) for row, col, x, y, z in info.gcps]
         profile["crs"] = to_crs(info.gcp_crs)
@@ -279,9 +274,6 @@ def _write_tiff(
     nodata: float | None = None,
 ) -> None:
     """Write one band as a (Geo)TIFF with LZW compression and the given nodata value (or none)."""
-    import rasterio
-    from rasterio.errors import NotGeoreferencedWarning
-
     height, width = band.shape
     profile = _profile(height, width, band.dtype.name, info, predictor=predictor, nodata=nodata)
     with warnings.catch_warnings():
@@ -345,8 +337,6 @@ def write_mask(
             _write_tiff(tmp, mask_band(arr, valid), info, predictor=2, tags=_mask_tags(declare),
                         nodata=MASK_NODATA if declare else None)
     elif suffix in _PNG_SUFFIXES:
-        from PIL import Image
-
         band = mask_band(arr & np.asarray(valid, dtype=bool) if valid is not None else arr)
         with atomic_write(dest) as tmp:
             Image.fromarray(band).save(tmp, format="PNG", optimize=True)
@@ -391,8 +381,6 @@ def write_probability(
             _write_tiff(tmp, band, info, predictor=3, tags={"SOFTWARE": "rs2sam2"},
                         nodata=float("nan") if declare else None)
     elif suffix in _PNG_SUFFIXES:
-        from PIL import Image
-
         q = np.round(np.clip(np.nan_to_num(band, nan=0.0), 0.0, 1.0) * 255.0).astype(np.uint8)
         with atomic_write(dest) as tmp:
             Image.fromarray(q).save(tmp, format="PNG", optimize=True)
@@ -409,9 +397,6 @@ def open_grid_writer(tmp: str | os.PathLike[str], info: RasterInfoLike, kind: st
     (float32, as :func:`probability_band`). Tiled in 256 x 256 blocks and LZW-compressed, BigTIFF
     when needed, nodata declared as in :func:`write_mask`. Write it to a temporary path from
     :func:`~rs2sam2.fsutil.atomic_write`; the caller closes the returned dataset."""
-    import rasterio
-    from rasterio.errors import NotGeoreferencedWarning
-
     declare = _has_nodata(info)
     if kind == "mask":
         profile = _profile(int(info.height), int(info.width), "uint8", info, predictor=2,

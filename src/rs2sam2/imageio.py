@@ -53,8 +53,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import rasterio
 from affine import Affine
-from PIL import Image
+from PIL import Image, ImageFile
+from rasterio.enums import ColorInterp, MaskFlags, Resampling
+from rasterio.io import DatasetReaderBase
+from rasterio.windows import Window
 
 from .cliargs import environment_value
 from .errors import UserError
@@ -135,8 +139,6 @@ def _check_budget(width: int, height: int, name: str, what: str) -> None:
 
 def gdal_env():
     """A ``rasterio.Env`` with a bounded GDAL block cache (:data:`GDAL_CACHE_BYTES`)."""
-    import rasterio
-
     return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES)
 
 
@@ -153,8 +155,8 @@ class RasterInfo:
     pixel-to-world transform as a 6-tuple ``(a, b, c, d, e, f)`` in rasterio/``affine`` order;
     both are ``None`` when the file carries no georeferencing. A raster georeferenced by ground
     control points instead (a scan or an unrectified scene) has ``gcps``, each ``(row, col, x, y,
-    z)``, in ``gcp_crs``; masks written on its grid carry them, polygons stay in pixel coordinates. ``count`` and ``dtype`` describe the
-    raster *on disk* (before conversion to RGB uint8). ``has_nodata`` says whether some pixels may
+    z)``, in ``gcp_crs``; masks written on its grid carry them, polygons stay in pixel coordinates.
+    ``count`` and ``dtype`` describe the raster *on disk* (before conversion to RGB uint8). ``has_nodata`` says whether some pixels may
     be nodata (a nodata value, an internal mask, an alpha band, or a floating-point band).
     """
 
@@ -339,8 +341,6 @@ def _window_tuple(window, width: int, height: int) -> tuple[int, int, int, int]:
 def _open_gdal(path: Path):
     """``(dataset, None)`` of ``path`` opened by GDAL, or ``(None, the error)`` when GDAL cannot open it
     (PIL may still read it). Call within :func:`gdal_env`."""
-    import rasterio
-
     try:
         with warnings.catch_warnings():
             # PNG/JPEG have no georeferencing; that is normal, not worth a warning
@@ -356,8 +356,6 @@ def _decode_pil(path: Path, convert, gdal_error: Exception | None = None):
     The budget is checked from the header before decoding; a truncated or corrupt file raises
     :class:`ImageReadError` naming it (with GDAL's complaint, ``gdal_error``, when GDAL could not
     open it either)."""
-    from PIL import ImageFile
-
     if ImageFile.LOAD_TRUNCATED_IMAGES:
         raise ImageReadError(
             f"cannot read {path} safely: PIL.ImageFile.LOAD_TRUNCATED_IMAGES is on in this process, so a "
@@ -406,8 +404,6 @@ class Raster:
     # ---- opening ------------------------------------------------------------------------------
 
     def _open(self, image, bands) -> None:
-        from rasterio.io import DatasetReaderBase
-
         if isinstance(image, (str, os.PathLike)):
             path = Path(image)
             self.name = str(path)
@@ -451,8 +447,6 @@ class Raster:
                 "gcp_crs": gcp_crs.to_string() if points and gcp_crs else None}
 
     def _open_dataset(self, bands) -> None:
-        from rasterio.enums import ColorInterp, MaskFlags
-
         ds = self._ds
         for bh, bw in set(ds.block_shapes):
             _check_budget(bw, bh, self.name, "the file is stored in pieces of")
@@ -543,17 +537,12 @@ class Raster:
         return np.ascontiguousarray(rgb), valid
 
     def _dataset_valid(self, col, row, w, h, oh, ow) -> np.ndarray | None:
-        from rasterio.windows import Window
-
         if not self._masked:
             return None
         mask = self._ds.dataset_mask(window=Window(col, row, w, h), out_shape=(oh, ow)) != 0
         return None if mask.all() else mask
 
     def _read_dataset(self, col, row, w, h, oh, ow) -> tuple[np.ndarray, np.ndarray | None]:
-        from rasterio.enums import Resampling
-        from rasterio.windows import Window
-
         ds, win = self._ds, Window(col, row, w, h)
         resampling = Resampling.nearest if (oh, ow) == (h, w) or self._palette else Resampling.average
         data = ds.read(indexes=list(self._bands), window=win, out_shape=(len(self._bands), oh, ow),
@@ -603,8 +592,6 @@ def read_info(path: str | Path, *, budget: bool = False) -> RasterInfo:
     reader decodes at once (a TIFF block or strip; the whole image for PNG/JPEG and the other PIL
     formats) fits the decode budget, else :class:`DecodeBudgetError`. Raises
     :class:`FileNotFoundError` or :class:`ImageReadError`, naming the file."""
-    from rasterio.enums import MaskFlags
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image file not found: {path}")
@@ -684,8 +671,6 @@ def read_mask(path: str | Path) -> np.ndarray:
     drawn in any colour on black reads as foreground. The file is read whole like
     :func:`read_image`: strictly (a truncated or corrupt file is an error) and under the decode
     budget. Raises :class:`FileNotFoundError` or :class:`ImageReadError`, naming the file."""
-    from rasterio.enums import ColorInterp
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"mask file not found: {path}")

@@ -1,7 +1,7 @@
 """Tiling and merging: how a region of a raster is cut into model inputs, and how the model's answers
 come back as windows of one output grid.
 
-A region (the whole raster or an area of interest) is predicted in one of three ways
+A region (the whole raster or an area of interest) is predicted in one of four ways
 (:func:`plan_region`):
 
 * ``"full"`` -- the region is read at full resolution and is one model input (regions up to
@@ -13,6 +13,8 @@ A region (the whole raster or an area of interest) is predicted in one of three 
   the output never has to be in memory whole.
 * ``"tiled"`` -- the region is cut into ``tile x tile`` windows at native resolution that overlap by
   ``overlap`` pixels (:func:`tile_grid`); each tile is one model input.
+* ``"scene"`` -- a larger region answered as one scene: a global look at a decimated copy, then
+  native-resolution looks where it points, one answer kept (:mod:`rs2sam2.scene`, which runs it).
 
 **Merge rule (tiles).** Every output pixel takes the answer of the tile whose centre is nearest
 (ties go to the tile above / to the left). Along each axis that splits the overlap of two
@@ -146,7 +148,7 @@ class Piece:
 class Plan:
     """How a region is predicted (see the module docstring)."""
 
-    mode: str  # "full", "decimated" or "tiled"
+    mode: str  # "full", "decimated", "tiled" or "scene"
     width: int
     height: int
     tiles: tuple[Tile, ...] = ()
@@ -154,7 +156,8 @@ class Plan:
 
     @property
     def downscale(self) -> float:
-        """How many times smaller (per side) the model input was read than the region: 1 but decimated."""
+        """How many times smaller (per side) the model input was read than the region: 1 but decimated
+        (the global look of a scene plan too)."""
         if self.read_shape is None:
             return 1.0
         return max(self.width, self.height) / max(self.read_shape)
@@ -164,8 +167,12 @@ class Plan:
         return len(self.tiles) if self.mode == "tiled" else 1
 
 
-def plan_region(width: int, height: int, model_size: int, tile: int | None = None, overlap: int = 0) -> Plan:
-    """The plan for a ``width x height`` region and a model with ``model_size`` input pixels per side."""
+def plan_region(width: int, height: int, model_size: int, tile: int | None = None, overlap: int = 0, *,
+                scene: bool = False) -> Plan:
+    """The plan for a ``width x height`` region and a model with ``model_size`` input pixels per side:
+    tiles when ``tile`` is given; else one full-resolution input when the longer side is at most
+    :data:`DECIMATE_ABOVE` x ``model_size``; else a scene answer (``scene``, :mod:`rs2sam2.scene`) or
+    a decimated read, both from a copy decimated to ``model_size`` on the longer side."""
     if tile is not None:
         return Plan("tiled", width, height, tiles=tuple(tile_grid(width, height, int(tile), int(overlap))))
     longer = max(width, height)
@@ -173,7 +180,7 @@ def plan_region(width: int, height: int, model_size: int, tile: int | None = Non
         return Plan("full", width, height)
     scale = longer / model_size
     shape = (max(1, round(height / scale)), max(1, round(width / scale)))
-    return Plan("decimated", width, height, read_shape=shape)
+    return Plan("scene" if scene else "decimated", width, height, read_shape=shape)
 
 
 def _offset(window: Window, origin: Window) -> Window:

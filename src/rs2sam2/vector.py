@@ -49,16 +49,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rasterio.features import shapes
+from rasterio.warp import transform_geom
 
+from .extras import require
 from .fsutil import atomic_write, atomic_write_text
 from .geo import MASK_FOREGROUND, to_affine, to_crs
 
-__all__ = ["GIS_EXTRA", "SHAPEFILE_PARTS", "VECTOR_SUFFIXES", "Polygon", "check_vector_path", "geojson_collection",
+__all__ = ["SHAPEFILE_PARTS", "VECTOR_SUFFIXES", "Polygon", "check_vector_path", "geojson_collection",
            "polygons", "sidecars_replaced", "simplify_ring", "write_vector"]
 
 #: Output suffix -> OGR driver.
 VECTOR_SUFFIXES = {".gpkg": "GPKG", ".shp": "ESRI Shapefile", ".geojson": "GeoJSON", ".json": "GeoJSON"}
-GIS_EXTRA = "pip install 'rs2sam2[gis]'"
 #: The files of a Shapefile besides ``.shp`` (attributes, index, projection, encoding, indexes, metadata).
 SHAPEFILE_PARTS = (".shx", ".dbf", ".prj", ".cpg", ".qix", ".sbn", ".sbx", ".shp.xml")
 # RFC 7946 coordinates: 7 decimals of a degree are about 1 cm
@@ -192,8 +194,6 @@ def polygons(
         score_of: ``(col, row, width, height)`` pixel window of a polygon -> its ``score``.
         connectivity: 4 or 8 pixel connectivity of the regions.
     """
-    from rasterio.features import shapes
-
     if connectivity not in (4, 8):
         raise ValueError(f"connectivity must be 4 or 8, got {connectivity}")
     if simplify < 0 or min_area < 0:
@@ -235,18 +235,15 @@ def polygons(
 
 
 def check_vector_path(path: str | os.PathLike) -> str:
-    """The OGR driver for ``path``'s suffix; ``ValueError`` for an unknown suffix, ``ImportError``
-    naming the extra when GPKG/SHP is asked for without pyogrio."""
+    """The OGR driver for ``path``'s suffix; ``ValueError`` for an unknown suffix, and
+    :class:`~rs2sam2.extras.MissingExtraError` naming the extra when GPKG/SHP is asked for without pyogrio."""
     suffix = Path(path).suffix.lower()
     if suffix not in VECTOR_SUFFIXES:
         raise ValueError(f"vector output {path}: unsupported suffix {suffix or '(none)'!r}; use "
                          f"{', '.join(VECTOR_SUFFIXES)}")
     driver = VECTOR_SUFFIXES[suffix]
     if driver != "GeoJSON":
-        try:
-            import pyogrio  # noqa: F401 - only whether it is installed
-        except ImportError:
-            raise ImportError(f"writing {suffix} files needs pyogrio: {GIS_EXTRA}") from None
+        require("pyogrio", f"writing {suffix} files")  # MissingExtraError (an ImportError) naming [gis]
     return driver
 
 
@@ -271,15 +268,15 @@ def _orient_geometry(geom: dict[str, Any]) -> dict[str, Any]:
 
 
 def geojson_collection(polys: Sequence[Polygon], crs: Any = None, *, text: str = "",
-                       properties: dict[str, Any] | None = None, transform: Any = None) -> dict[str, Any]:
+                       properties: dict[str, Any] | None = None, transform: Any = None,
+                       fields: dict[str, Any] | None = None) -> dict[str, Any]:
     """An RFC 7946 ``FeatureCollection`` (a dict) of ``polys`` given in ``crs`` (None: coordinates
     kept as they are: map units when ``transform``, the grid's, is not the identity, else pixels);
-    ``properties`` become the collection's foreign ``properties``."""
+    ``properties`` become the collection's foreign ``properties``; ``fields`` (e.g. the provenance
+    of a prediction) are added to every feature's properties."""
     src = to_crs(crs)
     geoms = [{"type": "Polygon", "coordinates": [r.tolist() for r in p.rings]} for p in polys]
     if src is not None and geoms:
-        from rasterio.warp import transform_geom
-
         geoms = [_orient_geometry(g) for g in
                  transform_geom(src, "EPSG:4326", geoms, antimeridian_cutting=True)]
         geoms = [{"type": g["type"], "coordinates": _round_coords(g["coordinates"], LONLAT_DECIMALS)}
@@ -287,7 +284,8 @@ def geojson_collection(polys: Sequence[Polygon], crs: Any = None, *, text: str =
     else:
         geoms = [_orient_geometry(g) for g in geoms]
     features = [{"type": "Feature", "id": i, "geometry": g,
-                 "properties": {"text": text, "area": _clean(p.area), "area_px": p.area_px, "score": _clean(p.score)}}
+                 "properties": {"text": text, "area": _clean(p.area), "area_px": p.area_px, "score": _clean(p.score),
+                                **_clean_fields(fields)}}
                 for i, (p, g) in enumerate(zip(polys, geoms))]
     fc: dict[str, Any] = {"type": "FeatureCollection", "features": features}
     space = "lonlat" if src is not None else "pixel" if to_affine(transform).is_identity else "map"
@@ -306,9 +304,13 @@ def _wkb_polygon(rings: Sequence[np.ndarray]) -> bytes:
     return b"".join(parts)
 
 
-def _write_ogr(tmp: Path, polys: Sequence[Polygon], crs, text: str, driver: str) -> None:
-    from pyogrio.raw import write
+def _clean_fields(fields: dict[str, Any] | None) -> dict[str, Any]:
+    return {k: _clean(v) if isinstance(v, float) else v for k, v in (fields or {}).items()}
 
+
+def _write_ogr(tmp: Path, polys: Sequence[Polygon], crs, text: str, driver: str,
+               extra: dict[str, Any] | None = None) -> None:
+    write = require("pyogrio.raw", f"writing {tmp.suffix} files").write
     geometry = np.array([_wkb_polygon(p.rings) for p in polys] or [], dtype=object)
     fields = {
         "text": np.array([text] * len(polys), dtype=object),
@@ -316,27 +318,33 @@ def _write_ogr(tmp: Path, polys: Sequence[Polygon], crs, text: str, driver: str)
         "area_px": np.array([p.area_px for p in polys], dtype=np.int64),
         "score": np.array([p.score for p in polys], dtype=np.float64),
     }
+    for name, value in (extra or {}).items():  # the same value in every row (a Shapefile field name: <= 10 chars)
+        kind = np.float64 if isinstance(value, float) else object
+        fields[name] = np.array([value if kind is np.float64 or value is None else str(value)] * len(polys),
+                                dtype=kind)
     src = to_crs(crs)
     write(str(tmp), geometry, list(fields.values()), list(fields), geometry_type="Polygon", driver=driver,
           crs=None if src is None else src.to_wkt(), layer=tmp.stem)
 
 
 def write_vector(path: str | os.PathLike, polys: Sequence[Polygon], crs: Any = None, *, text: str = "",
-                 properties: dict[str, Any] | None = None, transform: Any = None) -> list[Path]:
+                 properties: dict[str, Any] | None = None, transform: Any = None,
+                 fields: dict[str, Any] | None = None) -> list[Path]:
     """Write ``polys`` (in ``crs``; ``transform``: the grid's, which tells map from pixel
     coordinates without a CRS) to ``path``, the format chosen by its suffix (see the module
-    docstring), atomically: every file appears whole or not at all. Returns the files written (a
+    docstring), atomically: every file appears whole or not at all. ``fields`` (names of at most 10
+    characters, string or float values) are added to every polygon. Returns the files written (a
     Shapefile is several)."""
     dest = Path(path)
     driver = check_vector_path(dest)
     if driver == "GeoJSON":
-        fc = geojson_collection(polys, crs, text=text, properties=properties, transform=transform)
+        fc = geojson_collection(polys, crs, text=text, properties=properties, transform=transform, fields=fields)
         atomic_write_text(dest, json.dumps(fc, ensure_ascii=False, allow_nan=False) + "\n")
         return [dest]
     dest.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
     try:
-        _write_ogr(work / f"{dest.stem}{dest.suffix.lower()}", polys, crs, text, driver)
+        _write_ogr(work / f"{dest.stem}{dest.suffix.lower()}", polys, crs, text, driver, fields)
         made = sorted(work.iterdir())
         finals = [dest.with_suffix(f.suffix) for f in made]
         # every file renamed into place together on the way out (a Shapefile is .shp, .shx, .dbf, .prj, .cpg)

@@ -223,7 +223,8 @@ class SegmentMany(_PredictAlgorithm):
                     vectors.append(stem + ".gpkg")
                     out.writerow([images[layer.id()], sentence, masks[-1], vectors[-1]])
             self._predict(["--batch", jobs, *self._model_arguments(parameters, context)], feedback)
-        for (_, sentence), paths in zip(rows * 2, masks + vectors):
-            context.addLayerToLoadOnCompletion(paths, QgsProcessingContext.LayerDetails(
-                sentence, context.project(), sentence))
+        for (_, sentence), mask, vector in zip(rows, masks, vectors):  # into the project, named by sentence
+            for path in (mask, vector):
+                context.addLayerToLoadOnCompletion(path, QgsProcessingContext.LayerDetails(
+                    sentence, context.project(), sentence))
         return {"OUTPUT_FOLDER": folder, "MASKS": masks, "VECTORS": vectors}

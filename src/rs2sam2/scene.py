@@ -1,0 +1,342 @@
+"""Scene answers: a sentence about a large scene is answered where it points, not in every tile.
+
+A ``"scene"`` plan (:func:`rs2sam2.tiles.plan_region` with ``scene=True``, for regions whose longer
+side exceeds :data:`~rs2sam2.tiles.DECIMATE_ABOVE` x the model input) runs in four steps, per text:
+
+1. **The global look.** The whole region, decimated to one model input, is read once and answered.
+   This look reads the scene-level words: "the leftmost tank", "in the north-east", "the largest
+   ship" are resolved in the frame of the whole region (the scene), because the model sees the
+   whole region. Its logits say where the sentence points.
+2. **Candidates.** The connected parts of the global answer above the threshold (or, when there is
+   none, its strongest point) are the candidates, ranked by their peak probability; at most
+   :data:`MAX_CANDIDATES`.
+3. **Native looks.** Each candidate is looked at at native resolution: model-input windows covering
+   its box (plus a margin), and, when the object found there runs into a window's inner edge, the
+   window beyond it (at most :data:`MAX_LOOKS` per candidate). A native look keeps only the parts of
+   its mask that touch the candidate, so a look never answers about an object elsewhere in its
+   window, and the looks of one candidate are merged (their union), so an object across a look's
+   border comes out whole.
+4. **One answer, or none.** The candidate with the best score (global peak probability x the
+   native look's mean probability over the kept mask) is the answer; the others stay empty. Its
+   *presence* decides whether anything is written: with a checkpoint whose presence head was
+   trained (``config.presence_head``), the sigmoid of the global look's object-score logit; without
+   one, the chosen candidate's score. Below ``presence_threshold`` the answer is empty.
+
+Nothing here knows about models or files: :func:`iter_scene` takes a *segment* function
+(``(rgb, texts indices) -> [Answer]``), like :func:`rs2sam2.tiles.iter_pieces`, and yields the
+output grid block by block, so memory stays bounded by a block and the looks kept in memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .tiles import BLOCK, Answer, Piece, Plan, Window, upsample_window
+
+__all__ = ["MAX_CANDIDATES", "MAX_LOOKS", "SUPPRESSED", "Decision", "grow_into", "iter_scene", "label"]
+
+#: candidates looked at per text (the strongest parts of the global answer)
+MAX_CANDIDATES = 3
+#: native looks per candidate (covering its box, then following the object across window edges)
+MAX_LOOKS = 6
+#: the logit written where the scene answer is not (probability ~2e-9)
+SUPPRESSED = -20.0
+
+Segment = Callable[[np.ndarray, Sequence[int]], Sequence[Answer]]
+
+
+@dataclass
+class Decision:
+    """What the scene answer decided for one text: where it looked and what it kept."""
+
+    looks: list[Window] = field(default_factory=list)  # native windows inspected (region pixels)
+    candidates: int = 0
+    chosen: int | None = None  # the chosen candidate's rank (0 = strongest in the global look)
+    score: float = float("nan")  # the chosen candidate's score
+    presence: float = float("nan")
+    present: bool = False
+    presence_source: str = "candidate score"  # or "presence head"
+    box: Window | None = None  # the answer's bounding box (region pixels), when present
+
+    def as_dict(self) -> dict:
+        return {"global_look": True, "looks": [list(w) for w in self.looks], "candidates": self.candidates,
+                "chosen": self.chosen, "score": _finite(self.score), "presence": _finite(self.presence),
+                "presence_source": self.presence_source, "present": self.present,
+                "box": None if self.box is None else list(self.box)}
+
+
+def _finite(v: float) -> float | None:
+    return float(v) if np.isfinite(v) else None
+
+
+def _sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-np.asarray(x, dtype=np.float64)))
+
+
+def label(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """The 8-connected parts of a boolean mask: ``(labels, n)``, labels 1..n (0 = background).
+
+    Union by hooking and pointer jumping: each pixel's root is hooked onto the smallest root among
+    its neighbours, then every pointer jumps to its root, until nothing changes (a few rounds)."""
+    h, w = mask.shape
+    inside = np.flatnonzero(mask)
+    if inside.size == 0:
+        return np.zeros(mask.shape, np.int32), 0
+    big = h * w
+    parent = np.arange(big + 1)  # one more: the root of everything outside the mask
+    while True:
+        roots = np.full((h + 2, w + 2), big)
+        roots[1:-1, 1:-1] = np.where(mask, parent[:big].reshape(h, w), big)
+        smallest = roots[1:-1, 1:-1].copy()
+        for dr in (0, 1, 2):
+            for dc in (0, 1, 2):
+                np.minimum(smallest, roots[dr:dr + h, dc:dc + w], out=smallest)
+        before = parent.copy()
+        np.minimum.at(parent, parent[inside], smallest.ravel()[inside])
+        while True:
+            jumped = parent[parent]
+            if np.array_equal(jumped, parent):
+                break
+            parent = jumped
+        if np.array_equal(parent, before):
+            break
+    _, labels = np.unique(parent[inside], return_inverse=True)
+    out = np.zeros(big, np.int32)
+    out[inside] = labels + 1
+    return out.reshape(h, w), int(labels.max()) + 1
+
+
+def grow_into(seed: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The parts of ``mask`` (8-connected) that ``seed`` touches."""
+    if not (seed & mask).any():
+        return np.zeros(mask.shape, bool)
+    labels, _ = label(mask)
+    touched = np.unique(labels[seed & mask])
+    return np.isin(labels, touched[touched > 0])
+
+
+@dataclass
+class _Candidate:
+    part: np.ndarray  # bool, on the global map
+    peak: float  # the largest probability in it
+    box: Window  # in region pixels
+    kept: list[tuple[Window, np.ndarray]] = field(default_factory=list)  # (window, logits, SUPPRESSED elsewhere)
+    looks: list[Window] = field(default_factory=list)
+    native: float = 0.0  # mean probability of the native looks over what they kept
+    iou: float = float("nan")
+
+    @property
+    def score(self) -> float:
+        return self.peak * self.native
+
+
+def _candidates(g: np.ndarray, threshold: float, width: int, height: int) -> list[_Candidate]:
+    """The parts of the global map ``g`` (logits at the global look's resolution) above ``threshold``,
+    strongest first; the strongest point when none is."""
+    labels, n = label(g > threshold)
+    if n == 0:
+        labels = np.zeros(g.shape, np.int32)
+        labels[np.unravel_index(int(np.argmax(g)), g.shape)] = 1
+        n = 1
+    sy, sx = height / g.shape[0], width / g.shape[1]
+    found = []
+    for i in range(1, n + 1):
+        part = labels == i
+        rows, cols = np.nonzero(part)
+        c0, r0 = int(cols.min() * sx), int(rows.min() * sy)
+        c1, r1 = int(np.ceil((cols.max() + 1) * sx)), int(np.ceil((rows.max() + 1) * sy))
+        found.append(_Candidate(part, float(_sigmoid(g[part].max())), (c0, r0, c1 - c0, r1 - r0)))
+    found.sort(key=lambda c: -c.peak)
+    return found[:MAX_CANDIDATES]
+
+
+def _fit(start: int, size: int, length: int) -> int:
+    return max(0, min(start, length - size))
+
+
+def _cover(box: Window, side: int, width: int, height: int) -> list[Window]:
+    """Model-input windows (``side`` px, inside the region) covering ``box`` grown by an eighth of a window."""
+    margin = side // 8
+    c0, r0 = max(0, box[0] - margin), max(0, box[1] - margin)
+    c1, r1 = min(width, box[0] + box[2] + margin), min(height, box[1] + box[3] + margin)
+    w, h = min(side, width), min(side, height)
+
+    def starts(a: int, b: int, size: int, length: int) -> list[int]:
+        if b - a <= size:
+            return [_fit((a + b - size) // 2, size, length)]
+        step = size - size // 8
+        return sorted({_fit(s, size, length) for s in [*range(a, b - size, step), b - size]})
+
+    return [(c, r, w, h) for r in starts(r0, r1, h, height) for c in starts(c0, c1, w, width)]
+
+
+def _gate(cand: _Candidate, window: Window, width: int, height: int) -> np.ndarray:
+    """The candidate's part of the global map on ``window``'s pixels, grown by one global pixel."""
+    part = cand.part
+    grown = part.copy()
+    grown[1:] |= part[:-1]
+    grown[:-1] |= part[1:]
+    grown[:, 1:] |= grown[:, :-1].copy()
+    grown[:, :-1] |= grown[:, 1:].copy()
+    c, r, w, h = window
+    rows = np.minimum(((np.arange(r, r + h) + 0.5) * part.shape[0] / height).astype(int), part.shape[0] - 1)
+    cols = np.minimum(((np.arange(c, c + w) + 0.5) * part.shape[1] / width).astype(int), part.shape[1] - 1)
+    return grown[np.ix_(rows, cols)]
+
+
+def _keep(logits: np.ndarray, gate: np.ndarray, threshold: float) -> np.ndarray:
+    """The parts of ``logits > threshold`` that touch ``gate``."""
+    return grow_into(gate, logits > threshold)
+
+
+def _beyond(window: Window, kept: np.ndarray, side: int, width: int, height: int) -> list[Window]:
+    """The windows next to ``window`` on each inner edge that the kept mask touches."""
+    c, r, w, h = window
+    step = side - side // 8
+    out = []
+    for touches, dc, dr in ((kept[:, 0].any() and c > 0, -step, 0), (kept[:, -1].any() and c + w < width, step, 0),
+                            (kept[0].any() and r > 0, 0, -step), (kept[-1].any() and r + h < height, 0, step)):
+        if touches:
+            out.append((_fit(c + dc, w, width), _fit(r + dr, h, height), w, h))
+    return out
+
+
+def _offset(window: Window, origin: Window) -> Window:
+    return (origin[0] + window[0], origin[1] + window[1], window[2], window[3])
+
+
+def _overlap(a: Window, b: Window) -> tuple[slice, slice, slice, slice] | None:
+    """``(rows in a, cols in a, rows in b, cols in b)`` of the intersection of two windows, or None."""
+    c0, r0 = max(a[0], b[0]), max(a[1], b[1])
+    c1, r1 = min(a[0] + a[2], b[0] + b[2]), min(a[1] + a[3], b[1] + b[3])
+    if c1 <= c0 or r1 <= r0:
+        return None
+    return (slice(r0 - a[1], r1 - a[1]), slice(c0 - a[0], c1 - a[0]),
+            slice(r0 - b[1], r1 - b[1]), slice(c0 - b[0], c1 - b[0]))
+
+
+@dataclass
+class _Looker:
+    """Native looks of one text: reads windows of the region and keeps what touches a candidate."""
+
+    raster: object
+    region: Window
+    plan: Plan
+    segment: Segment
+    text: int
+    threshold: float
+    side: int
+    report: Callable[[], None]
+
+    def look(self, cand: _Candidate) -> None:
+        width, height = self.plan.width, self.plan.height
+        queue = _cover(cand.box, self.side, width, height)
+        total = count = 0.0
+        while queue and len(cand.looks) < MAX_LOOKS:
+            window = queue.pop(0)
+            if window in cand.looks:
+                continue
+            rgb, _ = self.raster.read(_offset(window, self.region))
+            [answer] = self.segment(rgb, [self.text])
+            self.report()
+            logits = upsample_window(answer.logits, window[3], window[2])
+            kept = _keep(logits, _gate(cand, window, width, height) | self._kept_on(cand, window), self.threshold)
+            cand.looks.append(window)
+            if kept.any():
+                cand.kept.append((window, np.where(kept, logits, SUPPRESSED).astype(np.float32)))
+                total += float(_sigmoid(logits[kept]).sum())
+                count += int(kept.sum())
+                cand.iou = np.nanmax([cand.iou, answer.iou_score])
+                queue.extend(_beyond(window, kept, self.side, width, height))
+        cand.native = total / count if count else 0.0
+
+    @staticmethod
+    def _kept_on(cand: _Candidate, window: Window) -> np.ndarray:
+        """What the candidate's earlier looks kept, on ``window``'s pixels (so an object is followed across edges)."""
+        on = np.zeros((window[3], window[2]), bool)
+        for w, logits in cand.kept:
+            o = _overlap(window, w)
+            if o is not None:
+                on[o[0], o[1]] |= logits[o[2], o[3]] > SUPPRESSED
+        return on
+
+
+def _decide(cands: list[_Candidate], answer: Answer, presence_head: bool, presence_threshold: float) -> Decision:
+    d = Decision(candidates=len(cands), looks=[w for c in cands for w in c.looks])
+    if presence_head:
+        d.presence, d.presence_source = float(_sigmoid(answer.object_score)), "presence head"
+    best = max(range(len(cands)), key=lambda i: cands[i].score) if cands else None
+    if best is not None and cands[best].kept:
+        d.chosen, d.score = best, cands[best].score
+        if not presence_head:
+            d.presence = d.score
+        d.present = d.presence >= presence_threshold
+        if d.present:
+            d.box = _box(cands[best].kept)
+    return d
+
+
+def _box(kept: list[tuple[Window, np.ndarray]]) -> Window:
+    c0 = r0 = 1 << 62
+    c1 = r1 = -1
+    for (c, r, _, _), logits in kept:
+        rows, cols = np.nonzero(logits > SUPPRESSED)
+        c0, r0 = min(c0, c + int(cols.min())), min(r0, r + int(rows.min()))
+        c1, r1 = max(c1, c + int(cols.max()) + 1), max(r1, r + int(rows.max()) + 1)
+    return (c0, r0, c1 - c0, r1 - r0)
+
+
+def iter_scene(raster, region: Window, plan: Plan, segment: Segment, *, texts: int, threshold: float,
+               presence_threshold: float, presence_head: bool, model_size: int,
+               progress: Callable[[int, int], None] | None = None,
+               decisions: list[Decision] | None = None) -> Iterator[Piece]:
+    """Run a ``"scene"`` plan on ``region`` of ``raster`` for ``texts`` texts (see the module
+    docstring) and yield the output grid block by block. ``segment(rgb, indices)`` answers the
+    texts of ``indices`` on one model input; ``progress(done, total)`` is called after every look
+    (``total`` grows as looks are added); ``decisions`` receives one :class:`Decision` per text."""
+    done = [0]
+
+    def report() -> None:
+        done[0] += 1
+        if progress is not None:
+            progress(done[0], done[0])
+
+    rgb, _ = raster.read(region, out_shape=plan.read_shape)
+    global_answers = list(segment(rgb, list(range(texts))))
+    del rgb
+    report()
+    chosen: list[_Candidate | None] = []
+    for k, answer in enumerate(global_answers):
+        g = upsample_window(answer.logits, *plan.read_shape)
+        cands = _candidates(g, threshold, plan.width, plan.height)
+        looker = _Looker(raster, region, plan, segment, k, threshold, model_size, report)
+        for cand in cands:
+            looker.look(cand)
+        d = _decide(cands, answer, presence_head, presence_threshold)
+        if decisions is not None:
+            decisions.append(d)
+        chosen.append(cands[d.chosen] if d.present else None)
+    yield from _pieces(raster, region, plan, chosen, global_answers)
+
+
+def _pieces(raster, region: Window, plan: Plan, chosen: list[_Candidate | None],
+            global_answers: list[Answer]) -> Iterator[Piece]:
+    """The output grid block by block: the chosen candidate's kept logits (their largest where looks overlap)."""
+    answers = [Answer(logits=a.logits, prior=a.prior, iou_score=a.iou_score if c is None else c.iou,
+                      object_score=a.object_score) for a, c in zip(global_answers, chosen)]
+    for r in range(0, plan.height, BLOCK):
+        for c in range(0, plan.width, BLOCK):
+            block = (c, r, min(BLOCK, plan.width - c), min(BLOCK, plan.height - r))
+            valid = raster.read_valid(_offset(block, region))
+            logits = []
+            for cand in chosen:
+                out = np.full((block[3], block[2]), SUPPRESSED, np.float32)
+                for window, kept in ([] if cand is None else cand.kept):
+                    o = _overlap(block, window)
+                    if o is not None:
+                        np.maximum(out[o[0], o[1]], kept[o[2], o[3]], out=out[o[0], o[1]])
+                logits.append(out)
+            yield Piece(window=block, logits=logits, priors=[None] * len(chosen), valid=valid, answers=answers)
