@@ -23,7 +23,7 @@ from .config import PRESET_NAMES, get_config
 from .errors import ConfigError
 from .losses import RS2SAM2Loss
 from .models import RS2SAM2
-from .runtime import PRECISIONS, autocast, resolve_precision, tune_cpu_allocator
+from .runtime import PRECISIONS, autocast, resolve_device, resolve_precision, tune_cpu_allocator
 from .train.policy import freeze_published, param_groups, per_sample_loss
 
 #: bounds of the arguments: far above a useful measurement, low enough to refuse a typo before any work
@@ -262,8 +262,7 @@ def run(args: argparse.Namespace) -> int:
 def check_arguments(args: argparse.Namespace) -> None:
     """What the parser cannot check alone, before any work: a CUDA device that is not there, more
     expressions per pass than :data:`MAX_BATCH`, a text longer than the preset's position table."""
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: no CUDA device is available; use --device cpu")
+    resolve_device(args.device)  # CUDA asked for but not there: a ConfigError
     if args.batch * args.texts > MAX_BATCH:
         raise ConfigError(f"--batch {args.batch} x --texts {args.texts}: at most {MAX_BATCH} expressions per pass")
     longest = get_config(args.preset).beit3.max_text_len

@@ -98,7 +98,11 @@ class VisionEmbed(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.proj(x).flatten(2).transpose(1, 2)
-        return torch.cat([self.cls_token.to(x.dtype).expand(x.shape[0], -1, -1), x], dim=1)
+        # Through view, the token's gradient gets the parameter's own strides; without it, a batch of
+        # one hands the parameter a slice of the whole sequence's gradient (strides of [CLS, patches,
+        # text]), which DDP's gradient buckets report as "grad strides do not match bucket view strides".
+        cls = self.cls_token.view(1, 1, -1).to(x.dtype)
+        return torch.cat([cls.expand(x.shape[0], -1, -1), x], dim=1)
 
 
 class Beit3Encoder(nn.Module):
