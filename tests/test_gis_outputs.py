@@ -66,7 +66,7 @@ def _gcp_scene(path: Path) -> Path:
 
 
 @pytest.mark.parametrize("extra, offset", [([], (0, 0)), (["--window", "40", "20", "200", "150"], (20, 40)),
-                                           (["--mode", "tiles", "--tile", "128"], (0, 0))])
+                                           (["--mode", "tiles", "--tile", "256"], (0, 0))])
 def test_a_gcp_georeferenced_input_keeps_its_gcps_in_the_mask(checkpoint, tmp_path, extra, offset) -> None:
     scene = _gcp_scene(tmp_path / "scan.tif")
     out = tmp_path / "mask.tif"

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import Beit3Config
-from .common import call_block
+from .common import attention, call_block
 
 
 def sincos_2d(grid: int, dim: int) -> Tensor:
@@ -82,7 +82,7 @@ class Beit3Layer(nn.Module):
         compute = self.q_proj.vision.weight.dtype
         h = self.attn_norm(x, split).to(compute)
         q, k, v = (p(h, split).view(b, n, self.num_heads, hd).transpose(1, 2) for p in (self.q_proj, self.k_proj, self.v_proj))
-        a = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask[:, None, None, :])
+        a = attention(q, k, v, key_mask[:, None, None, :])
         a = a.transpose(1, 2).reshape(b, n, d)
         x = x + self.out_proj(self.inner_norm(a, split), split).to(x.dtype)
         return x + self.ffn(self.ffn_norm(x, split).to(compute), split).to(x.dtype)

@@ -143,6 +143,9 @@ def _area_arguments(g) -> None:
     g.add_argument("--overlap", type=number(int, low=0), metavar="PX",
                    help="overlap of neighbouring tiles in pixels (default: SIZE // 8); each output pixel comes "
                         "from the tile whose centre is nearest")
+    g.add_argument("--tile-batch", type=number(int, low=1, high=64), default=1, metavar="N",
+                   help="--mode tiles: N tiles go through the model together, each with every sentence of a "
+                        "--batch-size batch (default 1; memory grows with N)")
 
 
 def _option_arguments(g) -> None:
@@ -304,7 +307,8 @@ def _prepare(args) -> Work:
     predictor = Predictor.from_pretrained(args.checkpoint, device=args.device, precision=args.precision,
                                           tokenizer=args.tokenizer, threshold=args.threshold,
                                           image_size=args.image_size, subfolder=args.subfolder,
-                                          revision=args.revision, presence_threshold=args.presence_threshold)
+                                          revision=args.revision, presence_threshold=args.presence_threshold,
+                                          tile_batch=args.tile_batch)
     check_areas(jobs, infos, area, predictor.config.image_size)
     return Work(jobs, infos, unreadable, predictor, area, bands)
 
