@@ -1,26 +1,31 @@
 """Scene answers: a sentence about a large scene is answered where it points, not in every tile.
 
 A ``"scene"`` plan (:func:`rs2sam2.tiles.plan_region` with ``scene=True``, for regions whose longer
-side exceeds :data:`~rs2sam2.tiles.DECIMATE_ABOVE` x the model input) runs in four steps, per text:
+side exceeds :data:`~rs2sam2.tiles.DECIMATE_ABOVE` x the model input) runs in five steps, per text:
 
 1. **The global look.** The whole region, decimated to one model input, is read once and answered.
-   This look reads the scene-level words: "the leftmost tank", "in the north-east", "the largest
-   ship" are resolved in the frame of the whole region (the scene), because the model sees the
-   whole region. Its logits say where the sentence points.
-2. **Candidates.** The connected parts of the global answer above the threshold (or, when there is
-   none, its strongest point) are the candidates, ranked by their peak probability; at most
-   :data:`MAX_CANDIDATES`.
-3. **Native looks.** Each candidate is looked at at native resolution: model-input windows covering
+   This look reads the scene-level words ("the leftmost tank", "in the north-east", "the largest
+   ship") in the frame of the whole region, because the model sees the whole region; its logits say
+   where the sentence points.
+2. **Scan looks.** Windows of :data:`~rs2sam2.tiles.DECIMATE_ABOVE` model inputs (the largest area
+   one input reads without losing detail by today's rule; larger when more than
+   :data:`SCAN_PER_SIDE` would be needed per side), each read decimated to one input, cover the region; the strongest part of each one's answer is a candidate too. They find objects the
+   global look sees too small to point at.
+3. **Candidates.** The parts of the global answer above the threshold (or its strongest point) and
+   the scan candidates, ranked by their peak probability weighed by the global look's probability
+   around them (``peak x (0.5 + 0.5 x support)``); candidates whose boxes meet are one object;
+   at most :data:`MAX_CANDIDATES` are looked at.
+4. **Native looks.** Each candidate is looked at at native resolution: model-input windows covering
    its box (plus a margin), and, when the object found there runs into a window's inner edge, the
    window beyond it (at most :data:`MAX_LOOKS` per candidate). A native look keeps only the parts of
    its mask that touch the candidate, so a look never answers about an object elsewhere in its
    window, and the looks of one candidate are merged (their union), so an object across a look's
    border comes out whole.
-4. **One answer, or none.** The candidate with the best score (global peak probability x the
-   native look's mean probability over the kept mask) is the answer; the others stay empty. Its
-   *presence* decides whether anything is written: with a checkpoint whose presence head was
-   trained (``config.presence_head``), the sigmoid of the global look's object-score logit; without
-   one, the chosen candidate's score. Below ``presence_threshold`` the answer is empty.
+5. **One answer, or none.** The candidate with the best score (its rank x the native looks' mean
+   probability over what they kept) is the answer; the others stay empty. Its *presence* decides
+   whether anything is written: with a checkpoint whose presence head was trained
+   (``config.presence_head``), the sigmoid of the global look's object-score logit; without one,
+   the chosen candidate's score. Below ``presence_threshold`` the answer is empty.
 
 Nothing here knows about models or files: :func:`iter_scene` takes a *segment* function
 (``(rgb, texts indices) -> [Answer]``), like :func:`rs2sam2.tiles.iter_pieces`, and yields the
@@ -42,6 +47,8 @@ __all__ = ["MAX_CANDIDATES", "MAX_LOOKS", "SUPPRESSED", "Decision", "grow_into",
 MAX_CANDIDATES = 3
 #: native looks per candidate (covering its box, then following the object across window edges)
 MAX_LOOKS = 8
+#: scan looks per side at most (larger regions get larger scan windows, read decimated)
+SCAN_PER_SIDE = 8
 #: the logit written where the scene answer is not (probability ~2e-9)
 SUPPRESSED = -20.0
 
@@ -374,7 +381,7 @@ def _scan(raster, region: Window, plan: Plan, segment: Segment, texts: int, thre
     """The scan looks: windows of :data:`~rs2sam2.tiles.DECIMATE_ABOVE` model inputs, the largest area
     one input reads without losing detail, over the whole region; per text, the strongest part of
     each look's answer becomes a candidate."""
-    side = DECIMATE_ABOVE * model_size
+    side = max(DECIMATE_ABOVE * model_size, -(-max(plan.width, plan.height) // (SCAN_PER_SIDE - 1)))
     found: list[list[_Candidate]] = [[] for _ in range(texts)]
     for t in tile_grid(plan.width, plan.height, side, side // 8):
         c, r, w, h = t.window
