@@ -30,7 +30,7 @@ for dock in window.findChildren(QDockWidget):  # the Layers panel only: room for
 scene = QgsRasterLayer(cfg["image"], "scene")
 QgsProject.instance().addMapLayer(scene)
 iface.mapCanvas().setExtent(scene.extent())
-params = {"INPUT": scene.id(), "SENTENCE": cfg["sentence"], "CHECKPOINT": cfg["checkpoint"], "MODE": 3,
+params = {"INPUT": scene.id(), "SENTENCE": cfg["sentence"], "CHECKPOINT": cfg["checkpoint"], "MODE": 0,
           "DEVICE": "cpu", "OUTPUT": os.path.join(cfg["work"], "mask.tif"),
           "VECTOR": os.path.join(cfg["work"], "polygons.gpkg")}
 dialog = processing.createAlgorithmDialog("rs2sam2:segment_by_sentence", params)

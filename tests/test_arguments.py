@@ -15,6 +15,7 @@ import math
 import sys
 
 import pytest
+import torch
 
 from rs2sam2.cli import COMMANDS, build_parser, main
 from rs2sam2.cliargs import ENVIRONMENT
@@ -30,18 +31,31 @@ UNCHECKED = {
     ("predict", "--revision"): "a Hub revision: tests/test_hub.py",
     ("serve", "--subfolder"): "a Hub or folder path inside --checkpoint: tests/test_hub.py",
     ("serve", "--revision"): "a Hub revision: tests/test_hub.py",
+    # were its check to regress, a run-level case would start the ten-minute demo
+    ("demo", "--out"): "an output folder: tests/test_demo.py",
+    # a split the dataset lacks means a run without validation (said on stderr), as before
+    ("train", "--val-split"): "a missing validation split is a run without validation: tests/test_train.py",
 }
 
 #: commands whose numbers still have bare int/float types today, as their owners move them to
 #: cliargs.number (their numbers that use it are walked already)
-PENDING = {
-    "train": "helper rel-a is adding train's ranges",
-    "demo": "helper presence owns demo.py",
-}
+PENDING: dict[str, str] = {}
 
 #: (command, option) -> a bad value, tried with the command's other arguments valid ({missing}: a
 #: path that does not exist; {file}: a plain file where a folder or another kind of file is wanted)
 RUN_CASES = {
+    ("train", "--out"): "{file}",
+    ("train", "--config"): "{missing}",
+    ("train", "--set"): "no-equals-sign",
+    ("train", "--model"): "[1, 2]",
+    ("train", "--preset"): "no-such-preset",
+    ("train", "--data"): "{missing}",
+    ("train", "--train-split"): "no-such-split",
+    ("train", "--device"): "cuda:x",
+    ("train", "--tokenizer"): "{missing}",
+    ("train", "--init"): "{missing}",
+    ("train", "--sam2-checkpoint"): "{missing}",
+    ("train", "--beit3-checkpoint"): "{missing}",
     ("evaluate", "--checkpoint"): "{missing}",
     ("evaluate", "--predictions"): "{missing}",
     ("evaluate", "--data"): "{missing}",
@@ -69,6 +83,7 @@ RUN_CASES = {
     ("predict", "--batch"): "{missing}",
     ("predict", "--bbox-crs"): "EPSG:0",
     ("predict", "--bands"): "9,9,9",
+    ("predict", "--summary"): "{file}/summary.json",
     ("qgis install", "--plugins-dir"): "{file}",
     ("qgis install", "--profile"): "no-such-profile",
     ("qgis package", "--out"): "{file}/plugin.zip",
@@ -265,3 +280,14 @@ def test_a_missing_extra_is_exit_2_naming_it(command, extra, module, install, in
     line = _refused([command, *_base(command, inputs), *extra], capsys)
     assert f"pip install '{install}'" in line and module in line, line
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--text-len", "65"], "--text-len 65: the nano preset reads at most 64 tokens"),
+    (["--batch", "100", "--texts", "3"], "--batch 100 x --texts 3: at most 256 expressions per pass"),
+    pytest.param(["--device", "cuda"], "device 'cuda' requested but CUDA is not available; use --device cpu",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")),
+])
+def test_benchmark_checks_its_arguments_together_before_any_work(extra, message, capsys):
+    line = _refused(["benchmark", "--preset", "nano", *extra], capsys)
+    assert line == f"rs2sam2 benchmark: error: {message}"

@@ -66,7 +66,7 @@ def _gcp_scene(path: Path) -> Path:
 
 
 @pytest.mark.parametrize("extra, offset", [([], (0, 0)), (["--window", "40", "20", "200", "150"], (20, 40)),
-                                           (["--mode", "tiles", "--tile", "128"], (0, 0))])
+                                           (["--mode", "tiles", "--tile", "256"], (0, 0))])
 def test_a_gcp_georeferenced_input_keeps_its_gcps_in_the_mask(checkpoint, tmp_path, extra, offset) -> None:
     scene = _gcp_scene(tmp_path / "scan.tif")
     out = tmp_path / "mask.tif"
@@ -79,3 +79,14 @@ def test_a_gcp_georeferenced_input_keeps_its_gcps_in_the_mask(checkpoint, tmp_pa
     assert [(p.row, p.col, p.x, p.y) for p in points] == [(g.row - row_off, g.col - col_off, g.x, g.y) for g in GCPS]
     fc = json.loads((tmp_path / "mask.geojson").read_text())
     assert fc["properties"]["coordinate_space"] == "pixel"  # polygons of a GCP grid stay in pixels
+
+
+def test_a_bbox_on_a_gcp_raster_is_refused_naming_gdalwarp() -> None:
+    from rs2sam2.geo import AreaError, area_of_interest
+    from rs2sam2.imageio import RasterInfo
+
+    info = RasterInfo(height=200, width=300, gcps=tuple((g.row, g.col, g.x, g.y, 0.0) for g in GCPS),
+                      gcp_crs="EPSG:32633")
+    with pytest.raises(AreaError, match=r"ground control points.*gdalwarp"):
+        area_of_interest(info, bbox=(500000, 5199950, 500050, 5200000))
+    assert area_of_interest(info, window=(10, 20, 30, 40)) == ((10, 20, 30, 40), False)

@@ -210,6 +210,16 @@ def _vrt(path: Path, source: Path) -> Path:
     return path
 
 
+def _gpkg_raster(path: Path, source: Path) -> Path:
+    """A GeoPackage raster (8-bit RGB) on the grid of ``source``."""
+    with rasterio.open(source) as src:
+        data, profile = (src.read([1, 2, 3]) // 16).astype("uint8"), src.profile
+    with rasterio.open(path, "w", driver="GPKG", width=profile["width"], height=profile["height"], count=3,
+                       dtype="uint8", crs=profile["crs"], transform=profile["transform"]) as dst:
+        dst.write(data)
+    return path
+
+
 @pytest.fixture(scope="module")
 def qgis_run(tmp_path_factory):
     """One QGIS session that runs every case; its report, and the paths it used."""
@@ -219,6 +229,7 @@ def qgis_run(tmp_path_factory):
     ckpt = build_checkpoint(tmp / "ckpt")
     image = write_geotiff(tmp / "scene.tif")
     vrt = _vrt(tmp / "scene.vrt", image)
+    gpkg = _gpkg_raster(tmp / "raster.gpkg", image)
     # the zip, unpacked into a fresh profile as QGIS's "Install from ZIP" does
     plugins = tmp / "config" / "profiles" / "default" / "python" / "plugins"
     plugins.mkdir(parents=True)
@@ -230,16 +241,19 @@ def qgis_run(tmp_path_factory):
     out = tmp / "out"
     cases = {
         "sentence": {"alg": "rs2sam2:segment_by_sentence", "params": {
-            "INPUT": str(image), "SENTENCE": SENTENCE, **model, "MODE": 3, "THRESHOLD": -1000.0, "OUTPUT": str(out / "mask.tif"),
+            "INPUT": str(image), "SENTENCE": SENTENCE, **model, "MODE": 2, "THRESHOLD": -1000.0,
+            "OUTPUT": str(out / "mask.tif"),
             "VECTOR": str(out / "mask.gpkg")}},
         "many": {"alg": "rs2sam2:segment_many", "params": {
-            "ROWS": [str(image), "the red building on the left", "vrt layer", SENTENCE], **model,
+            "ROWS": [str(image), "the red building on the left", "vrt layer", SENTENCE,
+                     str(gpkg), "the large ship in the middle"], **model,
             "OUTPUT_FOLDER": str(out / "many")}},
-        "model_vrt_extent": {"model": True, "model_params": {"SENTENCE": SENTENCE, "EXTENT": EXTENT, **model},
+        "model_vrt_extent": {"model": True, "model_params": {"SENTENCE": SENTENCE, "EXTENT": EXTENT, **model,
+                                                             "THRESHOLD": -1000.0},
                              "params": {"layer": str(vrt), "seg:mask": str(out / "model_mask.tif"),
                                         "seg:polygons": str(out / "model_mask.gpkg")}},
         "cancel": {"alg": "rs2sam2:segment_by_sentence", "cancel_on_progress": True, "params": {
-            "INPUT": str(image), "SENTENCE": SENTENCE, **model, "MODE": 2, "TILE": 32,
+            "INPUT": str(image), "SENTENCE": SENTENCE, **model, "MODE": 1, "TILE": 32,
             "OUTPUT": str(out / "canceled.tif"), "VECTOR": str(out / "canceled.gpkg")}},
         "bad_checkpoint": {"alg": "rs2sam2:segment_by_sentence", "params": {
             "INPUT": str(image), "SENTENCE": SENTENCE, **model, "CHECKPOINT": str(tmp / "no-such-ckpt"),
@@ -264,12 +278,14 @@ def qgis_run(tmp_path_factory):
 
 @needs_qgis
 def test_install_enables_the_plugin_so_qgis_process_lists_its_algorithms(tmp_path):
+    # Debian's qgis_process wrapper adds --noversioncheck, which qgis_process 3.22 refuses: call the binary
+    program = shutil.which("qgis_process.bin") or shutil.which("qgis_process")
+    if program is None:
+        pytest.skip("qgis_process is not installed (Debian: apt-get install qgis)")
     (tmp_path / "profiles" / "default").mkdir(parents=True)
     env = {**os.environ, "QGIS_CUSTOM_CONFIG_PATH": str(tmp_path), "QT_QPA_PLATFORM": "offscreen"}
     subprocess.run([sys.executable, "-m", "rs2sam2", "qgis", "install"], env=env, check=True, capture_output=True)
-    # Debian's qgis_process wrapper adds --noversioncheck, which qgis_process 3.22 refuses: call the binary;
-    # with the system PATH only, as QGIS's embedded Python takes its home from the python3 it finds on PATH
-    program = shutil.which("qgis_process.bin") or shutil.which("qgis_process")
+    # with the system PATH only: QGIS's embedded Python takes its home from the python3 it finds on PATH
     env = {k: v for k, v in env.items() if k != "VIRTUAL_ENV"} | {"PATH": "/usr/bin:/bin"}
     listed = subprocess.run([program, "list"], env=env, capture_output=True, text=True, timeout=120)
     assert "rs2sam2:segment_by_sentence\tSegment by sentence" in listed.stdout
@@ -279,6 +295,13 @@ def test_install_enables_the_plugin_so_qgis_process_lists_its_algorithms(tmp_pat
 def _grid(path: Path):
     with rasterio.open(path) as ds:
         return ds.crs, ds.transform, (ds.width, ds.height)
+
+
+def _columns(path) -> dict:
+    import pyogrio
+
+    meta, _, _, fields = pyogrio.raw.read(path)
+    return dict(zip(meta["fields"], fields))
 
 
 def _case(qgis_run, name: str) -> dict:
@@ -308,11 +331,13 @@ def test_segment_by_sentence_gives_a_mask_on_the_layer_grid_and_polygons_with_pr
         assert set(np.unique(ds.read(1))) == {255}
     info = pyogrio.read_info(case["results"]["VECTOR"])
     assert info["crs"] == "EPSG:32633" and info["geometry_type"] in ("Polygon", "MultiPolygon")
-    assert {"text", "area", "area_px", "score"} <= set(info["fields"])
-    # the threshold far below every logit makes the whole layer the object: one polygon of it all
-    meta, _, _, fields = pyogrio.raw.read(case["results"]["VECTOR"])
-    columns = dict(zip(meta["fields"], fields))
-    assert list(columns["text"]) == [SENTENCE]
+    # the threshold far below every logit makes the whole layer the object: one polygon of it all, with
+    # the provenance fields of predict --vector
+    columns = _columns(case["results"]["VECTOR"])
+    assert list(columns["text"]) == [SENTENCE] and list(columns["mode"]) == ["whole"]
+    assert list(columns["image"]) == [str(qgis_run["image"])]
+    assert list(columns["checkpoint"]) == [str(qgis_run["tmp"] / "ckpt")]
+    assert 0 <= columns["score"][0] <= 1 and 0 <= columns["presence"][0] <= 1
     assert columns["area_px"].sum() == 300 * 200 and columns["area"].sum() == pytest.approx(300 * 200 * 0.25)
     # progress came from the program's JSON lines, in order, up to 100 %
     progress = case["log"]["progress"]
@@ -323,13 +348,14 @@ def test_segment_by_sentence_gives_a_mask_on_the_layer_grid_and_polygons_with_pr
 
 
 @needs_qgis
-def test_segment_many_writes_one_mask_per_row_and_removes_its_temporary_export(qgis_run):
+def test_segment_many_writes_one_mask_per_row_and_removes_its_temporary_exports(qgis_run):
     case = _case(qgis_run, "many")
     assert case["error"] is None
     masks, vectors = case["results"]["MASKS"], case["results"]["VECTORS"]
     assert [Path(m).name for m in masks] == ["01_the_red_building_on_the_left.tif",
-                                            "02_the_white_storage_tank_at_the_top.tif"]
-    for mask in masks:  # the VRT layer was exported whole: the same grid as the GeoTIFF it shows
+                                            "02_the_white_storage_tank_at_the_top.tif",
+                                            "03_the_large_ship_in_the_middle.tif"]
+    for mask in masks:  # the VRT and GeoPackage layers were exported whole: the GeoTIFF's grid
         assert _grid(Path(mask)) == _grid(qgis_run["image"])
     assert all(Path(v).is_file() for v in vectors)
     assert not list((qgis_run["tmp"] / "tmpdir").glob("rs2sam2-qgis-*"))
@@ -344,6 +370,10 @@ def test_a_vrt_layer_with_an_extent_in_a_model_is_exported_on_the_layer_grid(qgi
     assert crs == "EPSG:32633"
     assert size == (EXTENT_WINDOW["width"], EXTENT_WINDOW["height"])
     assert (transform.c, transform.f) == EXTENT_WINDOW["origin"] and (transform.a, transform.e) == (full.a, full.e)
+    # the polygons name the layer the user chose, not the temporary GeoTIFF the program read
+    columns = _columns(qgis_run["out"] / "model_mask.gpkg")
+    assert len(columns["image"]) == 1 and list(columns["image"]) == [str(qgis_run["tmp"] / "scene.vrt")]
+    assert columns["area_px"].sum() == EXTENT_WINDOW["width"] * EXTENT_WINDOW["height"]
     assert not list((qgis_run["tmp"] / "tmpdir").glob("rs2sam2-qgis-*"))
 
 

@@ -55,6 +55,7 @@ from PIL import Image
 
 from .checkpoints import CHECKPOINT_HELP, TOKENIZER_HELP, add_hub_arguments
 from .cliargs import number
+from .config import BOUNDS
 from .data.synth import generate
 from .errors import ConfigError, MissingFileError
 from .extras import require
@@ -311,30 +312,9 @@ def build_app(predictor, *, examples: Sequence[Example] | None = None, examples_
         )
         with gr.Row():
             with gr.Column():
-                file_in = gr.File(label="Image", file_types=IMAGE_TYPES, type="filepath", elem_id="image-file")
-                preview_img = gr.Image(label="Input (as the model sees it)", type="pil", interactive=False,
-                                       elem_id="preview", height=320)
-                text_in = gr.Textbox(label="Expression", placeholder="e.g. the white storage tank at the top left",
-                                     lines=1, elem_id="expression")
-                with gr.Accordion("Options", open=False):
-                    threshold_in = gr.Slider(-4.0, 4.0, value=predictor.threshold, step=0.05,
-                                             label="Logit threshold",
-                                             info="0.5 is the published rule (probability about 0.62); "
-                                                  "0 means probability > 0.5")
-                submit = gr.Button("Segment", variant="primary", elem_id="submit")
-                if examples:
-                    gr.Examples(examples=[[e.image, e.text] for e in examples], inputs=[file_in, text_in],
-                                label="Generated example scenes")
+                file_in, preview_img, text_in, threshold_in, submit = _input_column(gr, predictor, examples)
             with gr.Column():
-                overlay_out = gr.Image(label="Prediction", type="pil", interactive=False, elem_id="overlay",
-                                       format="png")
-                prior_out = gr.Image(label="Mask Prompt Generator prior", type="pil", interactive=False,
-                                     elem_id="prior", format="png")
-                summary_out = gr.Markdown(elem_id="summary")
-                with gr.Row():
-                    mask_out = gr.File(label="Mask (GeoTIFF / PNG)", elem_id="mask-file", interactive=False)
-                    geojson_out = gr.File(label="GeoJSON", elem_id="geojson-file", interactive=False)
-        outputs = [overlay_out, prior_out, mask_out, geojson_out, summary_out]
+                outputs = _output_column(gr)
         file_in.change(on_upload, inputs=file_in, outputs=preview_img)
         submit.click(on_submit, inputs=[file_in, text_in, threshold_in], outputs=outputs)
         text_in.submit(on_submit, inputs=[file_in, text_in, threshold_in], outputs=outputs)
@@ -343,6 +323,35 @@ def build_app(predictor, *, examples: Sequence[Example] | None = None, examples_
     demo.rs2sam2_requests = requests
     demo.rs2sam2_examples = list(examples)
     return demo
+
+
+def _input_column(gr, predictor, examples: Sequence[Example]):
+    """The page's left column: upload, preview, expression, threshold, button and examples."""
+    file_in = gr.File(label="Image", file_types=IMAGE_TYPES, type="filepath", elem_id="image-file")
+    preview_img = gr.Image(label="Input (as the model sees it)", type="pil", interactive=False,
+                           elem_id="preview", height=320)
+    text_in = gr.Textbox(label="Expression", placeholder="e.g. the white storage tank at the top left",
+                         lines=1, elem_id="expression")
+    with gr.Accordion("Options", open=False):
+        threshold_in = gr.Slider(-4.0, 4.0, value=predictor.threshold, step=0.05, label="Logit threshold",
+                                 info="0.5 is the published rule (probability about 0.62); 0 means probability > 0.5")
+    submit = gr.Button("Segment", variant="primary", elem_id="submit")
+    if examples:
+        gr.Examples(examples=[[e.image, e.text] for e in examples], inputs=[file_in, text_in],
+                    label="Generated example scenes")
+    return file_in, preview_img, text_in, threshold_in, submit
+
+
+def _output_column(gr) -> list:
+    """The page's right column; returns the components :func:`segment` fills, in its order."""
+    overlay_out = gr.Image(label="Prediction", type="pil", interactive=False, elem_id="overlay", format="png")
+    prior_out = gr.Image(label="Mask Prompt Generator prior", type="pil", interactive=False, elem_id="prior",
+                         format="png")
+    summary_out = gr.Markdown(elem_id="summary")
+    with gr.Row():
+        mask_out = gr.File(label="Mask (GeoTIFF / PNG)", elem_id="mask-file", interactive=False)
+        geojson_out = gr.File(label="GeoJSON", elem_id="geojson-file", interactive=False)
+    return [overlay_out, prior_out, mask_out, geojson_out, summary_out]
 
 
 def launch(demo, host: str = "127.0.0.1", port: int | None = None, *, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
@@ -371,8 +380,8 @@ def launch(demo, host: str = "127.0.0.1", port: int | None = None, *, max_upload
 # --------------------------------------------------------------------------------------------
 
 
-#: upper bounds of serve's numbers: far above any real use, low enough to refuse a typo at once
-MAX_UPLOAD_MB, MAX_IMAGE_SIZE = 10_240.0, 8192
+#: the largest --max-upload-mb: far above any real use, low enough to refuse a typo at once
+MAX_UPLOAD_MB = 10_240.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -393,7 +402,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="auto (default): bf16 where the device multiplies bf16 faster than fp32, else fp32")
     parser.add_argument("--threshold", type=number(float), default=0.5,
                         help="default logit threshold (0.5 = published)")
-    parser.add_argument("--image-size", type=number(int, low=1, high=MAX_IMAGE_SIZE), metavar="N",
+    parser.add_argument("--image-size", type=number(int, low=1, high=BOUNDS["image_size"]), metavar="N",
                         help="SAM2 input size for released checkpoints")
     parser.add_argument("--max-pixels", type=number(int, low=1), metavar="N",
                         help="decode budget: the most pixels decoded into memory at once (default 100,000,000, or "

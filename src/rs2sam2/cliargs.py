@@ -32,13 +32,19 @@ def describe_range(kind: type, low: float | None, high: float | None, low_open: 
                    high_open: bool = False) -> str:
     """``"an integer in [1, 4096]"``, ``"a finite number > 0"``...: what a range check expects."""
     what = "an integer" if kind is int else "a finite number"
+    low, high = (_shown(kind, b) for b in (low, high))
     if low is not None and high is not None:
-        return f"{what} in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        return f"{what} in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
     if low is not None:
-        return f"{what} {'>' if low_open else '>='} {low:g}"
+        return f"{what} {'>' if low_open else '>='} {low}"
     if high is not None:
-        return f"{what} {'<' if high_open else '<='} {high:g}"
+        return f"{what} {'<' if high_open else '<='} {high}"
     return what
+
+
+def _shown(kind: type, bound: float | None) -> str | None:
+    """A bound as written in messages: integers in full (4294967295), other numbers short (1e-08)."""
+    return None if bound is None else str(int(bound)) if kind is int else f"{bound:g}"
 
 
 def number(kind: type = float, *, low: float | None = None, high: float | None = None, low_open: bool = False,

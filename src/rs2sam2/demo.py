@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from .cliargs import number
 from .extras import require
 
 # The demo's recipe (not a published one): everything is trained from scratch, so nothing is frozen
@@ -81,12 +82,12 @@ def demo_processes() -> int:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The arguments of ``rs2sam2 demo``."""
     p.add_argument("--out", default="rs2sam2-demo", help="output folder (default: ./rs2sam2-demo)")
-    p.add_argument("--num-images", type=int, default=None, help=f"generated scenes (default {DEMO_NUM_IMAGES})")
-    p.add_argument("--epochs", type=int, default=None, help=f"training epochs (default {DEMO_RECIPE['epochs']})")
-    p.add_argument("--max-steps", type=int, default=None, help="stop training after this many steps")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num-images", type=number(int, low=1, high=100_000), default=None, help=f"generated scenes (default {DEMO_NUM_IMAGES})")
+    p.add_argument("--epochs", type=number(int, low=1, high=10_000), default=None, help=f"training epochs (default {DEMO_RECIPE['epochs']})")
+    p.add_argument("--max-steps", type=number(int, low=1), default=None, help="stop training after this many steps")
+    p.add_argument("--seed", type=number(int, low=0), default=0)
     p.add_argument("--quick", action="store_true", help="a tiny smoke run (seconds; metrics meaningless)")
-    p.add_argument("--gallery-size", type=int, default=6)
+    p.add_argument("--gallery-size", type=number(int, low=1, high=100), default=6)
 
 
 def run_demo(out: str | Path = "rs2sam2-demo", num_images: int | None = None, epochs: int | None = None,

@@ -56,6 +56,7 @@ from tqdm.auto import tqdm
 
 from .checkpoints import CHECKPOINT_HELP, TOKENIZER_HELP, add_hub_arguments, load_pretrained, locate
 from .cliargs import number
+from .config import BOUNDS
 from .data import DATASETS, build_dataset
 from .data.collate import check_vocabulary, collate, list_collate, move_batch
 from .data.transforms import SampleTransform
@@ -86,7 +87,7 @@ __all__ = [
 ]
 
 #: upper bounds of the command's numbers: far above any real use, low enough to refuse a typo at once
-MAX_BATCH, MAX_IMAGE_SIZE, MAX_WORKERS = 4096, 8192, 256
+MAX_BATCH, MAX_WORKERS = 4096, 256
 CSV_FIELDS = ("id", "text", "I", "U", "IoU", "I_original", "U_original", "IoU_original", "category")
 
 
@@ -414,7 +415,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"),
                         help="auto = bf16 autocast on CUDA, fp32 on CPU")
-    parser.add_argument("--image-size", type=number(int, low=1, high=MAX_IMAGE_SIZE), default=None,
+    parser.add_argument("--image-size", type=number(int, low=1, high=BOUNDS["image_size"]), default=None,
                         help="protocol resolution for --predictions (default 1024); for --checkpoint, run the "
                              "model at this input size instead of its own")
     parser.add_argument("--num-workers", type=number(int, low=0, high=MAX_WORKERS), default=0)

@@ -169,22 +169,32 @@ def area_of_interest(
     Raises :class:`AreaError` (a ``ValueError``) for an empty area, one outside the raster, or a
     box in another CRS on a raster without one.
     """
-    width, height = int(info.width), int(info.height)
     if bbox is not None and window is not None:
         raise AreaError("give either a bbox or a window, not both")
     if window is not None:
-        try:
-            col, row, w, h = (int(v) for v in window)
-        except (TypeError, ValueError):
-            raise AreaError(f"window must be 4 whole numbers COL ROW WIDTH HEIGHT; got {window!r}") from None
-        if w <= 0 or h <= 0:
-            raise AreaError(f"window {col} {row} {w} {h} has zero size: WIDTH and HEIGHT must be at least 1")
-        if col < 0 or row < 0 or col + w > width or row + h > height:
-            raise AreaError(f"window {col} {row} {w} {h} (COL ROW WIDTH HEIGHT) is not inside the raster of "
-                            f"{width} x {height} pixels")
-        return (col, row, w, h), False
+        return _window_area(window, int(info.width), int(info.height)), False
     if bbox is None:
-        return (0, 0, width, height), False
+        return (0, 0, int(info.width), int(info.height)), False
+    return _bbox_area(info, bbox, bbox_crs)
+
+
+def _window_area(window: Sequence[int], width: int, height: int) -> tuple[int, int, int, int]:
+    """A ``(col, row, width, height)`` window checked to lie inside a raster of ``width x height``."""
+    try:
+        col, row, w, h = (int(v) for v in window)
+    except (TypeError, ValueError):
+        raise AreaError(f"window must be 4 whole numbers COL ROW WIDTH HEIGHT; got {window!r}") from None
+    if w <= 0 or h <= 0:
+        raise AreaError(f"window {col} {row} {w} {h} has zero size: WIDTH and HEIGHT must be at least 1")
+    if col < 0 or row < 0 or col + w > width or row + h > height:
+        raise AreaError(f"window {col} {row} {w} {h} (COL ROW WIDTH HEIGHT) is not inside the raster of "
+                        f"{width} x {height} pixels")
+    return col, row, w, h
+
+
+def _bbox_area(info: RasterInfoLike, bbox: Sequence[float], bbox_crs: Any) -> tuple[tuple[int, int, int, int], bool]:
+    """The pixel window of a bounding box (:func:`area_of_interest`) and whether it was clipped."""
+    width, height = int(info.width), int(info.height)
     try:
         minx, miny, maxx, maxy = (float(v) for v in bbox)
     except (TypeError, ValueError):
@@ -194,12 +204,14 @@ def area_of_interest(
     if not (minx < maxx and miny < maxy):
         raise AreaError(f"bbox {minx:g} {miny:g} {maxx:g} {maxy:g} has zero size: it needs MINX < MAXX and "
                         "MINY < MAXY")
+    if getattr(info, "gcps", None):
+        raise AreaError("the raster is georeferenced by ground control points, which give no grid for a bbox; "
+                        "warp it to one first (gdalwarp -r bilinear in.tif warped.tif), or use a window in pixels")
     transform, crs = grid_of(info)
     if bbox_crs is not None:
         if crs is None:
             raise AreaError(f"the bbox is given in {bbox_crs} but the raster has no CRS; give the bbox in "
                             "pixel coordinates, or use a window")
-
         try:
             src = to_crs(bbox_crs)
         except Exception as exc:  # noqa: BLE001 - rasterio's CRSError and friends

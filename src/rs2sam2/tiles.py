@@ -203,11 +203,15 @@ def _piece(answers: Sequence[Answer], height: int, width: int, window: Window, o
 
 
 def iter_pieces(raster, region: Window, plan: Plan, segment: Callable[[np.ndarray], Sequence[Answer]], *,
-                progress: bool | Callable[[int, int], None] = False, desc: str = "tiles") -> Iterator[Piece]:
+                progress: bool | Callable[[int, int], None] = False, desc: str = "tiles",
+                segment_tiles: Callable[[list[np.ndarray]], Sequence[Sequence[Answer]]] | None = None,
+                tile_batch: int = 1) -> Iterator[Piece]:
     """Run ``plan`` on ``region`` (``(col_off, row_off, width, height)`` of ``raster``, an
     :class:`rs2sam2.imageio.Raster`): yield the output grid window by window (windows in the
     region's pixels). ``segment(rgb)`` returns one :class:`Answer` per text. ``progress``: True
-    shows a bar over the tiles; a function is called with ``(done, total)`` after every model input."""
+    shows a bar over the tiles; a function is called with ``(done, total)`` after every model input.
+    With ``segment_tiles`` (the answers of several model inputs at once), tiles are read and
+    answered ``tile_batch`` at a time."""
     report = progress if callable(progress) else (lambda done, total: None)
     width, height = plan.width, plan.height
     whole = (0, 0, width, height)
@@ -225,14 +229,19 @@ def iter_pieces(raster, region: Window, plan: Plan, segment: Callable[[np.ndarra
             valid = raster.read_valid(_offset(block, region))
             yield _piece(answers, height, width, block, block, valid)
     elif plan.mode == "tiled":
-        bar = tqdm(plan.tiles, desc=desc, unit="tile", disable=progress is not True, file=sys.stderr,
+        bar = tqdm(total=len(plan.tiles), desc=desc, unit="tile", disable=progress is not True, file=sys.stderr,
                    dynamic_ncols=True)
-        for done, t in enumerate(bar, 1):
-            rgb, valid = raster.read(_offset(t.window, region))
-            core = (t.core[0] - t.window[0], t.core[1] - t.window[1], t.core[2], t.core[3])
-            tw, th = t.window[2], t.window[3]
-            answers = segment(rgb)
-            report(done, len(plan.tiles))
-            yield _piece(answers, th, tw, core, t.core, _crop(valid, core))
+        step = tile_batch if segment_tiles is not None else 1
+        for start in range(0, len(plan.tiles), step):
+            group = plan.tiles[start:start + step]
+            rgbs, valids = zip(*(raster.read(_offset(t.window, region)) for t in group))
+            answers = segment_tiles(list(rgbs)) if step > 1 else [segment(rgbs[0])]
+            del rgbs
+            bar.update(len(group))
+            report(start + len(group), len(plan.tiles))
+            for t, valid, tile_answers in zip(group, valids, answers, strict=True):
+                core = (t.core[0] - t.window[0], t.core[1] - t.window[1], t.core[2], t.core[3])
+                yield _piece(tile_answers, t.window[3], t.window[2], core, t.core, _crop(valid, core))
+        bar.close()
     else:
         raise ValueError(f"unknown plan mode {plan.mode!r}")

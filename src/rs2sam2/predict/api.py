@@ -127,11 +127,15 @@ class Predictor:
         mask_rule: the tokenizer's attention-mask rule (``"published"``: unknown tokens are hidden
             like padding, as in the published code; ``"clean"``).
         presence_threshold: a scene answer whose presence is below it is empty (see :mod:`rs2sam2.scene`).
+        tile_batch: tiles of ``--mode tiles`` answered together, in one forward pass per batch of
+            expressions (memory grows with it; BHFM conditions the image encoder on the text, so only
+            tiles with the same sentence share a pass).
     """
 
     def __init__(self, model: torch.nn.Module, tokenizer, *, device: str | torch.device | None = "cpu",
                  precision: str = "auto", threshold: float = PUBLISHED_THRESHOLD, max_len: int | None = None,
-                 mask_rule: str = "published", presence_threshold: float = PRESENCE_THRESHOLD) -> None:
+                 mask_rule: str = "published", presence_threshold: float = PRESENCE_THRESHOLD,
+                 tile_batch: int = 1) -> None:
         if precision not in PRECISIONS:
             raise InputError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
         if isinstance(tokenizer, (str, os.PathLike)):
@@ -150,6 +154,9 @@ class Predictor:
         if not 0.0 <= presence_threshold <= 1.0:
             raise InputError(f"presence_threshold {presence_threshold}: expected a number in [0, 1]")
         self.presence_threshold = float(presence_threshold)
+        if int(tile_batch) < 1:
+            raise InputError(f"tile_batch must be >= 1, got {tile_batch}")
+        self.tile_batch = int(tile_batch)
         self.tokenizer = tokenizer
         self.mask_rule = mask_rule
         self.max_len = cfg.beit3.text_len(max_len)
@@ -202,28 +209,31 @@ class Predictor:
         ids, mask = self.tokenizer.batch(list(texts), max_len=self.max_len, mask_rule=self.mask_rule)
         return ids.to(self.device), mask.bool().to(self.device)
 
-    @torch.inference_mode()
     def answers(self, rgb: np.ndarray, texts: Sequence[str], batch_size: int = 8,
                 with_prior: bool = True) -> list[Answer]:
         """The model's answers for ``texts`` on one model input ``rgb`` (HxWx3 uint8), at the model's
         resolution: the segment function of :func:`rs2sam2.tiles.iter_pieces`."""
-        image, evf = self.preprocess(rgb)  # once, however many expressions
-        results: list[Answer] = []
+        return self.answers_tiles([rgb], texts, batch_size, with_prior)[0]
+
+    @torch.inference_mode()
+    def answers_tiles(self, rgbs: Sequence[np.ndarray], texts: Sequence[str], batch_size: int = 8,
+                      with_prior: bool = True) -> list[list[Answer]]:
+        """:meth:`answers` for several model inputs at once (tiles of one scene): per batch of
+        ``batch_size`` expressions, one forward pass holds every input with every expression of the
+        batch. Returns one list of answers per input."""
+        inputs = [self.preprocess(rgb) for rgb in rgbs]  # once per input, however many expressions
+        n = len(inputs)
+        results: list[list[Answer]] = [[] for _ in inputs]
         for start in range(0, len(texts), batch_size):
             chunk = list(texts[start:start + batch_size])
             ids, mask = self.tokenize(chunk)
             b = len(chunk)
-            out = self.model(images=image.expand(b, -1, -1, -1), images_evf=evf.expand(b, -1, -1, -1),
-                             input_ids=ids, attention_mask=mask)
-            for k in range(b):
-                prior = None
-                if with_prior and out.mask_prompt is not None:
-                    prior = out.mask_prompt[k, 0].float().cpu()
-                results.append(Answer(
-                    logits=out.logits[k, 0].float().cpu(), prior=prior,
-                    iou_score=float(out.iou_scores[k].float().reshape(-1)[0]),
-                    object_score=float(out.object_score_logits[k].float().reshape(-1)[0]),
-                ))
+            images = torch.cat([image.expand(b, -1, -1, -1) for image, _ in inputs]) if n > 1 else \
+                inputs[0][0].expand(b, -1, -1, -1)
+            evf = torch.cat([e.expand(b, -1, -1, -1) for _, e in inputs]) if n > 1 else inputs[0][1].expand(b, -1, -1, -1)
+            out = self.model(images=images, images_evf=evf, input_ids=ids.repeat(n, 1), attention_mask=mask.repeat(n, 1))
+            for k in range(n * b):
+                results[k // b].append(_answer_of(out, k, with_prior))
         return results
 
     def setup(self, raster: Raster, texts: Sequence[str], area: Area | None = None) -> Setup:
@@ -262,7 +272,11 @@ class Predictor:
         def segment(rgb):
             return self.answers(rgb, texts, batch_size, with_prior)
 
-        return iter_pieces(raster, setup.region, setup.plan, segment, progress=progress)
+        def segment_tiles(rgbs):
+            return self.answers_tiles(rgbs, texts, batch_size, with_prior)
+
+        return iter_pieces(raster, setup.region, setup.plan, segment, progress=progress, segment_tiles=segment_tiles,
+                           tile_batch=self.tile_batch)
 
     def provenance(self, raster: Raster, setup: Setup, k: int, object_score: float) -> dict:
         """What every polygon of text ``k`` carries: ``mode``, ``presence`` (a scene answer's decision;
@@ -426,6 +440,16 @@ def _check_in_memory(name: str, plan: Plan) -> None:
             f"{name}: a result of {plan.width} x {plan.height} px would not fit the decode budget "
             f"({max_pixels():,} px) in memory; use Predictor.predict_to_file (written window by window), "
             "or a bbox/window")
+
+
+def _answer_of(out, k: int, with_prior: bool) -> Answer:
+    """Sample ``k`` of a forward pass's outputs as an :class:`Answer` on the CPU."""
+    prior = None
+    if with_prior and out.mask_prompt is not None:
+        prior = out.mask_prompt[k, 0].float().cpu()
+    return Answer(logits=out.logits[k, 0].float().cpu(), prior=prior,
+                  iou_score=float(out.iou_scores[k].float().reshape(-1)[0]),
+                  object_score=float(out.object_score_logits[k].float().reshape(-1)[0]))
 
 
 def _check_batch_size(batch_size: int) -> None:

@@ -42,8 +42,9 @@ from tqdm import tqdm
 
 from ..checkpoints import CHECKPOINT_HELP, TOKENIZER_HELP, CheckpointError, add_hub_arguments
 from ..cliargs import number
+from ..config import BOUNDS
 from ..errors import ConfigError, UserError
-from ..fsutil import atomic_write_text
+from ..fsutil import atomic_write_text, check_writable
 from ..geo import AreaError
 from ..imageio import DEFAULT_MAX_PIXELS, MAX_PIXELS_ENV, ImageReadError, RasterInfo, set_max_pixels
 from ..metrics import PUBLISHED_THRESHOLD
@@ -102,7 +103,7 @@ def _model_arguments(g) -> None:
     g.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="auto (default: bf16 where the device multiplies bf16 faster than fp32, else fp32), fp32, "
                         "bf16, or int8 (CPU: int8 MLP layers in the image encoder)")
-    g.add_argument("--image-size", type=number(int, low=16), metavar="N",
+    g.add_argument("--image-size", type=number(int, low=16, high=BOUNDS["image_size"]), metavar="N",
                    help="override the SAM2 input size (default: the one the checkpoint records; 1024 for "
                         "released folders)")
 
@@ -142,6 +143,9 @@ def _area_arguments(g) -> None:
     g.add_argument("--overlap", type=number(int, low=0), metavar="PX",
                    help="overlap of neighbouring tiles in pixels (default: SIZE // 8); each output pixel comes "
                         "from the tile whose centre is nearest")
+    g.add_argument("--tile-batch", type=number(int, low=1, high=64), default=1, metavar="N",
+                   help="--mode tiles: N tiles go through the model together, each with every sentence of a "
+                        "--batch-size batch (default 1; memory grows with N)")
 
 
 def _option_arguments(g) -> None:
@@ -303,7 +307,8 @@ def _prepare(args) -> Work:
     predictor = Predictor.from_pretrained(args.checkpoint, device=args.device, precision=args.precision,
                                           tokenizer=args.tokenizer, threshold=args.threshold,
                                           image_size=args.image_size, subfolder=args.subfolder,
-                                          revision=args.revision, presence_threshold=args.presence_threshold)
+                                          revision=args.revision, presence_threshold=args.presence_threshold,
+                                          tile_batch=args.tile_batch)
     check_areas(jobs, infos, area, predictor.config.image_size)
     return Work(jobs, infos, unreadable, predictor, area, bands)
 
@@ -330,6 +335,8 @@ def run(args) -> int:
     reporter = Reporter(args.progress, args.quiet, batch_mode, f"[rank {rank}] " if world > 1 else "")
     try:
         work = _prepare(args)
+        if (summary := _summary_path(args, rank, world)) is not None:
+            check_writable(summary, "--summary")  # before the work, not after it
     except _USER_ERRORS as exc:
         reporter.end(2, 0)
         return _fail(str(exc)) if rank == 0 else 2

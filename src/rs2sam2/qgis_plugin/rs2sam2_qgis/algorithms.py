@@ -33,11 +33,11 @@ from qgis.core import (
     QgsProcessingUtils,
 )
 
-from .layers import export_geotiff, plain_path
+from .layers import export_geotiff, name_layer_source, plain_path
 from .runner import Canceled, Feedback, ProgramError, find_program, run
 
 PROGRAM_SETTING = "RS2SAM2_PROGRAM"
-MODES = ("auto", "scene", "tiles", "whole")  # auto: no --mode, rs2sam2's own choice for the area
+MODES = ("scene", "tiles", "whole")  # as rs2sam2 predict --mode; scene is its default
 PRECISIONS = ("auto", "fp32", "bf16", "int8")
 CHECKPOINT_HELP = "Checkpoint: a folder, a weights file or a Hugging Face Hub id"
 
@@ -64,8 +64,8 @@ class _PredictAlgorithm(QgsProcessingAlgorithm):
 
     def _add_model_parameters(self) -> None:
         self.addParameter(QgsProcessingParameterString("CHECKPOINT", CHECKPOINT_HELP))
-        self.addParameter(QgsProcessingParameterEnum("MODE", "Mode (as rs2sam2 predict --mode; auto: its default)",
-                                                     options=list(MODES), defaultValue=0))
+        self.addParameter(QgsProcessingParameterEnum("MODE", "Mode (as rs2sam2 predict --mode)", options=list(MODES),
+                                                     defaultValue=0))
         self.addParameter(QgsProcessingParameterNumber("TILE", "Tile size in pixels (mode tiles; empty: the "
                                                        "model input)", minValue=16, optional=True))
         self.addParameter(QgsProcessingParameterNumber(
@@ -78,12 +78,10 @@ class _PredictAlgorithm(QgsProcessingAlgorithm):
 
     def _model_arguments(self, parameters, context) -> list[str]:
         mode = MODES[self.parameterAsEnum(parameters, "MODE", context)]
-        args = ["--checkpoint", self.parameterAsString(parameters, "CHECKPOINT", context),
+        args = ["--checkpoint", self.parameterAsString(parameters, "CHECKPOINT", context), "--mode", mode,
                 "--threshold", repr(self.parameterAsDouble(parameters, "THRESHOLD", context)),
                 "--device", self.parameterAsString(parameters, "DEVICE", context).strip() or "auto",
                 "--precision", PRECISIONS[self.parameterAsEnum(parameters, "PRECISION", context)]]
-        if mode != "auto":
-            args += ["--mode", mode]
         if mode == "tiles" and parameters.get("TILE") not in (None, ""):
             args += ["--tile", str(self.parameterAsInt(parameters, "TILE", context))]
         return args
@@ -152,6 +150,8 @@ class SegmentBySentence(_PredictAlgorithm):
                 arguments += ["--bbox", *(repr(v) for v in (extent.xMinimum(), extent.yMinimum(),
                                                             extent.xMaximum(), extent.yMaximum()))]
             self._predict(["--image", image, *arguments], feedback)
+        if image.startswith(tmp):
+            name_layer_source(vector, layer)
         return {"OUTPUT": mask, "VECTOR": vector}
 
 
@@ -223,7 +223,11 @@ class SegmentMany(_PredictAlgorithm):
                     vectors.append(stem + ".gpkg")
                     out.writerow([images[layer.id()], sentence, masks[-1], vectors[-1]])
             self._predict(["--batch", jobs, *self._model_arguments(parameters, context)], feedback)
-        for (_, sentence), paths in zip(rows * 2, masks + vectors):
-            context.addLayerToLoadOnCompletion(paths, QgsProcessingContext.LayerDetails(
-                sentence, context.project(), sentence))
+        for (layer, _), vector in zip(rows, vectors):
+            if images[layer.id()].startswith(tmp):
+                name_layer_source(vector, layer)
+        for (_, sentence), mask, vector in zip(rows, masks, vectors):  # into the project, named by sentence
+            for path in (mask, vector):
+                context.addLayerToLoadOnCompletion(path, QgsProcessingContext.LayerDetails(
+                    sentence, context.project(), sentence))
         return {"OUTPUT_FOLDER": folder, "MASKS": masks, "VECTORS": vectors}
