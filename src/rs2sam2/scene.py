@@ -1,26 +1,31 @@
 """Scene answers: a sentence about a large scene is answered where it points, not in every tile.
 
 A ``"scene"`` plan (:func:`rs2sam2.tiles.plan_region` with ``scene=True``, for regions whose longer
-side exceeds :data:`~rs2sam2.tiles.DECIMATE_ABOVE` x the model input) runs in four steps, per text:
+side exceeds :data:`~rs2sam2.tiles.DECIMATE_ABOVE` x the model input) runs in five steps, per text:
 
 1. **The global look.** The whole region, decimated to one model input, is read once and answered.
-   This look reads the scene-level words: "the leftmost tank", "in the north-east", "the largest
-   ship" are resolved in the frame of the whole region (the scene), because the model sees the
-   whole region. Its logits say where the sentence points.
-2. **Candidates.** The connected parts of the global answer above the threshold (or, when there is
-   none, its strongest point) are the candidates, ranked by their peak probability; at most
-   :data:`MAX_CANDIDATES`.
-3. **Native looks.** Each candidate is looked at at native resolution: model-input windows covering
+   This look reads the scene-level words ("the leftmost tank", "in the north-east", "the largest
+   ship") in the frame of the whole region, because the model sees the whole region; its logits say
+   where the sentence points.
+2. **Scan looks.** Windows of :data:`~rs2sam2.tiles.DECIMATE_ABOVE` model inputs (the largest area
+   one input reads without losing detail by today's rule; larger when more than
+   :data:`SCAN_PER_SIDE` would be needed per side), each read decimated to one input, cover the region; the strongest part of each one's answer is a candidate too. They find objects the
+   global look sees too small to point at.
+3. **Candidates.** The parts of the global answer above the threshold (or its strongest point) and
+   the scan candidates, ranked by their peak probability weighed by the global look's probability
+   around them (``peak x (0.5 + 0.5 x support)``); candidates whose boxes meet are one object;
+   at most :data:`MAX_CANDIDATES` are looked at.
+4. **Native looks.** Each candidate is looked at at native resolution: model-input windows covering
    its box (plus a margin), and, when the object found there runs into a window's inner edge, the
    window beyond it (at most :data:`MAX_LOOKS` per candidate). A native look keeps only the parts of
    its mask that touch the candidate, so a look never answers about an object elsewhere in its
    window, and the looks of one candidate are merged (their union), so an object across a look's
    border comes out whole.
-4. **One answer, or none.** The candidate with the best score (global peak probability x the
-   native look's mean probability over the kept mask) is the answer; the others stay empty. Its
-   *presence* decides whether anything is written: with a checkpoint whose presence head was
-   trained (``config.presence_head``), the sigmoid of the global look's object-score logit; without
-   one, the chosen candidate's score. Below ``presence_threshold`` the answer is empty.
+5. **One answer, or none.** The candidate with the best score (its rank x the native looks' mean
+   probability over what they kept) is the answer; the others stay empty. Its *presence* decides
+   whether anything is written: with a checkpoint whose presence head was trained
+   (``config.presence_head``), the sigmoid of the global look's object-score logit; without one,
+   the chosen candidate's score. Below ``presence_threshold`` the answer is empty.
 
 Nothing here knows about models or files: :func:`iter_scene` takes a *segment* function
 (``(rgb, texts indices) -> [Answer]``), like :func:`rs2sam2.tiles.iter_pieces`, and yields the
@@ -34,14 +39,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .tiles import BLOCK, Answer, Piece, Plan, Window, upsample_window
+from .tiles import BLOCK, DECIMATE_ABOVE, Answer, Piece, Plan, Window, tile_grid, upsample_window
 
 __all__ = ["MAX_CANDIDATES", "MAX_LOOKS", "SUPPRESSED", "Decision", "grow_into", "iter_scene", "label"]
 
 #: candidates looked at per text (the strongest parts of the global answer)
 MAX_CANDIDATES = 3
 #: native looks per candidate (covering its box, then following the object across window edges)
-MAX_LOOKS = 6
+MAX_LOOKS = 8
+#: scan looks per side at most (larger regions get larger scan windows, read decimated)
+SCAN_PER_SIDE = 8
 #: the logit written where the scene answer is not (probability ~2e-9)
 SUPPRESSED = -20.0
 
@@ -120,37 +127,53 @@ def grow_into(seed: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 @dataclass
 class _Candidate:
-    part: np.ndarray  # bool, on the global map
+    part: np.ndarray  # bool, on a map of the look that found it (the global look, or a scan look)
     peak: float  # the largest probability in it
     box: Window  # in region pixels
+    frame: Window  # the region pixels ``part`` covers
+    support: float = 0.0  # the global look's largest probability around it
+    merged: list[_Candidate] = field(default_factory=list)  # weaker candidates on the same object
     kept: list[tuple[Window, np.ndarray]] = field(default_factory=list)  # (window, logits, SUPPRESSED elsewhere)
     looks: list[Window] = field(default_factory=list)
     native: float = 0.0  # mean probability of the native looks over what they kept
     iou: float = float("nan")
 
     @property
+    def rank(self) -> float:
+        """Before the native looks: how strongly a look points here, weighed by the global look."""
+        return self.peak * (0.5 + 0.5 * self.support)
+
+    @property
     def score(self) -> float:
-        return self.peak * self.native
+        return self.rank * self.native
 
 
-def _candidates(g: np.ndarray, threshold: float, width: int, height: int) -> list[_Candidate]:
-    """The parts of the global map ``g`` (logits at the global look's resolution) above ``threshold``,
-    strongest first; the strongest point when none is."""
+def _candidates(g: np.ndarray, threshold: float, frame: Window, most: int) -> list[_Candidate]:
+    """The parts of the map ``g`` (logits of a look at ``frame``, in region pixels) above
+    ``threshold``, strongest first (at most ``most``); the strongest point when none is."""
     labels, n = label(g > threshold)
     if n == 0:
         labels = np.zeros(g.shape, np.int32)
         labels[np.unravel_index(int(np.argmax(g)), g.shape)] = 1
         n = 1
-    sy, sx = height / g.shape[0], width / g.shape[1]
+    sy, sx = frame[3] / g.shape[0], frame[2] / g.shape[1]
     found = []
     for i in range(1, n + 1):
         part = labels == i
         rows, cols = np.nonzero(part)
-        c0, r0 = int(cols.min() * sx), int(rows.min() * sy)
-        c1, r1 = int(np.ceil((cols.max() + 1) * sx)), int(np.ceil((rows.max() + 1) * sy))
-        found.append(_Candidate(part, float(_sigmoid(g[part].max())), (c0, r0, c1 - c0, r1 - r0)))
+        c0, r0 = frame[0] + int(cols.min() * sx), frame[1] + int(rows.min() * sy)
+        c1, r1 = frame[0] + int(np.ceil((cols.max() + 1) * sx)), frame[1] + int(np.ceil((rows.max() + 1) * sy))
+        found.append(_Candidate(part, float(_sigmoid(g[part].max())), (c0, r0, c1 - c0, r1 - r0), frame))
     found.sort(key=lambda c: -c.peak)
-    return found[:MAX_CANDIDATES]
+    return found[:most]
+
+
+def _support(cand: _Candidate, g: np.ndarray, width: int, height: int) -> float:
+    """The global look's largest probability on the candidate's box (grown by one global pixel)."""
+    c, r, w, h = cand.box
+    r0, r1 = max(0, int(r * g.shape[0] / height) - 1), min(g.shape[0], int(np.ceil((r + h) * g.shape[0] / height)) + 1)
+    c0, c1 = max(0, int(c * g.shape[1] / width) - 1), min(g.shape[1], int(np.ceil((c + w) * g.shape[1] / width)) + 1)
+    return float(_sigmoid(g[r0:r1, c0:c1].max()))
 
 
 def _fit(start: int, size: int, length: int) -> int:
@@ -173,8 +196,32 @@ def _cover(box: Window, side: int, width: int, height: int) -> list[Window]:
     return [(c, r, w, h) for r in starts(r0, r1, h, height) for c in starts(c0, c1, w, width)]
 
 
-def _gate(cand: _Candidate, window: Window, width: int, height: int) -> np.ndarray:
-    """The candidate's part of the global map on ``window``'s pixels, grown by one global pixel."""
+def _merge(cands: list[_Candidate], most: int) -> list[_Candidate]:
+    """The strongest ``most`` candidates (by rank); a weaker one whose box meets a stronger one's is
+    the same object seen by another look, and joins it (its part and box)."""
+    kept: list[_Candidate] = []
+    for cand in sorted(cands, key=lambda c: -c.rank):
+        same = next((k for k in kept if _overlap(k.box, cand.box) is not None), None)
+        if same is None:
+            kept.append(cand)
+            continue
+        same.merged.append(cand)
+        c0, r0 = min(same.box[0], cand.box[0]), min(same.box[1], cand.box[1])
+        c1 = max(same.box[0] + same.box[2], cand.box[0] + cand.box[2])
+        r1 = max(same.box[1] + same.box[3], cand.box[1] + cand.box[3])
+        same.box = (c0, r0, c1 - c0, r1 - r0)
+    return kept[:most]
+
+
+def _gate(cand: _Candidate, window: Window) -> np.ndarray:
+    """The candidate's parts on ``window``'s pixels, each grown by one pixel of the map it was found on."""
+    gate = _part_gate(cand, window)
+    for other in cand.merged:
+        gate |= _part_gate(other, window)
+    return gate
+
+
+def _part_gate(cand: _Candidate, window: Window) -> np.ndarray:
     part = cand.part
     grown = part.copy()
     grown[1:] |= part[:-1]
@@ -182,9 +229,12 @@ def _gate(cand: _Candidate, window: Window, width: int, height: int) -> np.ndarr
     grown[:, 1:] |= grown[:, :-1].copy()
     grown[:, :-1] |= grown[:, 1:].copy()
     c, r, w, h = window
-    rows = np.minimum(((np.arange(r, r + h) + 0.5) * part.shape[0] / height).astype(int), part.shape[0] - 1)
-    cols = np.minimum(((np.arange(c, c + w) + 0.5) * part.shape[1] / width).astype(int), part.shape[1] - 1)
-    return grown[np.ix_(rows, cols)]
+    fc, fr, fw, fh = cand.frame
+    rows = np.floor((np.arange(r, r + h) - fr + 0.5) * part.shape[0] / fh).astype(int)
+    cols = np.floor((np.arange(c, c + w) - fc + 0.5) * part.shape[1] / fw).astype(int)
+    inside = ((rows >= 0) & (rows < part.shape[0]))[:, None] & ((cols >= 0) & (cols < part.shape[1]))[None, :]
+    gate = grown[np.ix_(np.clip(rows, 0, part.shape[0] - 1), np.clip(cols, 0, part.shape[1] - 1))]
+    return gate & inside
 
 
 def _keep(logits: np.ndarray, gate: np.ndarray, threshold: float) -> np.ndarray:
@@ -243,7 +293,7 @@ class _Looker:
             [answer] = self.segment(rgb, [self.text])
             self.report()
             logits = upsample_window(answer.logits, window[3], window[2])
-            kept = _keep(logits, _gate(cand, window, width, height) | self._kept_on(cand, window), self.threshold)
+            kept = _keep(logits, _gate(cand, window) | self._kept_on(cand, window), self.threshold)
             cand.looks.append(window)
             if kept.any():
                 cand.kept.append((window, np.where(kept, logits, SUPPRESSED).astype(np.float32)))
@@ -308,10 +358,14 @@ def iter_scene(raster, region: Window, plan: Plan, segment: Segment, *, texts: i
     global_answers = list(segment(rgb, list(range(texts))))
     del rgb
     report()
+    found = _scan(raster, region, plan, segment, texts, threshold, model_size, report)
     chosen: list[_Candidate | None] = []
     for k, answer in enumerate(global_answers):
         g = upsample_window(answer.logits, *plan.read_shape)
-        cands = _candidates(g, threshold, plan.width, plan.height)
+        cands = _candidates(g, threshold, (0, 0, plan.width, plan.height), MAX_CANDIDATES) + found[k]
+        for cand in cands:
+            cand.support = _support(cand, g, plan.width, plan.height)
+        cands = _merge(cands, MAX_CANDIDATES)
         looker = _Looker(raster, region, plan, segment, k, threshold, model_size, report)
         for cand in cands:
             looker.look(cand)
@@ -320,6 +374,25 @@ def iter_scene(raster, region: Window, plan: Plan, segment: Segment, *, texts: i
             decisions.append(d)
         chosen.append(cands[d.chosen] if d.present else None)
     yield from _pieces(raster, region, plan, chosen, global_answers)
+
+
+def _scan(raster, region: Window, plan: Plan, segment: Segment, texts: int, threshold: float, model_size: int,
+          report: Callable[[], None]) -> list[list[_Candidate]]:
+    """The scan looks: windows of :data:`~rs2sam2.tiles.DECIMATE_ABOVE` model inputs, the largest area
+    one input reads without losing detail, over the whole region; per text, the strongest part of
+    each look's answer becomes a candidate."""
+    side = max(DECIMATE_ABOVE * model_size, -(-max(plan.width, plan.height) // (SCAN_PER_SIDE - 1)))
+    found: list[list[_Candidate]] = [[] for _ in range(texts)]
+    for t in tile_grid(plan.width, plan.height, side, side // 8):
+        c, r, w, h = t.window
+        scale = max(1.0, max(w, h) / model_size)
+        shape = (max(1, round(h / scale)), max(1, round(w / scale)))
+        rgb, _ = raster.read(_offset(t.window, region), out_shape=shape)
+        answers = segment(rgb, list(range(texts)))
+        report()
+        for k, answer in enumerate(answers):
+            found[k] += _candidates(upsample_window(answer.logits, *shape), threshold, t.window, 1)
+    return found
 
 
 def _pieces(raster, region: Window, plan: Plan, chosen: list[_Candidate | None],

@@ -339,11 +339,7 @@ class Predictor:
         with open_image(image, bands) as raster:
             setup = self.setup(raster, texts, area)
             plan = setup.plan
-            if plan.width * plan.height > max_pixels():
-                raise InputError(
-                    f"{raster.name}: a result of {plan.width} x {plan.height} px would not fit the decode budget "
-                    f"({max_pixels():,} px) in memory; use Predictor.predict_to_file (written window by window), "
-                    "or a bbox/window")
+            _check_in_memory(raster.name, plan)
             setup.warn(stacklevel=2)
             info = raster.info.window(*setup.region)
             preview, _ = raster.read(setup.region, out_shape=preview_shape(plan.height, plan.width, PREVIEW_SIDE))
@@ -436,6 +432,14 @@ class Predictor:
     def __repr__(self) -> str:
         return (f"Predictor(model={self.config.name!r}, image_size={self.config.image_size}, device={self.device}, "
                 f"precision={self.precision}, threshold={self.threshold})")
+
+
+def _check_in_memory(name: str, plan: Plan) -> None:
+    if plan.width * plan.height > max_pixels():
+        raise InputError(
+            f"{name}: a result of {plan.width} x {plan.height} px would not fit the decode budget "
+            f"({max_pixels():,} px) in memory; use Predictor.predict_to_file (written window by window), "
+            "or a bbox/window")
 
 
 def _answer_of(out, k: int, with_prior: bool) -> Answer:

@@ -58,7 +58,7 @@ USER_ERRORS = (UserError, OSError)
 _GRACE_S = 60.0
 #: How long a rank may take to end after SIGTERM (saving nothing; shutting its loader workers down)
 #: before it is killed with the processes it started.
-_STOP_S = 6.0
+_STOP_S = 3.0
 
 
 def _cpu_worker(rank: int, world: int, folder: str, threads: int, config: dict[str, Any]) -> NoReturn:
