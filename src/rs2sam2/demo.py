@@ -164,7 +164,17 @@ def run_demo(out: str | Path = "rs2sam2-demo", num_images: int | None = None, ep
           f"({result['num_expressions']} expressions); mosaics: mIoU {scenes['mIoU']:.2f}, in the right cell "
           f"{scenes['right_cell']:.0%}, sentences of nothing left empty {scenes['absent_empty']:.0%}; "
           f"in {elapsed / 60:.1f} min -> {out / 'report.json'}")
+    print(_next_commands(best, test.load(0)))
     return result
+
+
+def _next_commands(checkpoint: Path, sample: dict[str, Any]) -> str:
+    """What to run next with the demo's checkpoint: predict on a held-out scene, the web demo."""
+    text = sample["text"].replace('"', "'")
+    return ("next, with the trained checkpoint:\n"
+            f"  rs2sam2 predict --checkpoint {checkpoint} --image {sample['meta']['image_path']} "
+            f"--text \"{text}\" --out mask.png\n"
+            f"  rs2sam2 serve --checkpoint {checkpoint}      # web demo (needs the [app] extra)")
 
 
 def _generate_data(data: Path, num_images: int, num_mosaics: int, seed: int) -> Path:
