@@ -21,13 +21,6 @@ def test_demo_quick(tmp_path, capsys, monkeypatch):
         assert key in report
     assert report["num_expressions"] > 0 and 0.0 <= report["mIoU"] <= 100.0
     assert report["train"]["global_step"] == 6
-    scenes = report["scenes"]  # the held-out mosaics, read whole as a scene answer's global look does
-    assert scenes["expressions"] > 0 and scenes["absent_expressions"] > 0 and 0.0 <= scenes["mIoU"] <= 100.0
-    for key in ("right_cell", "present_kept", "absent_empty"):
-        assert 0.0 <= scenes[key] <= 1.0
-    assert report["train"]["negatives"] > 0
-    config = json.loads((tmp_path / "demo" / "run" / "checkpoints" / "last" / "config.json").read_text())
-    assert config.get("rs2sam2_config", config)["presence_head"] is True  # the object score is trained
     for name in ("training_curve.png", "gallery.png"):
         with Image.open(tmp_path / "demo" / name) as im:
             assert im.width > 100 and im.height > 100
