@@ -212,8 +212,9 @@ def test_upload_over_the_decode_budget_is_refused_before_decoding(predictor, tmp
         set_max_pixels(None)
 
 
-def test_large_pixel_upload_is_read_decimated_by_the_handler(predictor, tmp_path):
-    """A scene over twice the model input per side: decimated for the model, the mask on the full grid."""
+def test_large_pixel_upload_is_answered_as_a_scene_by_the_handler(predictor, tmp_path):
+    """A scene over twice the model input per side: a global look decimated for the model, native looks
+    where it points, the mask on the full grid."""
     import rasterio
 
     import helpers_scene
@@ -225,7 +226,8 @@ def test_large_pixel_upload_is_read_decimated_by_the_handler(predictor, tmp_path
     assert max(overlay.size) == 1024 and max(prior.size) == 1024
     with rasterio.open(scene) as src, rasterio.open(mask_file) as m:
         assert (m.crs, m.transform, m.shape) == (src.crs, src.transform, (3000, 3000))
-    assert "downscaled 11.7x" in summary and json.loads(Path(geojson_file).read_text())["type"] == "FeatureCollection"
+    assert "Answered as a scene: a global look downscaled 11.7x" in summary
+    assert json.loads(Path(geojson_file).read_text())["type"] == "FeatureCollection"
 
 
 @contextlib.contextmanager
@@ -265,28 +267,53 @@ def _serve(ckpt: Path, tmpdir: Path | None = None):
             server.wait(timeout=60)
 
 
-def test_serve_removes_its_temporary_folders_on_sigterm(tmp_path_factory, tmp_path):
-    """One request leaves a request-* folder while the server runs; after SIGTERM the server exits
-    cleanly and no folder of it is left: not its examples, not the request-* folders, not gradio's
-    copies of the uploads."""
+def test_serve_finishes_the_request_in_flight_on_sigterm_and_removes_its_folders(tmp_path_factory, tmp_path):
+    """SIGTERM while a request is being answered: the request still gets its result, a new one is
+    refused with a message, the server exits 143 with one line, and no folder of it is left: not its
+    examples, not the request-* folders, not gradio's copies of the uploads. A request's user error
+    is logged as one line, without a traceback."""
     import signal
+    import time
 
     from gradio_client import handle_file
 
     ckpt = h.build_checkpoint(tmp_path_factory.mktemp("serve_ckpt") / "nano")
-    image = h.write_png(tmp_path_factory.mktemp("upload") / "upload.png", 64, 64)
+    image = h.write_png(tmp_path_factory.mktemp("upload") / "upload.png", 1500, 1500)
     tmpdir = tmp_path / "tmp"
     tmpdir.mkdir()
     with _serve(ckpt, tmpdir) as (server, client):
-        result = client.predict(handle_file(str(image)), "the white building", 0.0, api_name="/on_submit")
-        assert "64 x 64 px" in result[-1]
-        assert [p.name for p in tmpdir.glob("rs2sam2-serve-*/request-*")] != []
-        assert list(tmpdir.rglob("upload.png")) != []  # gradio's copy of the upload
+        with pytest.raises(Exception, match="Type an expression"):
+            client.predict(handle_file(str(image)), "", 0.0, api_name="/on_submit")
+        job = client.submit(handle_file(str(image)), "the white building", 0.0, api_name="/on_submit")
+        deadline = time.time() + 60
+        while not list(tmpdir.glob("rs2sam2-serve-*/request-*")):  # the request is being answered
+            assert time.time() < deadline and not job.done()
+            time.sleep(0.01)
         server.send_signal(signal.SIGTERM)
-        assert server.wait(timeout=60) == 0, server.stderr.read().decode()[-2000:]
+        assert "1500 x 1500 px" in job.result(timeout=120)[-1]
+        assert server.wait(timeout=60) == 143
+        err = server.stderr.read().decode()
+    assert "Traceback" not in err, err
+    assert "rs2sam2 serve: request refused: Type an expression" in err
+    assert err.strip().splitlines()[-1] == "rs2sam2 serve: stopped by SIGTERM", err
     left = [str(p.relative_to(tmpdir)) for p in tmpdir.rglob("*")
             if p.name.startswith(("request-", "rs2sam2-serve-")) or p.name == "upload.png"]
     assert left == []
+
+
+def test_serve_refuses_a_busy_port_and_a_foreign_host_before_loading(tmp_path, capsys):
+    from rs2sam2.cli import main
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        for extra, message in ((["--port", str(port)], f"--port {port}: already in use on 127.0.0.1"),
+                               (["--host", "203.0.113.7"], "--host 203.0.113.7: not an address of this machine")):
+            # the checkpoint does not exist: the address is checked first
+            assert main(["serve", "--checkpoint", str(tmp_path / "none"), *extra]) == 2
+            err = capsys.readouterr().err
+            assert err.startswith(f"rs2sam2 serve: error: {message}") and err.count("\n") == 1, err
 
 
 @pytest.mark.slow

@@ -12,8 +12,8 @@ from PIL import Image
 from pycocotools import mask as coco_mask
 
 from rs2sam2.cli import main
+from rs2sam2.data.checks import check_dataset
 from rs2sam2.data.synth import generate
-from rs2sam2.datacheck import check_dataset
 
 
 def _empty_rle(height: int, width: int) -> dict:

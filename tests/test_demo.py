@@ -2,20 +2,16 @@
 
 import json
 import shlex
+import sys
 
 from PIL import Image
 
 from rs2sam2.cli import main
 
 
-def test_demo_quick(tmp_path, capsys, monkeypatch):
+def test_demo_quick(tmp_path, capsys):
     assert main(["demo", "--quick", "--out", str(tmp_path / "demo")]) == 0
     printed = capsys.readouterr().out
-    # the demo ends with the next commands; the predict one runs as printed
-    predict = next(line.strip() for line in printed.splitlines() if line.strip().startswith("rs2sam2 predict"))
-    monkeypatch.chdir(tmp_path)
-    assert main(shlex.split(predict)[1:]) == 0 and (tmp_path / "mask.png").is_file()
-    assert any(line.strip().startswith("rs2sam2 serve --checkpoint") for line in printed.splitlines())
     report = json.loads((tmp_path / "demo" / "report.json").read_text())
     for key in ("Pr@0.5", "Pr@0.7", "Pr@0.9", "oIoU", "mIoU", "num_expressions", "original_resolution"):
         assert key in report
@@ -24,3 +20,19 @@ def test_demo_quick(tmp_path, capsys, monkeypatch):
     for name in ("training_curve.png", "gallery.png"):
         with Image.open(tmp_path / "demo" / name) as im:
             assert im.width > 100 and im.height > 100
+
+    # it ends with the next commands, on its own checkpoint: the predict command runs as printed
+    commands = [line.strip() for line in printed.splitlines()[-2:]]
+    assert commands[1] == f"rs2sam2 serve --checkpoint {tmp_path / 'demo' / 'run'}"
+    assert commands[0].startswith(f"rs2sam2 predict --checkpoint {tmp_path / 'demo' / 'run'} --image ")
+    assert main(shlex.split(commands[0])[1:]) == 0
+    for name in ("mask.png", "overlay.png"):
+        assert (tmp_path / "demo" / name).is_file()
+
+
+def test_demo_without_matplotlib_stops_before_any_work(tmp_path, monkeypatch, capsys):
+    for name in ("matplotlib", "matplotlib.figure"):  # as if the plot extra were not installed
+        monkeypatch.setitem(sys.modules, name, None)
+    assert main(["demo", "--quick", "--out", str(tmp_path / "demo")]) == 2
+    assert "pip install 'rs2sam2[plot]'" in capsys.readouterr().err
+    assert not (tmp_path / "demo").exists()

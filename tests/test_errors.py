@@ -91,13 +91,13 @@ def test_user_message_drops_the_dataloader_worker_traceback():
 @pytest.mark.parametrize("change, message", [
     ({"image_size": "big"}, "image_size: expected an integer, got 'big'"),
     ({"image_size": True}, "image_size: expected an integer, got True"),
-    ({"hidden_dim": 0}, "hidden_dim: expected an integer >= 1, got 0"),
+    ({"hidden_dim": 0}, "hidden_dim: expected an integer in [1, 8192], got 0"),
     ({"colour": "red"}, "colour: unknown key (valid keys: image_size, "),
     ({"hiera": {"window_spec": [8, "x", 8, 4]}}, "hiera.window_spec: expected an integer, got 'x'"),
     ({"hiera": {"stages": 4}}, "hiera.stages: expected a list of integers, got 4"),
     ({"hiera": {"depth": 4}}, "hiera.depth: unknown key"),
     ({"beit3": [1, 2]}, "beit3: expected a mapping of Beit3Config keys"),
-    ({"fusion": {"alpha_t": math.nan}}, "fusion.alpha_t: expected a finite number >= 0, got nan"),
+    ({"fusion": {"alpha_t": math.nan}}, "fusion.alpha_t: expected a finite number in [0, 100], got nan"),
     ({"fusion": {"bhfm": "sideways"}}, "fusion.bhfm: must be one of bi, uni, linear, off"),
     ({"fusion": {"mpg": "yes"}}, "fusion.mpg: expected true or false"),
     ({"beit3": {"pos_embed_init": "zeros"}}, "beit3.pos_embed_init: must be one of normal, sincos"),
@@ -130,7 +130,7 @@ def test_allowed_image_sizes():
         with pytest.raises(ConfigError, match=rf"image_size: {bad} is not allowed .* multiple of 32 \(nearest: {nearest}\)"):
             dataclasses.replace(cfg, image_size=bad)
     for bad in (0, -32):
-        with pytest.raises(ConfigError, match=r"image_size: expected an integer >= 1"):
+        with pytest.raises(ConfigError, match=r"image_size: expected an integer in \[1, 8192\]"):
             dataclasses.replace(cfg, image_size=bad)
     # a size the message allows runs
     from rs2sam2 import build_model
@@ -290,19 +290,20 @@ def test_truncated_prediction_is_exit_two(tmp_path, rrsisd, capsys):
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--threshold", "nan"], "--threshold must be a finite number"),
-    (["--threshold", "inf"], "--threshold must be a finite number"),
-    (["--threshold=-inf"], "--threshold must be a finite number"),
-    (["--batch-size", "0"], "--batch-size must be >= 1, got 0"),
-    (["--num-workers", "-1"], "--num-workers must be >= 0, got -1"),
-    (["--limit", "0"], "--limit must be >= 1, got 0"),
-    (["--image-size", "-64"], "--image-size must be >= 1, got -64"),
+    (["--threshold", "nan"], "argument --threshold: expected a finite number, got 'nan'"),
+    (["--threshold", "inf"], "argument --threshold: expected a finite number, got 'inf'"),
+    (["--threshold=-inf"], "argument --threshold: expected a finite number, got '-inf'"),
+    (["--batch-size", "0"], "argument --batch-size: expected an integer in [1, 4096], got '0'"),
+    (["--num-workers", "-1"], "argument --num-workers: expected an integer in [0, 256], got '-1'"),
+    (["--limit", "0"], "argument --limit: expected an integer >= 1, got '0'"),
+    (["--image-size", "-64"], "argument --image-size: expected an integer in [1, 8192], got '-64'"),
 ])
 def test_bad_evaluate_arguments_are_refused_before_reading(tmp_path, capsys, extra, message):
-    # checked before anything is read: a checkpoint and data that do not exist are never looked at
-    rc, out = _evaluate(tmp_path, tmp_path / "no-ckpt", tmp_path / "no-data", *extra)
-    assert rc == 2 and _error(capsys).startswith(message)
-    assert not out.parent.exists()
+    # refused as they are parsed: a checkpoint and data that do not exist are never looked at
+    with pytest.raises(SystemExit) as exc:
+        _evaluate(tmp_path, tmp_path / "no-ckpt", tmp_path / "no-data", *extra)
+    assert exc.value.code == 2 and _error(capsys) == message
+    assert not (tmp_path / "report").exists()
 
 
 def test_evaluate_threshold_nan_in_python(ckpt, rrsisd):
@@ -329,7 +330,7 @@ def test_unwritable_evaluate_out_is_refused_first(tmp_path, ckpt, rrsisd, capsys
 def test_missing_predictions_folder_is_exit_two(tmp_path, rrsisd, capsys):
     rc = main(["evaluate", "--predictions", str(tmp_path / "none"), "--dataset", "rrsisd", "--data", str(rrsisd),
                "--split", "train", "--out", str(tmp_path / "r.json"), "--no-progress"])
-    assert rc == 2 and _error(capsys) == f"predictions folder not found: {tmp_path / 'none'}"
+    assert rc == 2 and _error(capsys) == f"--predictions {tmp_path / 'none'}: no such file or folder"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")

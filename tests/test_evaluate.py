@@ -227,7 +227,7 @@ class _StubModel(torch.nn.Module):
     def __init__(self, mode: str, value: float = 0.0) -> None:
         super().__init__()
         self.config = SimpleNamespace(name="stub", image_size=16,
-                                      beit3=Beit3Config(img_size=8, vocab_size=10**6, max_text_positions=66))
+                                      beit3=Beit3Config(img_size=8, vocab_size=500_000, max_text_positions=66))
         self.mode, self.value = mode, value
         self.dummy = torch.nn.Parameter(torch.zeros(1))
         self.seen_batches: list[int] = []

@@ -567,15 +567,15 @@ def test_tiled_cli_end_to_end_on_the_full_grid(ckpt, predictor, tmp_path, capsys
         assert ov.size == (700, 500)
 
 
-def test_large_area_without_tiles_is_read_decimated(ckpt, predictor, tmp_path, capsys):
+def test_large_area_read_whole_is_read_decimated(ckpt, predictor, tmp_path, capsys):
     import rasterio
 
     scene = _geo_rgb(tmp_path / "wide.tif", 400, 1100)  # longer side > 2 x 256: decimated
     with pytest.warns(UserWarning, match=r"downscaled 4\.3x"):
-        pred = predictor.predict(scene, TEXTS[1], threshold=0.0)
+        pred = predictor.predict(scene, TEXTS[1], threshold=0.0, mode="whole")
     assert pred.shape == (400, 1100) and pred.downscale == pytest.approx(1100 / 256)
     rc = _run("--checkpoint", ckpt, "--image", scene, "--text", TEXTS[1], "--out", tmp_path / "m.tif",
-              "--threshold", "0")
+              "--threshold", "0", "--mode", "whole")
     err = capsys.readouterr().err
     assert rc == 0 and "downscaled 4.3x" in err and "--tile" in err
     with rasterio.open(tmp_path / "m.tif") as m:

@@ -9,13 +9,14 @@ checkpoint. They are skipped only where QGIS is not installed.
 
 from __future__ import annotations
 
-import argparse
 import importlib
+import importlib.util
 import json
 import os
 import shutil
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -25,7 +26,6 @@ import rasterio
 
 from helpers_ckpt import build_checkpoint, write_geotiff
 from rs2sam2 import qgis
-from rs2sam2.cli import COMMANDS
 from rs2sam2.cli import main as cli_main
 
 QGIS_PYTHON = "/usr/bin/python3"
@@ -45,19 +45,9 @@ def _has_qgis() -> bool:
     return probe.returncode == 0
 
 
-def _predict_has_progress() -> bool:
-    """Whether ``rs2sam2 predict`` has ``--progress json`` and ``--mode``, which the plugin runs it with."""
-    parser = argparse.ArgumentParser()
-    importlib.import_module(COMMANDS["predict"][0]).add_arguments(parser)
-    usage = parser.format_help()
-    return "--progress" in usage and "--mode" in usage
-
-
 needs_qgis = pytest.mark.skipif(not _has_qgis(), reason=(
     f"QGIS is not installed: no 'qgis' module in {QGIS_PYTHON} (Debian: apt-get install python3-qgis "
     "qgis-providers)"))
-needs_progress = pytest.mark.skipif(not _predict_has_progress(), reason=(
-    "rs2sam2 predict has no --progress json / --mode yet (issue 28 waits for them)"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -121,6 +111,88 @@ def test_install_into_a_plugins_folder(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------
+# the plugin's runner (plain Python) with a stand-in program
+# --------------------------------------------------------------------------------------------
+
+FAKE_PROGRAM = """
+import json, sys, time
+mode = sys.argv[1]
+print(json.dumps({"event": "start", "jobs": 1}), flush=True)
+print("a warning", file=sys.stderr, flush=True)
+for k in (1, 2):
+    print(json.dumps({"event": "progress", "done": k, "total": 2}), flush=True)
+if mode == "user-error":
+    print("usage: ...", file=sys.stderr)
+    print("rs2sam2 predict: error: checkpoint not found: /x", file=sys.stderr)
+    sys.exit(2)
+if mode == "crash":
+    print("Traceback (most recent call last):", file=sys.stderr)
+    sys.exit(1)
+if mode == "slow":
+    time.sleep(60)
+print(json.dumps({"event": "job", "index": 0, "text": "t", "written": ["m.tif"], "foreground_px": 7}), flush=True)
+print(json.dumps({"event": "end", "status": "done", "seconds": 0.1}), flush=True)
+"""
+
+
+def _runner():
+    spec = importlib.util.spec_from_file_location("rs2sam2_qgis_runner", qgis.PLUGIN_DIR / "runner.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def fake(tmp_path):
+    script = tmp_path / "fake.py"
+    script.write_text(FAKE_PROGRAM)
+    return lambda mode: [sys.executable, str(script), mode]
+
+
+def test_runner_reports_progress_jobs_and_warnings(fake):
+    runner = _runner()
+    seen = {"progress": [], "info": [], "warning": []}
+    feedback = runner.Feedback(progress=seen["progress"].append, info=seen["info"].append,
+                               warning=seen["warning"].append)
+    result = runner.run(fake("ok"), feedback)
+    assert seen["progress"] == [50.0, 100.0]
+    assert seen["warning"] == ["a warning"]
+    assert result.jobs[0]["foreground_px"] == 7 and result.end["status"] == "done"
+
+
+def test_runner_gives_the_program_message_on_a_user_error_and_the_stderr_tail_on_a_crash(fake):
+    runner = _runner()
+    with pytest.raises(runner.ProgramError) as err:
+        runner.run(fake("user-error"))
+    assert str(err.value) == "checkpoint not found: /x"
+    with pytest.raises(runner.ProgramError, match="exit status 1:\n(.|\n)*Traceback"):
+        runner.run(fake("crash"))
+
+
+def test_runner_stops_the_program_on_cancel(fake):
+    runner = _runner()
+    pids, canceled_at = [], []
+
+    def canceled():
+        if pids and not canceled_at:
+            canceled_at.append(time.monotonic())
+        return bool(canceled_at)
+
+    with pytest.raises(runner.Canceled):
+        runner.run(fake("slow"), runner.Feedback(canceled=canceled, started=pids.append))
+    assert time.monotonic() - canceled_at[0] < 2.0
+    with pytest.raises(ProcessLookupError):
+        os.kill(pids[0], 0)
+
+
+def test_runner_names_a_missing_program(tmp_path):
+    runner = _runner()
+    with pytest.raises(runner.ProgramError, match="does not exist"):
+        runner.find_program(str(tmp_path / "rs2sam2"))
+
+
+# --------------------------------------------------------------------------------------------
 # the algorithms in QGIS
 # --------------------------------------------------------------------------------------------
 
@@ -138,15 +210,26 @@ def _vrt(path: Path, source: Path) -> Path:
     return path
 
 
+def _gpkg_raster(path: Path, source: Path) -> Path:
+    """A GeoPackage raster (8-bit RGB) on the grid of ``source``."""
+    with rasterio.open(source) as src:
+        data, profile = (src.read([1, 2, 3]) // 16).astype("uint8"), src.profile
+    with rasterio.open(path, "w", driver="GPKG", width=profile["width"], height=profile["height"], count=3,
+                       dtype="uint8", crs=profile["crs"], transform=profile["transform"]) as dst:
+        dst.write(data)
+    return path
+
+
 @pytest.fixture(scope="module")
 def qgis_run(tmp_path_factory):
     """One QGIS session that runs every case; its report, and the paths it used."""
-    if not _has_qgis() or not _predict_has_progress():
-        pytest.skip("QGIS is not installed, or rs2sam2 predict has no --progress json yet")
+    if not _has_qgis():
+        pytest.skip("QGIS is not installed")
     tmp = tmp_path_factory.mktemp("qgis")
     ckpt = build_checkpoint(tmp / "ckpt")
     image = write_geotiff(tmp / "scene.tif")
     vrt = _vrt(tmp / "scene.vrt", image)
+    gpkg = _gpkg_raster(tmp / "raster.gpkg", image)
     # the zip, unpacked into a fresh profile as QGIS's "Install from ZIP" does
     plugins = tmp / "config" / "profiles" / "default" / "python" / "plugins"
     plugins.mkdir(parents=True)
@@ -158,12 +241,15 @@ def qgis_run(tmp_path_factory):
     out = tmp / "out"
     cases = {
         "sentence": {"alg": "rs2sam2:segment_by_sentence", "params": {
-            "INPUT": str(image), "SENTENCE": SENTENCE, **model, "THRESHOLD": -1000.0, "OUTPUT": str(out / "mask.tif"),
+            "INPUT": str(image), "SENTENCE": SENTENCE, **model, "MODE": 2, "THRESHOLD": -1000.0,
+            "OUTPUT": str(out / "mask.tif"),
             "VECTOR": str(out / "mask.gpkg")}},
         "many": {"alg": "rs2sam2:segment_many", "params": {
-            "ROWS": [str(image), "the red building on the left", "vrt layer", SENTENCE], **model,
+            "ROWS": [str(image), "the red building on the left", "vrt layer", SENTENCE,
+                     str(gpkg), "the large ship in the middle"], **model,
             "OUTPUT_FOLDER": str(out / "many")}},
-        "model_vrt_extent": {"model": True, "model_params": {"SENTENCE": SENTENCE, "EXTENT": EXTENT, **model},
+        "model_vrt_extent": {"model": True, "model_params": {"SENTENCE": SENTENCE, "EXTENT": EXTENT, **model,
+                                                             "THRESHOLD": -1000.0},
                              "params": {"layer": str(vrt), "seg:mask": str(out / "model_mask.tif"),
                                         "seg:polygons": str(out / "model_mask.gpkg")}},
         "cancel": {"alg": "rs2sam2:segment_by_sentence", "cancel_on_progress": True, "params": {
@@ -190,9 +276,32 @@ def qgis_run(tmp_path_factory):
     return {"report": report, "image": image, "tmp": tmp, "out": out, "plugins": plugins}
 
 
+@needs_qgis
+def test_install_enables_the_plugin_so_qgis_process_lists_its_algorithms(tmp_path):
+    # Debian's qgis_process wrapper adds --noversioncheck, which qgis_process 3.22 refuses: call the binary
+    program = shutil.which("qgis_process.bin") or shutil.which("qgis_process")
+    if program is None:
+        pytest.skip("qgis_process is not installed (Debian: apt-get install qgis)")
+    (tmp_path / "profiles" / "default").mkdir(parents=True)
+    env = {**os.environ, "QGIS_CUSTOM_CONFIG_PATH": str(tmp_path), "QT_QPA_PLATFORM": "offscreen"}
+    subprocess.run([sys.executable, "-m", "rs2sam2", "qgis", "install"], env=env, check=True, capture_output=True)
+    # with the system PATH only: QGIS's embedded Python takes its home from the python3 it finds on PATH
+    env = {k: v for k, v in env.items() if k != "VIRTUAL_ENV"} | {"PATH": "/usr/bin:/bin"}
+    listed = subprocess.run([program, "list"], env=env, capture_output=True, text=True, timeout=120)
+    assert "rs2sam2:segment_by_sentence\tSegment by sentence" in listed.stdout
+    assert "rs2sam2:segment_many\tSegment many" in listed.stdout
+
+
 def _grid(path: Path):
     with rasterio.open(path) as ds:
         return ds.crs, ds.transform, (ds.width, ds.height)
+
+
+def _columns(path) -> dict:
+    import pyogrio
+
+    meta, _, _, fields = pyogrio.raw.read(path)
+    return dict(zip(meta["fields"], fields))
 
 
 def _case(qgis_run, name: str) -> dict:
@@ -202,7 +311,6 @@ def _case(qgis_run, name: str) -> dict:
 
 
 @needs_qgis
-@needs_progress
 def test_the_zip_installs_into_a_fresh_profile_and_registers_both_algorithms(qgis_run):
     report = qgis_run["report"]
     assert Path(report["plugin_file"]).is_relative_to(qgis_run["plugins"])
@@ -211,7 +319,6 @@ def test_the_zip_installs_into_a_fresh_profile_and_registers_both_algorithms(qgi
 
 
 @needs_qgis
-@needs_progress
 def test_segment_by_sentence_gives_a_mask_on_the_layer_grid_and_polygons_with_provenance(qgis_run):
     import pyogrio
 
@@ -224,35 +331,37 @@ def test_segment_by_sentence_gives_a_mask_on_the_layer_grid_and_polygons_with_pr
         assert set(np.unique(ds.read(1))) == {255}
     info = pyogrio.read_info(case["results"]["VECTOR"])
     assert info["crs"] == "EPSG:32633" and info["geometry_type"] in ("Polygon", "MultiPolygon")
-    assert {"text", "area", "area_px", "score"} <= set(info["fields"])
-    # the threshold far below every logit makes the whole layer the object: one polygon of it all
-    meta, _, _, fields = pyogrio.raw.read(case["results"]["VECTOR"])
-    columns = dict(zip(meta["fields"], fields))
-    assert list(columns["text"]) == [SENTENCE]
+    # the threshold far below every logit makes the whole layer the object: one polygon of it all, with
+    # the provenance fields of predict --vector
+    columns = _columns(case["results"]["VECTOR"])
+    assert list(columns["text"]) == [SENTENCE] and list(columns["mode"]) == ["whole"]
+    assert list(columns["image"]) == [str(qgis_run["image"])]
+    assert list(columns["checkpoint"]) == [str(qgis_run["tmp"] / "ckpt")]
+    assert 0 <= columns["score"][0] <= 1 and 0 <= columns["presence"][0] <= 1
     assert columns["area_px"].sum() == 300 * 200 and columns["area"].sum() == pytest.approx(300 * 200 * 0.25)
     # progress came from the program's JSON lines, in order, up to 100 %
     progress = case["log"]["progress"]
     assert progress and progress == sorted(progress) and progress[-1] == pytest.approx(100.0)
-    assert case["log"]["command"] and "--progress json" in case["log"]["command"][0]
+    assert case["log"]["command"] and "--mode whole" in case["log"]["command"][0]
+    assert "--progress json" in case["log"]["command"][0]
     assert case["pid_alive_after"] is False
 
 
 @needs_qgis
-@needs_progress
-def test_segment_many_writes_one_mask_per_row_and_removes_its_temporary_export(qgis_run):
+def test_segment_many_writes_one_mask_per_row_and_removes_its_temporary_exports(qgis_run):
     case = _case(qgis_run, "many")
     assert case["error"] is None
     masks, vectors = case["results"]["MASKS"], case["results"]["VECTORS"]
     assert [Path(m).name for m in masks] == ["01_the_red_building_on_the_left.tif",
-                                            "02_the_white_storage_tank_at_the_top.tif"]
-    for mask in masks:  # the VRT layer was exported whole: the same grid as the GeoTIFF it shows
+                                            "02_the_white_storage_tank_at_the_top.tif",
+                                            "03_the_large_ship_in_the_middle.tif"]
+    for mask in masks:  # the VRT and GeoPackage layers were exported whole: the GeoTIFF's grid
         assert _grid(Path(mask)) == _grid(qgis_run["image"])
     assert all(Path(v).is_file() for v in vectors)
     assert not list((qgis_run["tmp"] / "tmpdir").glob("rs2sam2-qgis-*"))
 
 
 @needs_qgis
-@needs_progress
 def test_a_vrt_layer_with_an_extent_in_a_model_is_exported_on_the_layer_grid(qgis_run):
     case = _case(qgis_run, "model_vrt_extent")
     assert case["error"] is None
@@ -261,21 +370,23 @@ def test_a_vrt_layer_with_an_extent_in_a_model_is_exported_on_the_layer_grid(qgi
     assert crs == "EPSG:32633"
     assert size == (EXTENT_WINDOW["width"], EXTENT_WINDOW["height"])
     assert (transform.c, transform.f) == EXTENT_WINDOW["origin"] and (transform.a, transform.e) == (full.a, full.e)
+    # the polygons name the layer the user chose, not the temporary GeoTIFF the program read
+    columns = _columns(qgis_run["out"] / "model_mask.gpkg")
+    assert len(columns["image"]) == 1 and list(columns["image"]) == [str(qgis_run["tmp"] / "scene.vrt")]
+    assert columns["area_px"].sum() == EXTENT_WINDOW["width"] * EXTENT_WINDOW["height"]
     assert not list((qgis_run["tmp"] / "tmpdir").glob("rs2sam2-qgis-*"))
 
 
 @needs_qgis
-@needs_progress
 def test_cancel_ends_the_program_within_two_seconds(qgis_run):
     case = _case(qgis_run, "cancel")
     assert case["error"] and "canceled" in case["error"]
     assert case["cancel_to_end_s"] < 2.0
     assert case["pid_alive_after"] is False
-    assert not (qgis_run["out"] / "canceled.tif").exists()
+    assert not list(qgis_run["out"].glob("*canceled*"))  # nothing written, no temporary file left
 
 
 @needs_qgis
-@needs_progress
 def test_user_errors_are_the_algorithm_error_with_the_program_message(qgis_run):
     bad = _case(qgis_run, "bad_checkpoint")
     assert "no-such-ckpt" in bad["error"] and "checkpoint" in bad["error"]

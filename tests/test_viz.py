@@ -1,4 +1,4 @@
-"""Tests for rs2sam2.viz: overlays, heatmaps, gallery and line charts (PIL only)."""
+"""Tests for rs2sam2.viz: overlays, heatmaps and gallery (PIL), line charts (matplotlib)."""
 
 from __future__ import annotations
 
@@ -181,7 +181,7 @@ def test_plot_curves_png_with_nan_and_single_points(tmp_path: Path) -> None:
     out = plot_curves(series, tmp_path / "curves.png", title="nano run")
     im = _assert_valid_png(out, (640, 400))
     colors = _colors_present(im)
-    for c in [(31, 119, 180), (230, 100, 20), (44, 160, 44)]:  # one colour per series
+    for c in [(31, 119, 180), (255, 127, 14), (44, 160, 44)]:  # one colour per series: matplotlib's C0-C2
         assert c in colors
 
     small = plot_curves({"a": [(0, 1.0)]}, tmp_path / "one.png", size=(320, 200))

@@ -16,10 +16,18 @@ import statistics
 import time
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
+from .cliargs import number
 from .config import PRESET_NAMES, get_config
+from .errors import ConfigError
+from .losses import RS2SAM2Loss
 from .models import RS2SAM2
-from .runtime import PRECISIONS, resolve_precision, tune_cpu_allocator
+from .runtime import PRECISIONS, autocast, resolve_device, resolve_precision, tune_cpu_allocator
+from .train.policy import freeze_published, param_groups, per_sample_loss
+
+#: bounds of the arguments: far above a useful measurement, low enough to refuse a typo before any work
+MAX_BATCH, MAX_RUNS, MAX_THREADS = 256, 1000, 1024
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -28,16 +36,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="auto (default): bf16 where the device multiplies bf16 faster than fp32, else fp32")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--batch", type=int, default=1, help="images per forward, one expression each")
-    p.add_argument("--texts", type=int, default=1, help="expressions per image, batched in one pass")
-    p.add_argument("--text-len", type=int, default=12, help="tokens per expression")
-    p.add_argument("--runs", type=int, default=3)
-    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--batch", type=number(int, low=1, high=MAX_BATCH), default=1,
+                   help=f"images per forward, one expression each (at most {MAX_BATCH} with --texts)")
+    p.add_argument("--texts", type=number(int, low=1, high=MAX_BATCH), default=1,
+                   help="expressions per image, batched in one pass")
+    p.add_argument("--text-len", type=number(int, low=2), default=12,
+                   help="tokens per expression, BOS and EOS included (at most the preset's position table)")
+    p.add_argument("--runs", type=number(int, low=1, high=MAX_RUNS), default=3)
+    p.add_argument("--warmup", type=number(int, low=0, high=MAX_RUNS), default=1)
     p.add_argument("--compile", action="store_true", help="torch.compile the model first")
     p.add_argument("--train", action="store_true",
                    help="time a training step (published freeze policy, AdamW, published loss) instead")
     p.add_argument("--grad-checkpointing", action="store_true", help="with --train: recompute blocks in backward")
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--threads", type=number(int, low=1, high=MAX_THREADS), default=None,
+                   help="torch intra-op threads (default: torch's)")
+    p.add_argument("--clock", default="wall", choices=["wall", "cpu"],
+                   help="time runs and the matmul rate by the wall clock (default) or by this process's CPU "
+                        "time: with --threads 1 on a shared machine, CPU time leaves out the time the "
+                        "process waited for a core")
     p.add_argument("--no-malloc-tuning", action="store_true", help="leave glibc's malloc thresholds at their defaults")
     p.add_argument("--json", action="store_true", help="print only the JSON line")
 
@@ -57,26 +73,27 @@ def build_random_model(preset: str, precision: str, device: str) -> RS2SAM2:
     return model.set_precision(precision) if precision == "int8" else model
 
 
-def matmul_gflops(dtype: torch.dtype, device: str, n: int = 2048, reps: int = 8) -> float:
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def matmul_gflops(dtype: torch.dtype, device: str, n: int = 2048, reps: int = 8, clock=time.perf_counter) -> float:
     """The best rate of an ``n x n`` matrix multiply in ``dtype`` on ``device``, in billions of operations per second (the floor's denominator)."""
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
     best = float("inf")
     for _ in range(3):
         _sync(device)
-        t = time.perf_counter()
+        t = clock()
         for _ in range(reps):
             a @ b
         _sync(device)
-        best = min(best, (time.perf_counter() - t) / reps)
+        best = min(best, (clock() - t) / reps)
     return 2 * n**3 / best / 1e9
 
 
 def forward_tflop(preset: str, batch: int, text_len: int) -> tuple[float, float]:
     """TFLOPs of one forward, counted on the meta device (no arithmetic runs): all of them, and
     those of the linear layers and convolutions (attention's score and value products excluded)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     with torch.device("meta"):
         model = RS2SAM2(get_config(preset)).eval()
         inputs = random_inputs(model, batch, text_len, "meta")
@@ -103,13 +120,16 @@ def _sync(device: str) -> None:
 
 
 def run_benchmark(preset="paper", precision="auto", device="cpu", batch=1, texts=1, text_len=12, runs=3,
-                  warmup=1, compile=False, threads=None) -> dict:
+                  warmup=1, compile=False, threads=None, clock="wall") -> dict:
     """Time the forward pass of ``preset`` with random weights and report seconds, the FLOP count and the ratio to the matmul floor."""
     if threads:
         torch.set_num_threads(threads)
     if device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: no CUDA device is available")
+        raise ConfigError("--device cuda: no CUDA device is available")
     precision = resolve_precision(precision, device)
+    if clock == "cpu" and device != "cpu":
+        raise ConfigError("--clock cpu times this process's CPU time: use it with --device cpu")
+    now = CLOCKS[clock]
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32  # int8: against the fp32 floor
     n = batch * texts  # BHFM conditions the image encoder on the text: every expression is a full pass
     model = build_random_model(preset, precision, device)
@@ -121,19 +141,21 @@ def run_benchmark(preset="paper", precision="auto", device="cpu", batch=1, texts
         ids, mask = ids.repeat_interleave(texts, 0), mask.repeat_interleave(texts, 0)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    # the machine's speed drifts (turbo, neighbours): measure the matmul rate right before every
-    # timed run and report the median of per-run ratios, so the drift cancels
+    # the machine's speed drifts (turbo, neighbours): measure the matmul rate right before and right
+    # after every timed run (their geometric mean is the run's rate) and report the median of
+    # per-run ratios, so the drift cancels
     tflop, linear_tflop = forward_tflop(preset, n, text_len)
     times, ratios, rates = [], [], []
     with torch.inference_mode():
         for i in range(warmup + runs):
-            rate = matmul_gflops(dtype, device, reps=4) if i >= warmup else None
+            before = matmul_gflops(dtype, device, reps=4, clock=now) if i >= warmup else None
             _sync(device)
-            t = time.perf_counter()
+            t = now()
             model(images, evf, ids, mask)
             _sync(device)
             if i >= warmup:
-                elapsed = time.perf_counter() - t
+                elapsed = now() - t
+                rate = (before * matmul_gflops(dtype, device, reps=4, clock=now)) ** 0.5
                 times.append(elapsed)
                 rates.append(rate)
                 ratios.append(elapsed / (tflop * 1e3 / rate))
@@ -153,6 +175,7 @@ def run_benchmark(preset="paper", precision="auto", device="cpu", batch=1, texts
         "runs": [round(t, 4) for t in times],
         "tflop_per_forward": round(tflop, 4),
         "matmul_gflops": round(rate, 1),
+        "matmul_gflops_runs": [round(r, 1) for r in rates],
         "floor_seconds": round(floor, 4),
         "ratio_to_floor": round(statistics.median(ratios), 3),
         "linear_tflop_per_forward": round(linear_tflop, 4),
@@ -161,6 +184,7 @@ def run_benchmark(preset="paper", precision="auto", device="cpu", batch=1, texts
         **_memory_and_system(device),
         "cpu": platform.processor() or platform.machine(),
         "compile": compile,
+        "clock": clock,
     }
 
 
@@ -178,10 +202,6 @@ def run_train_benchmark(preset="nano", device="cpu", batch=1, text_len=12, runs=
                         grad_checkpointing=False, threads=None) -> dict:
     """Seconds and peak memory of one optimizer step (forward, published loss, backward, AdamW), with
     the published freeze policy; bf16 autocast on CUDA as in training."""
-    from .losses import RS2SAM2Loss
-    from .runtime import autocast
-    from .train.policy import freeze_published, param_groups, per_sample_loss
-
     if threads:
         torch.set_num_threads(threads)
     model = build_random_model(preset, "fp32", device).train()
@@ -223,16 +243,28 @@ def run_train_benchmark(preset="nano", device="cpu", batch=1, text_len=12, runs=
 
 def run(args: argparse.Namespace) -> int:
     """``rs2sam2 benchmark``: print the result (``--json``: as JSON)."""
+    check_arguments(args)
     tuned = False if args.no_malloc_tuning else tune_cpu_allocator()
     if args.train:
         result = run_train_benchmark(args.preset, args.device, args.batch, args.text_len, args.runs, args.warmup,
                                      args.grad_checkpointing, args.threads)
     else:
         result = run_benchmark(args.preset, args.precision, args.device, args.batch, args.texts, args.text_len,
-                               args.runs, args.warmup, args.compile, args.threads)
+                               args.runs, args.warmup, args.compile, args.threads, args.clock)
     result["malloc_tuned"] = tuned
     if not args.json:
         for k, v in result.items():
             print(f"{k:>22}: {v}")
     print(json.dumps(result))
     return 0
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """What the parser cannot check alone, before any work: a CUDA device that is not there, more
+    expressions per pass than :data:`MAX_BATCH`, a text longer than the preset's position table."""
+    resolve_device(args.device)  # CUDA asked for but not there: a ConfigError
+    if args.batch * args.texts > MAX_BATCH:
+        raise ConfigError(f"--batch {args.batch} x --texts {args.texts}: at most {MAX_BATCH} expressions per pass")
+    longest = get_config(args.preset).beit3.max_text_len
+    if args.text_len > longest:
+        raise ConfigError(f"--text-len {args.text_len}: the {args.preset} preset reads at most {longest} tokens")

@@ -16,6 +16,7 @@ import importlib
 import sys
 from typing import NoReturn
 
+from .cliargs import check_environment
 from .errors import UserError, user_message
 from .signals import Stopped, stop_on_signals
 
@@ -32,9 +33,16 @@ COMMANDS = {
 }
 
 
+DESCRIPTION = "RS2-SAM2: segment the object a sentence describes in an aerial or satellite image."
+EPILOG = """start with `rs2sam2 demo` (nothing to download); `rs2sam2 COMMAND --help` gives a command's options.
+exit status: 0 done; 1 a finding (check-data: problems found); 2 a user error, printed as one line
+naming the argument, file or setting; 3 training stopped on a non-finite loss."""
+
+
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     """The parser of every subcommand; only the one ``argv`` names imports its module and adds its arguments."""
-    parser = argparse.ArgumentParser(prog="rs2sam2", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="rs2sam2", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     # only the chosen subcommand's module is imported, so a missing optional dependency of one
     # command (gradio for `serve`) does not break the others
@@ -56,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         tune_cpu_allocator()
     module = importlib.import_module(COMMANDS[args.command][0])
     try:
+        check_environment()  # RS2SAM2_* variables, before any work
         with stop_on_signals():
             return int(module.run(args) or 0)
     except Stopped as stop:

@@ -14,11 +14,15 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import shlex
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .cliargs import number
+from .extras import require
 
 # The demo's recipe (not a published one): everything is trained from scratch, so nothing is frozen
 # and one learning rate serves both parameter groups; small inputs keep a CPU run within minutes;
@@ -78,12 +82,12 @@ def demo_processes() -> int:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The arguments of ``rs2sam2 demo``."""
     p.add_argument("--out", default="rs2sam2-demo", help="output folder (default: ./rs2sam2-demo)")
-    p.add_argument("--num-images", type=int, default=None, help=f"generated scenes (default {DEMO_NUM_IMAGES})")
-    p.add_argument("--epochs", type=int, default=None, help=f"training epochs (default {DEMO_RECIPE['epochs']})")
-    p.add_argument("--max-steps", type=int, default=None, help="stop training after this many steps")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num-images", type=number(int, low=1, high=100_000), default=None, help=f"generated scenes (default {DEMO_NUM_IMAGES})")
+    p.add_argument("--epochs", type=number(int, low=1, high=10_000), default=None, help=f"training epochs (default {DEMO_RECIPE['epochs']})")
+    p.add_argument("--max-steps", type=number(int, low=1), default=None, help="stop training after this many steps")
+    p.add_argument("--seed", type=number(int, low=0), default=0)
     p.add_argument("--quick", action="store_true", help="a tiny smoke run (seconds; metrics meaningless)")
-    p.add_argument("--gallery-size", type=int, default=6)
+    p.add_argument("--gallery-size", type=number(int, low=1, high=100), default=6)
 
 
 def run_demo(out: str | Path = "rs2sam2-demo", num_images: int | None = None, epochs: int | None = None,
@@ -97,6 +101,8 @@ def run_demo(out: str | Path = "rs2sam2-demo", num_images: int | None = None, ep
     from .train import TrainConfig, train_cpu_processes
     from .viz import gallery, plot_curves
 
+    # the training curve needs the plot extra: say so before any work, not after ten minutes of training
+    require("matplotlib.figure", "rs2sam2 demo (its training curve)")
     t0 = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -140,7 +146,7 @@ def run_demo(out: str | Path = "rs2sam2-demo", num_images: int | None = None, ep
         pred = predictor.predict(sample["image"], sample["text"])
         inter, union = intersection_union(pred.mask, sample["mask"])
         rows.append(dict(image=sample["image"], text=sample["text"], pred=pred.mask, target=sample["mask"],
-                         iou=inter / union if union else 0.0))
+                         iou=inter / union if union else 0.0, path=sample["meta"]["image_path"]))
     gallery_path = gallery(rows, out / "gallery.png")
 
     elapsed = time.perf_counter() - t0
@@ -160,17 +166,18 @@ def run_demo(out: str | Path = "rs2sam2-demo", num_images: int | None = None, ep
     atomic_write_text(out / "report.json", json.dumps(result, indent=2))
     print(f"held-out test: mIoU {result['mIoU']:.2f}  oIoU {result['oIoU']:.2f}  Pr@0.5 {result['Pr@0.5']:.2f} "
           f"({result['num_expressions']} expressions) in {elapsed / 60:.1f} min -> {out / 'report.json'}")
-    print(_next_commands(best, test.load(0)))
+    print(next_commands(out, max(rows, key=lambda row: row["iou"])))
     return result
 
 
-def _next_commands(checkpoint: Path, sample: dict[str, Any]) -> str:
-    """What to run next with the demo's checkpoint: predict on a held-out scene, the web demo."""
-    text = sample["text"].replace('"', "'")
-    return ("next, with the trained checkpoint:\n"
-            f"  rs2sam2 predict --checkpoint {checkpoint} --image {sample['meta']['image_path']} "
-            f"--text \"{text}\" --out mask.png\n"
-            f"  rs2sam2 serve --checkpoint {checkpoint}      # web demo (needs the [app] extra)")
+def next_commands(out: Path, row: dict[str, Any]) -> str:
+    """What to run after the demo: ``predict`` on one of its test scenes (``row``: its best gallery row)
+    and ``serve``, both on the demo's checkpoint, the run folder ``out/run``."""
+    run, q = out / "run", shlex.quote
+    return (f"next: segment a sentence in one of the test scenes with this checkpoint, then open the web demo on it:\n"
+            f"  rs2sam2 predict --checkpoint {q(str(run))} --image {q(str(row['path']))} --text {q(row['text'])} "
+            f"--out {q(str(out / 'mask.png'))} --overlay {q(str(out / 'overlay.png'))}\n"
+            f"  rs2sam2 serve --checkpoint {q(str(run))}")
 
 
 def _curves(logs: Path) -> dict[str, list[tuple[float, float]]]:

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import io
 import json
 import math
@@ -51,8 +52,14 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
-from .checkpoints import CHECKPOINT_HELP, TOKENIZER_HELP, add_hub_arguments
+from .checkpoints import CHECKPOINT_HELP, TOKENIZER_HELP, add_hub_arguments, load_pretrained, locate
+from .cliargs import number
+from .config import BOUNDS
+from .data import DATASETS, build_dataset
+from .data.collate import check_vocabulary, collate, list_collate, move_batch
+from .data.transforms import SampleTransform
 from .errors import ConfigError, FileFormatError, MissingFileError
 from .fsutil import atomic_write_text, check_writable
 from .imageio import ImageReadError, read_mask
@@ -68,6 +75,7 @@ from .metrics import (
     resize_target_nearest,
 )
 from .runtime import autocast, dist_info, init_distributed, resolve_device
+from .text import load_tokenizer
 
 __all__ = [
     "evaluate_model",
@@ -78,6 +86,8 @@ __all__ = [
     "run",
 ]
 
+#: upper bounds of the command's numbers: far above any real use, low enough to refuse a typo at once
+MAX_BATCH, MAX_WORKERS = 4096, 256
 CSV_FIELDS = ("id", "text", "I", "U", "IoU", "I_original", "U_original", "IoU_original", "category")
 
 
@@ -173,8 +183,6 @@ def write_per_expression_csv(path: str | os.PathLike, acc_model: ReferringMetric
 def _progress(iterable: Iterable, total: int, desc: str, enabled: bool):
     if not enabled:
         return iterable
-    from tqdm.auto import tqdm
-
     return tqdm(iterable, total=total, desc=desc, dynamic_ncols=True, leave=False)
 
 
@@ -182,25 +190,12 @@ def _progress(iterable: Iterable, total: int, desc: str, enabled: bool):
 
 
 @torch.no_grad()
-def evaluate_model(
-    model: torch.nn.Module,
-    dataset,
-    tokenizer,
-    *,
-    threshold: float = PUBLISHED_THRESHOLD,
-    batch_size: int = 1,
-    device: str | torch.device | None = None,
-    max_len: int | None = None,
-    mask_rule: str = "published",
-    original_resolution: bool = True,
-    limit: int | None = None,
-    indices: Sequence[int] | None = None,
-    num_workers: int = 0,
-    precision: str = "auto",
-    progress: bool = False,
-    csv_path: str | os.PathLike | None = None,
-    return_metrics: bool = False,
-) -> dict[str, Any]:
+def evaluate_model(model: torch.nn.Module, dataset, tokenizer, *, threshold: float = PUBLISHED_THRESHOLD,
+                   batch_size: int = 1, device: str | torch.device | None = None, max_len: int | None = None,
+                   mask_rule: str = "published", original_resolution: bool = True, limit: int | None = None,
+                   indices: Sequence[int] | None = None, num_workers: int = 0, precision: str = "auto",
+                   progress: bool = False, csv_path: str | os.PathLike | None = None,
+                   return_metrics: bool = False) -> dict[str, Any]:
     """Run ``model`` on every expression of ``dataset`` and score it with the published protocol.
 
     Args:
@@ -222,55 +217,52 @@ def evaluate_model(
         return_metrics: also return the two :class:`ReferringMetrics` under ``"_metrics"``.
 
     Under ``torch.distributed`` every rank scores a shard and the ranks' counts are merged; every
-    rank returns the full report.
-
-    Returns:
-        ``{"Pr@0.5", ..., "Pr@0.9", "mIoU", "oIoU", "cIoU" (= oIoU), "num_expressions",
-        "per_category": {...} (when the dataset names categories), "metric_names": {...},
-        "protocol": {...}, "original_resolution": {...}}``.
+    rank returns the full report: ``{"Pr@0.5", ..., "Pr@0.9", "mIoU", "oIoU", "cIoU" (= oIoU),
+    "num_expressions", "per_category": {...} (when the dataset names categories), "metric_names",
+    "protocol", "original_resolution": {...}}``.
     """
-    from .data.collate import check_vocabulary, collate, list_collate, move_batch
-    from .data.transforms import SampleTransform
-
-    core = getattr(model, "module", model)
-    cfg = core.config
+    cfg = getattr(model, "module", model).config
     threshold = check_threshold(threshold)
     check_vocabulary(tokenizer, cfg.beit3.vocab_size)
     device = resolve_device(device, model)
     rank, world = dist_info()
     if indices is None:
-        n = len(dataset) if limit is None else min(int(limit), len(dataset))
-        indices = range(n)
-    shard = _shard(indices, rank, world)
+        indices = range(len(dataset) if limit is None else min(int(limit), len(dataset)))
     transform = SampleTransform(cfg.image_size, cfg.beit3.img_size, train=False, keep_original_mask=True)
     loader = torch.utils.data.DataLoader(
-        _TransformedDataset(dataset, shard, transform), batch_size=batch_size, shuffle=False,
-        num_workers=num_workers, collate_fn=list_collate,
-    )
-    max_len = cfg.beit3.text_len(max_len)
+        _TransformedDataset(dataset, _shard(indices, rank, world), transform), batch_size=batch_size,
+        shuffle=False, num_workers=num_workers, collate_fn=list_collate)
     acc_model, acc_orig = ReferringMetrics(), (ReferringMetrics() if original_resolution else None)
-    was_training = model.training
-    model.eval()
-    size = cfg.image_size
-    seen: set[str] = set()
     start = time.perf_counter()
-    try:
-        for samples in _progress(loader, len(loader), "eval", progress and rank == 0):
-            batch = move_batch(collate(samples, tokenizer, max_len=max_len, mask_rule=mask_rule), device)
-            with autocast(device, precision):
-                out = model(images=batch["images"], images_evf=batch["images_evf"],
-                            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-            _score_batch(batch, out.logits.float(), threshold, seen, acc_model, acc_orig)
-    finally:
-        model.train(was_training)
+    batches = _progress(loader, len(loader), "eval", progress and rank == 0)
+    encode = functools.partial(collate, tokenizer=tokenizer, max_len=cfg.beit3.text_len(max_len), mask_rule=mask_rule)
+    _score_batches(model, batches, encode, device, precision, threshold, acc_model, acc_orig)
     if world > 1:  # merge the ranks' counts, back in dataset order
         order = [dataset.expressions[i][2] for i in indices]
         acc_model = _in_order(_merge_across_ranks(acc_model), order)
         if acc_orig is not None:
             acc_orig = _in_order(_merge_across_ranks(acc_orig), order)
     limited = len(indices) if limit is not None and len(indices) < len(dataset) else None
-    return _finish_report(dataset, acc_model, acc_orig, threshold, size, start, limited,
+    return _finish_report(dataset, acc_model, acc_orig, threshold, cfg.image_size, start, limited,
                           csv_path if rank == 0 else None, return_metrics)
+
+
+def _score_batches(model: torch.nn.Module, batches: Iterable, encode, device: torch.device, precision: str,
+                   threshold: float, acc_model: ReferringMetrics, acc_orig: ReferringMetrics | None) -> None:
+    """Predict every batch of samples (``encode``: samples -> model inputs) in eval mode and count it
+    into the accumulators; the model's training mode comes back afterwards."""
+    was_training = model.training
+    model.eval()
+    seen: set[str] = set()
+    try:
+        for samples in batches:
+            batch = move_batch(encode(samples), device)
+            with autocast(device, precision):
+                out = model(images=batch["images"], images_evf=batch["images_evf"],
+                            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            _score_batch(batch, out.logits.float(), threshold, seen, acc_model, acc_orig)
+    finally:
+        model.train(was_training)
 
 
 def _score_batch(batch: dict[str, Any], logits: torch.Tensor, threshold: float, seen: set[str],
@@ -413,23 +405,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--predictions", help="folder of <expression id>.png masks (non-zero = foreground)")
     add_hub_arguments(parser)
     parser.add_argument("--data", required=True, help="dataset root (for jsonl: the .jsonl file or its folder)")
-    from .data import DATASETS
-
     parser.add_argument("--dataset", required=True, choices=tuple(DATASETS))
     parser.add_argument("--split", default="test", help="split to evaluate (default: test; jsonl: 'all' = every line)")
     parser.add_argument("--out", required=True, help="report JSON path; the per-expression CSV goes next to it")
-    parser.add_argument("--threshold", type=float, default=PUBLISHED_THRESHOLD,
+    parser.add_argument("--threshold", type=number(float), default=PUBLISHED_THRESHOLD,
                         help="logit threshold (default 0.5 = the published argmax rule)")
-    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--batch-size", type=number(int, low=1, high=MAX_BATCH), default=1)
     parser.add_argument("--tokenizer", help=TOKENIZER_HELP)
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"),
                         help="auto = bf16 autocast on CUDA, fp32 on CPU")
-    parser.add_argument("--image-size", type=int, default=None,
+    parser.add_argument("--image-size", type=number(int, low=1, high=BOUNDS["image_size"]), default=None,
                         help="protocol resolution for --predictions (default 1024); for --checkpoint, run the "
                              "model at this input size instead of its own")
-    parser.add_argument("--num-workers", type=int, default=0)
-    parser.add_argument("--limit", type=int, default=None, help="only the first N expressions (quick checks)")
+    parser.add_argument("--num-workers", type=number(int, low=0, high=MAX_WORKERS), default=0)
+    parser.add_argument("--limit", type=number(int, low=1), default=None, help="only the first N expressions (quick checks)")
     parser.add_argument("--mask-rule", default="published", choices=("published", "clean"))
     parser.add_argument("--no-progress", action="store_true")
 
@@ -452,13 +442,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _check_arguments(args: argparse.Namespace) -> None:
-    """The arguments' values, before anything is read: a bad one is a ConfigError naming it; an --out
+    """The arguments that the parser cannot check alone, before anything is read (the ranges are
+    checked as they are parsed, :func:`add_arguments`): a bad one is a ConfigError naming it; an --out
     that cannot be written an OutputError (so an evaluation is never lost to an unwritable report)."""
-    check_threshold(args.threshold, "--threshold")
-    for flag, value, minimum in (("--batch-size", args.batch_size, 1), ("--num-workers", args.num_workers, 0),
-                                 ("--limit", args.limit, 1), ("--image-size", args.image_size, 1)):
-        if value is not None and value < minimum:
-            raise ConfigError(f"{flag} must be >= {minimum}, got {value}")
+    if args.predictions and (args.subfolder or args.revision):
+        raise ConfigError("--subfolder and --revision go with --checkpoint, not --predictions")
+    for flag, path in (("--data", args.data), ("--predictions", args.predictions), ("--tokenizer", args.tokenizer)):
+        if path is not None and not Path(path).exists():
+            raise MissingFileError(f"{flag} {path}: no such file or folder")
     check_writable(args.out, "--out")
     check_writable(per_expression_csv_path(args.out), "the per-expression CSV")
 
@@ -466,12 +457,7 @@ def _check_arguments(args: argparse.Namespace) -> None:
 def _run(args: argparse.Namespace) -> int:
     """Evaluate as ``args`` says. Every user error (bad argument, dataset, checkpoint, prediction) is
     raised as such and reported by :func:`rs2sam2.cli.main` (exit status 2); nothing is written then."""
-    from .checkpoints import load_pretrained, locate
-    from .data import build_dataset
-
     _check_arguments(args)
-    if args.predictions and (args.subfolder or args.revision):
-        raise ConfigError("--subfolder and --revision go with --checkpoint, not --predictions")
     rank, _ = dist_info()
     split = None if (args.dataset == "jsonl" and args.split in ("all", "none")) else args.split
     dataset = build_dataset(args.dataset, args.data, split)
@@ -486,8 +472,6 @@ def _run(args: argparse.Namespace) -> int:
     else:
         located = locate(args.checkpoint, subfolder=args.subfolder, revision=args.revision)
         ckpt, tok_path = located.path, located.tokenizer_file(args.tokenizer)
-        from .text import load_tokenizer
-
         tokenizer = load_tokenizer(tok_path)
         model = load_pretrained(ckpt, image_size=args.image_size)
         device = resolve_device(args.device)

@@ -13,8 +13,7 @@ grid, so they overlay the source scene in any GIS:
   scenes whose mask does not fit in memory.
 
 Polygons and vector files are :mod:`rs2sam2.vector`'s job. Every file is written through
-:func:`rs2sam2.fsutil.atomic_write`, so readers never see a half-written file. ``rasterio`` is
-imported lazily, so importing this module stays cheap.
+:func:`rs2sam2.fsutil.atomic_write`, so readers never see a half-written file.
 """
 
 from __future__ import annotations
@@ -24,16 +23,19 @@ import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+import rasterio
+from affine import Affine
+from PIL import Image
+from rasterio.control import GroundControlPoint
+from rasterio.crs import CRS
+from rasterio.errors import NotGeoreferencedWarning
+from rasterio.warp import transform_bounds
 
 from .errors import UserError
 from .fsutil import atomic_write
-
-if TYPE_CHECKING:  # pragma: no cover - typing only
-    from affine import Affine
-    from rasterio.crs import CRS
 
 __all__ = [
     "MASK_BACKGROUND",
@@ -102,7 +104,6 @@ def to_crs(crs: Any) -> CRS | None:
     """``crs`` as a :class:`rasterio.crs.CRS` (None stays None)."""
     if crs is None or crs == "":
         return None
-    from rasterio.crs import CRS
 
     if isinstance(crs, CRS):
         return crs
@@ -111,8 +112,6 @@ def to_crs(crs: Any) -> CRS | None:
 
 def to_affine(transform: Any) -> Affine:
     """``transform`` as an :class:`affine.Affine` (None: the identity, i.e. pixel coordinates)."""
-    from affine import Affine
-
     if transform is None:
         return Affine.identity()
     if isinstance(transform, Affine):
@@ -125,8 +124,6 @@ def to_affine(transform: Any) -> Affine:
 
 def grid_of(info: RasterInfoLike | None) -> tuple[Affine, CRS | None]:
     """The ``(transform, crs)`` of ``info``: pixel coordinates (identity, None) when not georeferenced."""
-    from affine import Affine
-
     if not _is_georeferenced(info):
         return Affine.identity(), None
     return to_affine(info.transform), to_crs(info.crs)
@@ -172,22 +169,32 @@ def area_of_interest(
     Raises :class:`AreaError` (a ``ValueError``) for an empty area, one outside the raster, or a
     box in another CRS on a raster without one.
     """
-    width, height = int(info.width), int(info.height)
     if bbox is not None and window is not None:
         raise AreaError("give either a bbox or a window, not both")
     if window is not None:
-        try:
-            col, row, w, h = (int(v) for v in window)
-        except (TypeError, ValueError):
-            raise AreaError(f"window must be 4 whole numbers COL ROW WIDTH HEIGHT; got {window!r}") from None
-        if w <= 0 or h <= 0:
-            raise AreaError(f"window {col} {row} {w} {h} has zero size: WIDTH and HEIGHT must be at least 1")
-        if col < 0 or row < 0 or col + w > width or row + h > height:
-            raise AreaError(f"window {col} {row} {w} {h} (COL ROW WIDTH HEIGHT) is not inside the raster of "
-                            f"{width} x {height} pixels")
-        return (col, row, w, h), False
+        return _window_area(window, int(info.width), int(info.height)), False
     if bbox is None:
-        return (0, 0, width, height), False
+        return (0, 0, int(info.width), int(info.height)), False
+    return _bbox_area(info, bbox, bbox_crs)
+
+
+def _window_area(window: Sequence[int], width: int, height: int) -> tuple[int, int, int, int]:
+    """A ``(col, row, width, height)`` window checked to lie inside a raster of ``width x height``."""
+    try:
+        col, row, w, h = (int(v) for v in window)
+    except (TypeError, ValueError):
+        raise AreaError(f"window must be 4 whole numbers COL ROW WIDTH HEIGHT; got {window!r}") from None
+    if w <= 0 or h <= 0:
+        raise AreaError(f"window {col} {row} {w} {h} has zero size: WIDTH and HEIGHT must be at least 1")
+    if col < 0 or row < 0 or col + w > width or row + h > height:
+        raise AreaError(f"window {col} {row} {w} {h} (COL ROW WIDTH HEIGHT) is not inside the raster of "
+                        f"{width} x {height} pixels")
+    return col, row, w, h
+
+
+def _bbox_area(info: RasterInfoLike, bbox: Sequence[float], bbox_crs: Any) -> tuple[tuple[int, int, int, int], bool]:
+    """The pixel window of a bounding box (:func:`area_of_interest`) and whether it was clipped."""
+    width, height = int(info.width), int(info.height)
     try:
         minx, miny, maxx, maxy = (float(v) for v in bbox)
     except (TypeError, ValueError):
@@ -197,13 +204,14 @@ def area_of_interest(
     if not (minx < maxx and miny < maxy):
         raise AreaError(f"bbox {minx:g} {miny:g} {maxx:g} {maxy:g} has zero size: it needs MINX < MAXX and "
                         "MINY < MAXY")
+    if getattr(info, "gcps", None):
+        raise AreaError("the raster is georeferenced by ground control points, which give no grid for a bbox; "
+                        "warp it to one first (gdalwarp -r bilinear in.tif warped.tif), or use a window in pixels")
     transform, crs = grid_of(info)
     if bbox_crs is not None:
         if crs is None:
             raise AreaError(f"the bbox is given in {bbox_crs} but the raster has no CRS; give the bbox in "
                             "pixel coordinates, or use a window")
-        from rasterio.warp import transform_bounds
-
         try:
             src = to_crs(bbox_crs)
         except Exception as exc:  # noqa: BLE001 - rasterio's CRSError and friends
@@ -261,6 +269,10 @@ def _profile(height: int, width: int, dtype: str, info: RasterInfoLike | None, *
         assert info is not None
         profile["crs"] = to_crs(info.crs)
         profile["transform"] = to_affine(info.transform)
+    elif getattr(info, "gcps", None):  # georeferenced by ground control points: the mask keeps them
+
+        profile["gcps"] = [GroundControlPoint(row, col, x, y, z) for row, col, x, y, z in info.gcps]
+        profile["crs"] = to_crs(info.gcp_crs)
     return profile
 
 
@@ -274,9 +286,6 @@ def _write_tiff(
     nodata: float | None = None,
 ) -> None:
     """Write one band as a (Geo)TIFF with LZW compression and the given nodata value (or none)."""
-    import rasterio
-    from rasterio.errors import NotGeoreferencedWarning
-
     height, width = band.shape
     profile = _profile(height, width, band.dtype.name, info, predictor=predictor, nodata=nodata)
     with warnings.catch_warnings():
@@ -340,8 +349,6 @@ def write_mask(
             _write_tiff(tmp, mask_band(arr, valid), info, predictor=2, tags=_mask_tags(declare),
                         nodata=MASK_NODATA if declare else None)
     elif suffix in _PNG_SUFFIXES:
-        from PIL import Image
-
         band = mask_band(arr & np.asarray(valid, dtype=bool) if valid is not None else arr)
         with atomic_write(dest) as tmp:
             Image.fromarray(band).save(tmp, format="PNG", optimize=True)
@@ -386,8 +393,6 @@ def write_probability(
             _write_tiff(tmp, band, info, predictor=3, tags={"SOFTWARE": "rs2sam2"},
                         nodata=float("nan") if declare else None)
     elif suffix in _PNG_SUFFIXES:
-        from PIL import Image
-
         q = np.round(np.clip(np.nan_to_num(band, nan=0.0), 0.0, 1.0) * 255.0).astype(np.uint8)
         with atomic_write(dest) as tmp:
             Image.fromarray(q).save(tmp, format="PNG", optimize=True)
@@ -404,9 +409,6 @@ def open_grid_writer(tmp: str | os.PathLike[str], info: RasterInfoLike, kind: st
     (float32, as :func:`probability_band`). Tiled in 256 x 256 blocks and LZW-compressed, BigTIFF
     when needed, nodata declared as in :func:`write_mask`. Write it to a temporary path from
     :func:`~rs2sam2.fsutil.atomic_write`; the caller closes the returned dataset."""
-    import rasterio
-    from rasterio.errors import NotGeoreferencedWarning
-
     declare = _has_nodata(info)
     if kind == "mask":
         profile = _profile(int(info.height), int(info.width), "uint8", info, predictor=2,

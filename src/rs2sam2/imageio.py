@@ -53,8 +53,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
+import rasterio
+from affine import Affine
+from PIL import Image, ImageFile
+from rasterio.enums import ColorInterp, MaskFlags, Resampling
+from rasterio.io import DatasetReaderBase
+from rasterio.windows import Window
 
+from .cliargs import environment_value
 from .errors import UserError
 
 __all__ = [
@@ -110,16 +116,8 @@ def max_pixels() -> int:
     :data:`DEFAULT_MAX_PIXELS` (10^8: a 10000 x 10000 image, 300 MB as 8-bit RGB)."""
     if _max_pixels_override is not None:
         return _max_pixels_override
-    value = os.environ.get(MAX_PIXELS_ENV, "").strip()
-    if not value:
-        return DEFAULT_MAX_PIXELS
-    try:
-        n = int(float(value))
-    except ValueError:
-        raise ValueError(f"{MAX_PIXELS_ENV}={value!r}: expected a whole number of pixels, e.g. 400000000") from None
-    if n < 1:
-        raise ValueError(f"{MAX_PIXELS_ENV}={value!r}: expected a positive number of pixels")
-    return n
+    value = environment_value(MAX_PIXELS_ENV)
+    return DEFAULT_MAX_PIXELS if value is None else int(value)
 
 
 def set_max_pixels(n: int | None) -> None:
@@ -141,8 +139,6 @@ def _check_budget(width: int, height: int, name: str, what: str) -> None:
 
 def gdal_env():
     """A ``rasterio.Env`` with a bounded GDAL block cache (:data:`GDAL_CACHE_BYTES`)."""
-    import rasterio
-
     return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES)
 
 
@@ -157,8 +153,10 @@ class RasterInfo:
 
     ``crs`` is the CRS as a string (``"EPSG:32633"`` or WKT) and ``transform`` the affine
     pixel-to-world transform as a 6-tuple ``(a, b, c, d, e, f)`` in rasterio/``affine`` order;
-    both are ``None`` when the file carries no georeferencing. ``count`` and ``dtype`` describe the
-    raster *on disk* (before conversion to RGB uint8). ``has_nodata`` says whether some pixels may
+    both are ``None`` when the file carries no georeferencing. A raster georeferenced by ground
+    control points instead (a scan or an unrectified scene) has ``gcps``, each ``(row, col, x, y,
+    z)``, in ``gcp_crs``; masks written on its grid carry them, polygons stay in pixel coordinates.
+    ``count`` and ``dtype`` describe the raster *on disk* (before conversion to RGB uint8). ``has_nodata`` says whether some pixels may
     be nodata (a nodata value, an internal mask, an alpha band, or a floating-point band).
     """
 
@@ -170,16 +168,20 @@ class RasterInfo:
     dtype: str = "uint8"
     georeferenced: bool = False
     has_nodata: bool = False
+    gcps: tuple[tuple[float, float, float, float, float], ...] | None = None
+    gcp_crs: str | None = None
 
     def window(self, col_off: int, row_off: int, width: int, height: int) -> RasterInfo:
-        """The info of a window of this raster: its size, and its transform when georeferenced."""
+        """The info of a window of this raster: its size, and its transform (or its ground control
+        points) moved to the window's corner."""
         transform = self.transform
         if transform is not None:
-            from affine import Affine
-
             t = Affine(*transform[:6]) @ Affine.translation(col_off, row_off)
             transform = tuple(float(v) for v in t[:6])
-        return replace(self, height=int(height), width=int(width), transform=transform)
+        gcps = self.gcps
+        if gcps is not None:
+            gcps = tuple((row - row_off, col - col_off, x, y, z) for row, col, x, y, z in gcps)
+        return replace(self, height=int(height), width=int(width), transform=transform, gcps=gcps)
 
 
 def describe(info: RasterInfo) -> dict[str, Any]:
@@ -339,8 +341,6 @@ def _window_tuple(window, width: int, height: int) -> tuple[int, int, int, int]:
 def _open_gdal(path: Path):
     """``(dataset, None)`` of ``path`` opened by GDAL, or ``(None, the error)`` when GDAL cannot open it
     (PIL may still read it). Call within :func:`gdal_env`."""
-    import rasterio
-
     try:
         with warnings.catch_warnings():
             # PNG/JPEG have no georeferencing; that is normal, not worth a warning
@@ -356,8 +356,6 @@ def _decode_pil(path: Path, convert, gdal_error: Exception | None = None):
     The budget is checked from the header before decoding; a truncated or corrupt file raises
     :class:`ImageReadError` naming it (with GDAL's complaint, ``gdal_error``, when GDAL could not
     open it either)."""
-    from PIL import ImageFile
-
     if ImageFile.LOAD_TRUNCATED_IMAGES:
         raise ImageReadError(
             f"cannot read {path} safely: PIL.ImageFile.LOAD_TRUNCATED_IMAGES is on in this process, so a "
@@ -406,8 +404,6 @@ class Raster:
     # ---- opening ------------------------------------------------------------------------------
 
     def _open(self, image, bands) -> None:
-        from rasterio.io import DatasetReaderBase
-
         if isinstance(image, (str, os.PathLike)):
             path = Path(image)
             self.name = str(path)
@@ -444,12 +440,13 @@ class Raster:
         crs = ds.crs.to_string() if ds.crs else None
         affine = ds.transform
         georef = crs is not None or not affine.is_identity
+        points, gcp_crs = ds.gcps if not georef else ([], None)
         return {"crs": crs, "transform": tuple(float(v) for v in affine[:6]) if georef else None,
-                "georeferenced": georef}
+                "georeferenced": georef,
+                "gcps": tuple((p.row, p.col, p.x, p.y, p.z or 0.0) for p in points) or None,
+                "gcp_crs": gcp_crs.to_string() if points and gcp_crs else None}
 
     def _open_dataset(self, bands) -> None:
-        from rasterio.enums import ColorInterp, MaskFlags
-
         ds = self._ds
         for bh, bw in set(ds.block_shapes):
             _check_budget(bw, bh, self.name, "the file is stored in pieces of")
@@ -540,17 +537,12 @@ class Raster:
         return np.ascontiguousarray(rgb), valid
 
     def _dataset_valid(self, col, row, w, h, oh, ow) -> np.ndarray | None:
-        from rasterio.windows import Window
-
         if not self._masked:
             return None
         mask = self._ds.dataset_mask(window=Window(col, row, w, h), out_shape=(oh, ow)) != 0
         return None if mask.all() else mask
 
     def _read_dataset(self, col, row, w, h, oh, ow) -> tuple[np.ndarray, np.ndarray | None]:
-        from rasterio.enums import Resampling
-        from rasterio.windows import Window
-
         ds, win = self._ds, Window(col, row, w, h)
         resampling = Resampling.nearest if (oh, ow) == (h, w) or self._palette else Resampling.average
         data = ds.read(indexes=list(self._bands), window=win, out_shape=(len(self._bands), oh, ow),
@@ -600,8 +592,6 @@ def read_info(path: str | Path, *, budget: bool = False) -> RasterInfo:
     reader decodes at once (a TIFF block or strip; the whole image for PNG/JPEG and the other PIL
     formats) fits the decode budget, else :class:`DecodeBudgetError`. Raises
     :class:`FileNotFoundError` or :class:`ImageReadError`, naming the file."""
-    from rasterio.enums import MaskFlags
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image file not found: {path}")
@@ -681,8 +671,6 @@ def read_mask(path: str | Path) -> np.ndarray:
     drawn in any colour on black reads as foreground. The file is read whole like
     :func:`read_image`: strictly (a truncated or corrupt file is an error) and under the decode
     budget. Raises :class:`FileNotFoundError` or :class:`ImageReadError`, naming the file."""
-    from rasterio.enums import ColorInterp
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"mask file not found: {path}")

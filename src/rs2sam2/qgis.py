@@ -25,8 +25,8 @@ import zipfile
 from pathlib import Path
 
 from . import __version__
-from .errors import MissingFileError, UserError
-from .fsutil import atomic_write, atomic_write_text
+from .errors import MissingFileError, OutputError, UserError
+from .fsutil import atomic_write, atomic_write_text, check_writable
 
 PLUGIN_NAME = "rs2sam2_qgis"
 PLUGIN_DIR = Path(__file__).resolve().parent / "qgis_plugin" / PLUGIN_NAME
@@ -88,6 +88,8 @@ def profile_folder(name: str | None, root: Path | None = None) -> Path:
 def install(plugins_dir: Path) -> Path:
     """Put the plugin into ``plugins_dir`` as ``rs2sam2_qgis/``, replacing an older copy whole: the new
     copy is written beside it and renamed into place."""
+    if plugins_dir.exists() and not plugins_dir.is_dir():
+        raise OutputError(f"{plugins_dir} is a file, not a folder to install the plugin into")
     plugins_dir.mkdir(parents=True, exist_ok=True)
     dest = plugins_dir / PLUGIN_NAME
     work = plugins_dir / f".{PLUGIN_NAME}.{secrets.token_hex(4)}.tmp"
@@ -133,6 +135,7 @@ def package(out: Path) -> Path:
     """Write the plugin as a zip for QGIS's "Install from ZIP" (one top folder, ``rs2sam2_qgis/``)."""
     if out.suffix.lower() != ".zip":
         raise UserError(f"--out {out}: give a file name ending in .zip")
+    check_writable(out, "--out")
     with atomic_write(out) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
         for name, data in plugin_files().items():
             zf.writestr(f"{PLUGIN_NAME}/{name}", data)

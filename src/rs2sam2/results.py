@@ -35,7 +35,7 @@ from .geo import mask_band, open_grid_writer, probability_band, write_mask, writ
 from .imageio import RasterInfo, gdal_env
 from .metrics import PUBLISHED_THRESHOLD
 from .tiles import Answer, Piece, upsample_window
-from .vector import check_vector_path, polygons, write_vector
+from .vector import check_vector_path, polygons, sidecars_replaced, write_vector
 from .viz import overlay as draw_overlay
 
 __all__ = [
@@ -84,6 +84,10 @@ class Prediction:
         valid: ``(H, W)`` bool, False where the input has no data; None when every pixel has data.
         has_nodata: whether the input can mark pixels as nodata (saved masks then declare a nodata value).
         tiles: how many model inputs the result was assembled from (1 without tiles).
+        provenance: what every polygon written carries besides its text and score: ``mode``
+            (scene, whole or tiles), ``presence``, ``image``, ``checkpoint``.
+        decision: a scene answer's report (where it looked, what it kept; see
+            :class:`rs2sam2.scene.Decision`), None for other modes.
         downscale: how many times (per side) the input was shrunk for the model beyond its usual
             resize (1.0 unless a large area was read decimated).
         probability: ``(H, W)`` float32 ``sigmoid(logits)`` (computed on first access).
@@ -104,7 +108,11 @@ class Prediction:
     downscale: float = 1.0
     preview: np.ndarray | None = field(default=None, repr=False)  # the input, at most PREVIEW_SIDE px
     scores: PieceScores | None = field(default=None, repr=False)  # per answered window, for polygons
+    provenance: dict[str, Any] = field(default_factory=dict, repr=False)
+    decision: dict[str, Any] | None = field(default=None, repr=False)
     _probability: np.ndarray | None = field(default=None, repr=False)
+    gcps: tuple | None = field(default=None, repr=False)  # ground control points of the grid (RasterInfo)
+    gcp_crs: str | None = None
 
     @property
     def probability(self) -> np.ndarray:
@@ -133,7 +141,8 @@ class Prediction:
         """The grid as a :class:`~rs2sam2.imageio.RasterInfo` (for the writers of :mod:`rs2sam2.geo`)."""
         h, w = self.shape
         return RasterInfo(height=h, width=w, crs=self.crs, transform=self.transform, count=1,
-                          georeferenced=self.georeferenced, has_nodata=self.has_nodata)
+                          georeferenced=self.georeferenced, has_nodata=self.has_nodata, gcps=self.gcps,
+                          gcp_crs=self.gcp_crs)
 
     # ---- files ------------------------------------------------------------------------------
 
@@ -156,7 +165,8 @@ class Prediction:
         """Write the polygons: ``.gpkg`` / ``.shp`` in this grid's CRS, ``.geojson`` as RFC 7946
         (lon/lat). Returns the files written."""
         return write_vector(path, self.polygons(simplify, min_area), self.crs, text=self.text,
-                            properties=_grid_properties(self.info, self.foreground_pixels))
+                            properties=_grid_properties(self.info, self.foreground_pixels), transform=self.transform,
+                            fields=self.provenance)
 
     # ---- pictures ---------------------------------------------------------------------------
 
@@ -169,8 +179,13 @@ class Prediction:
         return draw_overlay(base, _shrink_mask(self.mask, base.shape[:2]))
 
     def plot(self, ax=None, image: np.ndarray | None = None, **imshow_kwargs):
-        """Draw the mask over the input (or ``image``) with matplotlib, in CRS coordinates when
-        georeferenced; returns the axes. Needs matplotlib (``pip install 'rs2sam2[plot]'``)."""
+        """Draw the mask over the input (or ``image``) with matplotlib, on ``ax`` or a new figure, in CRS
+        coordinates when georeferenced. Needs matplotlib (``pip install 'rs2sam2[plot]'``).
+
+        Returns:
+            The matplotlib ``Axes`` drawn on. A notebook shows its figure; a script calls
+            ``matplotlib.pyplot.show()`` or ``savefig(...)`` to see or keep it.
+        """
         plt = require("matplotlib.pyplot", "Prediction.plot")
         if ax is None:
             _, ax = plt.subplots()
@@ -277,7 +292,7 @@ def assemble(pieces: Iterable[Piece], texts: Sequence[str], info: RasterInfo, th
             iou_score=_largest_finite(a.iou_score for a in answers[k]),
             object_score=_largest_finite(a.object_score for a in answers[k]),
             crs=info.crs, transform=info.transform, valid=valid, has_nodata=info.has_nodata, tiles=tiles,
-            downscale=downscale, preview=preview, scores=scores[k]))
+            downscale=downscale, preview=preview, scores=scores[k], gcps=info.gcps, gcp_crs=info.gcp_crs))
     return out
 
 
@@ -414,17 +429,20 @@ def write_prediction(prediction: Prediction, rgb: np.ndarray | None, outputs: Ou
             written.append(dest)
         if polys is not None:
             written.extend(_write_vector_in(stack, outputs.vector, polys, grid.crs, prediction.text,
-                                            _grid_properties(grid, prediction.foreground_pixels)))
+                                            _grid_properties(grid, prediction.foreground_pixels),
+                                            prediction.provenance))
     return written
 
 
 def _write_vector_in(stack: contextlib.ExitStack, dest: Path, polys, crs, text: str,
-                     properties: dict[str, Any]) -> list[Path]:
+                     properties: dict[str, Any], fields: dict[str, Any]) -> list[Path]:
     """Write the vector file(s) to temporary names whose renames join ``stack``'s (all together)."""
     folder = _created_folder(dest.parent)
     work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=f".{dest.name}.", dir=folder)))
-    made = write_vector(work / dest.name, polys, crs, text=text, properties=properties)
+    made = write_vector(work / dest.name, polys, crs, text=text, properties=properties,
+                        transform=properties["transform"], fields=fields)
     finals = [dest.with_name(p.name) for p in made]
+    stack.enter_context(sidecars_replaced(dest, finals))  # after the renames below, on success only
     for p, final in zip(made, finals):
         os.replace(p, stack.enter_context(atomic_write(final)))
     return finals
@@ -456,6 +474,8 @@ class SceneResult:
     preview: np.ndarray | None = field(default=None, repr=False)  # the input, shrunk (preview_side)
     preview_mask: np.ndarray | None = field(default=None, repr=False)
     preview_prior: np.ndarray | None = field(default=None, repr=False)
+    provenance: dict[str, Any] = field(default_factory=dict)  # mode, presence, image, checkpoint
+    decision: dict[str, Any] | None = None  # a scene answer's report (rs2sam2.scene.Decision)
 
     @property
     def foreground_fraction(self) -> float:
@@ -506,7 +526,8 @@ class SceneWriter:
         self.answers.append(answer)
         self.scores.add(window, answer.iou_score)
 
-    def finish(self, raster, region, *, steps: int, downscale: float, preview_side: int | None = None) -> SceneResult:
+    def finish(self, raster, region, *, steps: int, downscale: float, preview_side: int | None = None,
+               provenance: dict[str, Any] | None = None, decision: dict[str, Any] | None = None) -> SceneResult:
         """Close the rasters, trace the polygons, draw the overlay (all still under temporary names)."""
         import rasterio  # noqa: PLC0415 -- rasterio is heavy; only windowed writes need it
 
@@ -517,10 +538,10 @@ class SceneWriter:
         result = SceneResult(self.text, self.info.width, self.info.height, self.foreground_px,
                              _largest_finite(a.iou_score for a in self.answers),
                              _largest_finite(a.object_score for a in self.answers),
-                             steps, downscale, written)
+                             steps, downscale, written, provenance=provenance or {}, decision=decision)
         with gdal_env(), rasterio.open(self._mask_tmp) as mask_ds:
             if self.vector is not None:
-                written.extend(self._write_vector(mask_ds))
+                written.extend(self._write_vector(mask_ds, result.provenance))
             sides = [s for s in (preview_side, OVERLAY_MAX_SIDE if self.overlay is not None else None) if s]
             for side in sorted(set(sides)):
                 shape = preview_shape(self.info.height, self.info.width, side)
@@ -528,19 +549,20 @@ class SceneWriter:
                 small = mask_ds.read(1, out_shape=shape) == 255
                 if side == preview_side:
                     result.preview, result.preview_mask = rgb, small
-                    if steps == 1 and self.answers and self.answers[0].prior is not None:  # one model input
+                    one_look = steps == 1 or decision is not None  # the prior of one input, or the global look
+                    if one_look and self.answers and self.answers[0].prior is not None:
                         result.preview_prior = np.clip(upsample_window(self.answers[0].prior, *shape), 0, 1)
                 if self.overlay is not None and side == OVERLAY_MAX_SIDE:
                     written.append(self._write_overlay(rgb, small))
         return result
 
-    def _write_vector(self, mask_ds) -> list[Path]:
+    def _write_vector(self, mask_ds, fields: dict[str, Any]) -> list[Path]:
         import rasterio  # noqa: PLC0415 -- rasterio is heavy; only windowed writes need it
 
         polys = polygons(rasterio.band(mask_ds, 1), self.info.transform, simplify=self.simplify,
                          min_area=self.min_area, score_of=self.scores)
         return _write_vector_in(self.stack, Path(self.vector), polys, self.info.crs, self.text,
-                                _grid_properties(self.info, self.foreground_px))
+                                _grid_properties(self.info, self.foreground_px), fields)
 
     def _write_overlay(self, rgb: np.ndarray, mask: np.ndarray) -> Path:
         dest = Path(self.overlay)

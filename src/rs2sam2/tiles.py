@@ -1,7 +1,7 @@
 """Tiling and merging: how a region of a raster is cut into model inputs, and how the model's answers
 come back as windows of one output grid.
 
-A region (the whole raster or an area of interest) is predicted in one of three ways
+A region (the whole raster or an area of interest) is predicted in one of four ways
 (:func:`plan_region`):
 
 * ``"full"`` -- the region is read at full resolution and is one model input (regions up to
@@ -13,6 +13,8 @@ A region (the whole raster or an area of interest) is predicted in one of three 
   the output never has to be in memory whole.
 * ``"tiled"`` -- the region is cut into ``tile x tile`` windows at native resolution that overlap by
   ``overlap`` pixels (:func:`tile_grid`); each tile is one model input.
+* ``"scene"`` -- a larger region answered as one scene: a global look at a decimated copy, then
+  native-resolution looks where it points, one answer kept (:mod:`rs2sam2.scene`, which runs it).
 
 **Merge rule (tiles).** Every output pixel takes the answer of the tile whose centre is nearest
 (ties go to the tile above / to the left). Along each axis that splits the overlap of two
@@ -146,7 +148,7 @@ class Piece:
 class Plan:
     """How a region is predicted (see the module docstring)."""
 
-    mode: str  # "full", "decimated" or "tiled"
+    mode: str  # "full", "decimated", "tiled" or "scene"
     width: int
     height: int
     tiles: tuple[Tile, ...] = ()
@@ -154,7 +156,8 @@ class Plan:
 
     @property
     def downscale(self) -> float:
-        """How many times smaller (per side) the model input was read than the region: 1 but decimated."""
+        """How many times smaller (per side) the model input was read than the region: 1 but decimated
+        (the global look of a scene plan too)."""
         if self.read_shape is None:
             return 1.0
         return max(self.width, self.height) / max(self.read_shape)
@@ -164,8 +167,12 @@ class Plan:
         return len(self.tiles) if self.mode == "tiled" else 1
 
 
-def plan_region(width: int, height: int, model_size: int, tile: int | None = None, overlap: int = 0) -> Plan:
-    """The plan for a ``width x height`` region and a model with ``model_size`` input pixels per side."""
+def plan_region(width: int, height: int, model_size: int, tile: int | None = None, overlap: int = 0, *,
+                scene: bool = False) -> Plan:
+    """The plan for a ``width x height`` region and a model with ``model_size`` input pixels per side:
+    tiles when ``tile`` is given; else one full-resolution input when the longer side is at most
+    :data:`DECIMATE_ABOVE` x ``model_size``; else a scene answer (``scene``, :mod:`rs2sam2.scene`) or
+    a decimated read, both from a copy decimated to ``model_size`` on the longer side."""
     if tile is not None:
         return Plan("tiled", width, height, tiles=tuple(tile_grid(width, height, int(tile), int(overlap))))
     longer = max(width, height)
@@ -173,7 +180,7 @@ def plan_region(width: int, height: int, model_size: int, tile: int | None = Non
         return Plan("full", width, height)
     scale = longer / model_size
     shape = (max(1, round(height / scale)), max(1, round(width / scale)))
-    return Plan("decimated", width, height, read_shape=shape)
+    return Plan("scene" if scene else "decimated", width, height, read_shape=shape)
 
 
 def _offset(window: Window, origin: Window) -> Window:
@@ -196,11 +203,15 @@ def _piece(answers: Sequence[Answer], height: int, width: int, window: Window, o
 
 
 def iter_pieces(raster, region: Window, plan: Plan, segment: Callable[[np.ndarray], Sequence[Answer]], *,
-                progress: bool | Callable[[int, int], None] = False, desc: str = "tiles") -> Iterator[Piece]:
+                progress: bool | Callable[[int, int], None] = False, desc: str = "tiles",
+                segment_tiles: Callable[[list[np.ndarray]], Sequence[Sequence[Answer]]] | None = None,
+                tile_batch: int = 1) -> Iterator[Piece]:
     """Run ``plan`` on ``region`` (``(col_off, row_off, width, height)`` of ``raster``, an
     :class:`rs2sam2.imageio.Raster`): yield the output grid window by window (windows in the
     region's pixels). ``segment(rgb)`` returns one :class:`Answer` per text. ``progress``: True
-    shows a bar over the tiles; a function is called with ``(done, total)`` after every model input."""
+    shows a bar over the tiles; a function is called with ``(done, total)`` after every model input.
+    With ``segment_tiles`` (the answers of several model inputs at once), tiles are read and
+    answered ``tile_batch`` at a time."""
     report = progress if callable(progress) else (lambda done, total: None)
     width, height = plan.width, plan.height
     whole = (0, 0, width, height)
@@ -218,14 +229,19 @@ def iter_pieces(raster, region: Window, plan: Plan, segment: Callable[[np.ndarra
             valid = raster.read_valid(_offset(block, region))
             yield _piece(answers, height, width, block, block, valid)
     elif plan.mode == "tiled":
-        bar = tqdm(plan.tiles, desc=desc, unit="tile", disable=progress is not True, file=sys.stderr,
+        bar = tqdm(total=len(plan.tiles), desc=desc, unit="tile", disable=progress is not True, file=sys.stderr,
                    dynamic_ncols=True)
-        for done, t in enumerate(bar, 1):
-            rgb, valid = raster.read(_offset(t.window, region))
-            core = (t.core[0] - t.window[0], t.core[1] - t.window[1], t.core[2], t.core[3])
-            tw, th = t.window[2], t.window[3]
-            answers = segment(rgb)
-            report(done, len(plan.tiles))
-            yield _piece(answers, th, tw, core, t.core, _crop(valid, core))
+        step = tile_batch if segment_tiles is not None else 1
+        for start in range(0, len(plan.tiles), step):
+            group = plan.tiles[start:start + step]
+            rgbs, valids = zip(*(raster.read(_offset(t.window, region)) for t in group))
+            answers = segment_tiles(list(rgbs)) if step > 1 else [segment(rgbs[0])]
+            del rgbs
+            bar.update(len(group))
+            report(start + len(group), len(plan.tiles))
+            for t, valid, tile_answers in zip(group, valids, answers, strict=True):
+                core = (t.core[0] - t.window[0], t.core[1] - t.window[1], t.core[2], t.core[3])
+                yield _piece(tile_answers, t.window[3], t.window[2], core, t.core, _crop(valid, core))
+        bar.close()
     else:
         raise ValueError(f"unknown plan mode {plan.mode!r}")

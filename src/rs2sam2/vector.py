@@ -23,8 +23,13 @@ Rings are simplified independently, so neighbouring polygons may no longer share
 * ``.geojson`` / ``.json`` -- RFC 7946: WGS 84 longitude/latitude (EPSG:4326), exteriors
   counter-clockwise and holes clockwise (right-hand rule), no ``crs`` member, geometries that cross
   the antimeridian cut there, coordinates rounded to 7 decimals (about 1 cm). A raster without a CRS
-  has no lon/lat: its GeoJSON is in pixel coordinates (x = column, y = row from the top-left corner),
-  which ``properties.coordinate_space`` says.
+  has no lon/lat, and ``properties.coordinate_space`` says what its GeoJSON holds instead: ``"map"``
+  when it has a transform (its map coordinates, in a CRS the file does not name), ``"pixel"`` when it
+  has none (x = column, y = row from the top-left corner).
+
+A Shapefile is several files (``.shp``, ``.shx``, ``.dbf``, ``.prj``, ``.cpg``...); writing one
+replaces them together, and removes those of an earlier Shapefile of the same name that the new one
+does not have: a stale ``.prj`` would give the new file the old CRS.
 
 Attributes of every feature: ``text`` (the expression), ``area``, ``area_px``, ``score``. GeoJSON
 collections also carry a foreign ``properties`` member describing the source grid.
@@ -44,16 +49,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rasterio.features import shapes
+from rasterio.warp import transform_geom
 
+from .extras import require
 from .fsutil import atomic_write, atomic_write_text
 from .geo import MASK_FOREGROUND, to_affine, to_crs
 
-__all__ = ["GIS_EXTRA", "VECTOR_SUFFIXES", "Polygon", "check_vector_path", "geojson_collection", "polygons",
-           "simplify_ring", "write_vector"]
+__all__ = ["SHAPEFILE_PARTS", "VECTOR_SUFFIXES", "Polygon", "check_vector_path", "geojson_collection",
+           "polygons", "sidecars_replaced", "simplify_ring", "write_vector"]
 
 #: Output suffix -> OGR driver.
 VECTOR_SUFFIXES = {".gpkg": "GPKG", ".shp": "ESRI Shapefile", ".geojson": "GeoJSON", ".json": "GeoJSON"}
-GIS_EXTRA = "pip install 'rs2sam2[gis]'"
+#: The files of a Shapefile besides ``.shp`` (attributes, index, projection, encoding, indexes, metadata).
+SHAPEFILE_PARTS = (".shx", ".dbf", ".prj", ".cpg", ".qix", ".sbn", ".sbx", ".shp.xml")
 # RFC 7946 coordinates: 7 decimals of a degree are about 1 cm
 LONLAT_DECIMALS = 7
 
@@ -185,8 +194,6 @@ def polygons(
         score_of: ``(col, row, width, height)`` pixel window of a polygon -> its ``score``.
         connectivity: 4 or 8 pixel connectivity of the regions.
     """
-    from rasterio.features import shapes
-
     if connectivity not in (4, 8):
         raise ValueError(f"connectivity must be 4 or 8, got {connectivity}")
     if simplify < 0 or min_area < 0:
@@ -228,18 +235,15 @@ def polygons(
 
 
 def check_vector_path(path: str | os.PathLike) -> str:
-    """The OGR driver for ``path``'s suffix; ``ValueError`` for an unknown suffix, ``ImportError``
-    naming the extra when GPKG/SHP is asked for without pyogrio."""
+    """The OGR driver for ``path``'s suffix; ``ValueError`` for an unknown suffix, and
+    :class:`~rs2sam2.extras.MissingExtraError` naming the extra when GPKG/SHP is asked for without pyogrio."""
     suffix = Path(path).suffix.lower()
     if suffix not in VECTOR_SUFFIXES:
         raise ValueError(f"vector output {path}: unsupported suffix {suffix or '(none)'!r}; use "
                          f"{', '.join(VECTOR_SUFFIXES)}")
     driver = VECTOR_SUFFIXES[suffix]
     if driver != "GeoJSON":
-        try:
-            import pyogrio  # noqa: F401 - only whether it is installed
-        except ImportError:
-            raise ImportError(f"writing {suffix} files needs pyogrio: {GIS_EXTRA}") from None
+        require("pyogrio", f"writing {suffix} files")  # MissingExtraError (an ImportError) naming [gis]
     return driver
 
 
@@ -264,14 +268,15 @@ def _orient_geometry(geom: dict[str, Any]) -> dict[str, Any]:
 
 
 def geojson_collection(polys: Sequence[Polygon], crs: Any = None, *, text: str = "",
-                       properties: dict[str, Any] | None = None) -> dict[str, Any]:
-    """An RFC 7946 ``FeatureCollection`` (a dict) of ``polys`` given in ``crs`` (None: pixel
-    coordinates, kept as they are); ``properties`` become the collection's foreign ``properties``."""
+                       properties: dict[str, Any] | None = None, transform: Any = None,
+                       fields: dict[str, Any] | None = None) -> dict[str, Any]:
+    """An RFC 7946 ``FeatureCollection`` (a dict) of ``polys`` given in ``crs`` (None: coordinates
+    kept as they are: map units when ``transform``, the grid's, is not the identity, else pixels);
+    ``properties`` become the collection's foreign ``properties``; ``fields`` (e.g. the provenance
+    of a prediction) are added to every feature's properties."""
     src = to_crs(crs)
     geoms = [{"type": "Polygon", "coordinates": [r.tolist() for r in p.rings]} for p in polys]
     if src is not None and geoms:
-        from rasterio.warp import transform_geom
-
         geoms = [_orient_geometry(g) for g in
                  transform_geom(src, "EPSG:4326", geoms, antimeridian_cutting=True)]
         geoms = [{"type": g["type"], "coordinates": _round_coords(g["coordinates"], LONLAT_DECIMALS)}
@@ -279,10 +284,12 @@ def geojson_collection(polys: Sequence[Polygon], crs: Any = None, *, text: str =
     else:
         geoms = [_orient_geometry(g) for g in geoms]
     features = [{"type": "Feature", "id": i, "geometry": g,
-                 "properties": {"text": text, "area": _clean(p.area), "area_px": p.area_px, "score": _clean(p.score)}}
+                 "properties": {"text": text, "area": _clean(p.area), "area_px": p.area_px, "score": _clean(p.score),
+                                **_clean_fields(fields)}}
                 for i, (p, g) in enumerate(zip(polys, geoms))]
     fc: dict[str, Any] = {"type": "FeatureCollection", "features": features}
-    meta = {"coordinate_space": "lonlat" if src is not None else "pixel",
+    space = "lonlat" if src is not None else "pixel" if to_affine(transform).is_identity else "map"
+    meta = {"coordinate_space": space,
             "source_crs": None if src is None else (f"EPSG:{src.to_epsg()}" if src.to_epsg() else src.to_wkt()),
             "num_polygons": len(features)}
     fc["properties"] = {**meta, **(properties or {})}
@@ -297,9 +304,13 @@ def _wkb_polygon(rings: Sequence[np.ndarray]) -> bytes:
     return b"".join(parts)
 
 
-def _write_ogr(tmp: Path, polys: Sequence[Polygon], crs, text: str, driver: str) -> None:
-    from pyogrio.raw import write
+def _clean_fields(fields: dict[str, Any] | None) -> dict[str, Any]:
+    return {k: _clean(v) if isinstance(v, float) else v for k, v in (fields or {}).items()}
 
+
+def _write_ogr(tmp: Path, polys: Sequence[Polygon], crs, text: str, driver: str,
+               extra: dict[str, Any] | None = None) -> None:
+    write = require("pyogrio.raw", f"writing {tmp.suffix} files").write
     geometry = np.array([_wkb_polygon(p.rings) for p in polys] or [], dtype=object)
     fields = {
         "text": np.array([text] * len(polys), dtype=object),
@@ -307,32 +318,54 @@ def _write_ogr(tmp: Path, polys: Sequence[Polygon], crs, text: str, driver: str)
         "area_px": np.array([p.area_px for p in polys], dtype=np.int64),
         "score": np.array([p.score for p in polys], dtype=np.float64),
     }
+    for name, value in (extra or {}).items():  # the same value in every row (a Shapefile field name: <= 10 chars)
+        kind = np.float64 if isinstance(value, float) else object
+        fields[name] = np.array([value if kind is np.float64 or value is None else str(value)] * len(polys),
+                                dtype=kind)
     src = to_crs(crs)
     write(str(tmp), geometry, list(fields.values()), list(fields), geometry_type="Polygon", driver=driver,
           crs=None if src is None else src.to_wkt(), layer=tmp.stem)
 
 
 def write_vector(path: str | os.PathLike, polys: Sequence[Polygon], crs: Any = None, *, text: str = "",
-                 properties: dict[str, Any] | None = None) -> list[Path]:
-    """Write ``polys`` (in ``crs``) to ``path``, the format chosen by its suffix (see the module
-    docstring), atomically: every file appears whole or not at all. Returns the files written (a
+                 properties: dict[str, Any] | None = None, transform: Any = None,
+                 fields: dict[str, Any] | None = None) -> list[Path]:
+    """Write ``polys`` (in ``crs``; ``transform``: the grid's, which tells map from pixel
+    coordinates without a CRS) to ``path``, the format chosen by its suffix (see the module
+    docstring), atomically: every file appears whole or not at all. ``fields`` (names of at most 10
+    characters, string or float values) are added to every polygon. Returns the files written (a
     Shapefile is several)."""
     dest = Path(path)
     driver = check_vector_path(dest)
     if driver == "GeoJSON":
-        fc = geojson_collection(polys, crs, text=text, properties=properties)
+        fc = geojson_collection(polys, crs, text=text, properties=properties, transform=transform, fields=fields)
         atomic_write_text(dest, json.dumps(fc, ensure_ascii=False, allow_nan=False) + "\n")
         return [dest]
     dest.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
     try:
-        _write_ogr(work / f"{dest.stem}{dest.suffix.lower()}", polys, crs, text, driver)
+        _write_ogr(work / f"{dest.stem}{dest.suffix.lower()}", polys, crs, text, driver, fields)
         made = sorted(work.iterdir())
         finals = [dest.with_suffix(f.suffix) for f in made]
         # every file renamed into place together on the way out (a Shapefile is .shp, .shx, .dbf, .prj, .cpg)
         with contextlib.ExitStack() as stack:
+            stack.enter_context(sidecars_replaced(dest, finals))  # last on the way out: after the renames
             for f, final in zip(made, finals):
                 os.replace(f, stack.enter_context(atomic_write(final)))
         return finals
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def sidecars_replaced(dest: Path, written: Sequence[Path]) -> Iterator[None]:
+    """When the block succeeds and ``dest`` is a Shapefile: remove the parts of an earlier Shapefile
+    named like it (:data:`SHAPEFILE_PARTS`, in any letter case) that are not among ``written``."""
+    yield
+    if dest.suffix.lower() != ".shp":
+        return
+    keep = {p.name for p in written}
+    stale = {(dest.stem + part).lower() for part in SHAPEFILE_PARTS}
+    for entry in dest.parent.iterdir():
+        if entry.name.lower() in stale and entry.name not in keep:
+            entry.unlink(missing_ok=True)

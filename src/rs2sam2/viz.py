@@ -1,10 +1,11 @@
-"""Pictures for the demo and the reports, drawn with PIL and numpy only (no matplotlib).
+"""Pictures for the demo and the reports, drawn with PIL and numpy; line charts with matplotlib.
 
 * :func:`overlay` -- a mask tinted over an image, with its boundary in a brighter colour.
 * :func:`heatmap` / :func:`overlay_heatmap` -- a probability map through a small colormap.
 * :func:`gallery` -- a grid "image | prediction | ground truth", one row per sample, with the
   referring expression and the IoU written above each row.
-* :func:`plot_curves` -- a small line chart (training loss per step, val mIoU per epoch ...).
+* :func:`plot_curves` -- a line chart (training loss per step, val mIoU per epoch ...), with
+  matplotlib (the ``plot`` extra).
 * :func:`caption_below` -- a picture with a sentence written on a white band below it.
 * :func:`fit` / :func:`resize_map` -- images and per-pixel maps scaled for display.
 
@@ -13,17 +14,18 @@ Files are written through :func:`rs2sam2.fsutil.atomic_write`, so a crash never 
 
 from __future__ import annotations
 
+import io
 import math
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .fsutil import atomic_write
+from .extras import require
+from .fsutil import atomic_write, atomic_write_bytes
 
 __all__ = [
     "PRED_COLOR",
@@ -61,20 +63,6 @@ _CMAP_ANCHORS: tuple[tuple[float, Color], ...] = (
     (0.50, (30, 160, 168)),
     (0.75, (120, 208, 88)),
     (1.00, (252, 236, 40)),
-)
-
-# Distinct, colour-blind-friendly-ish line colours for :func:`plot_curves`.
-_PALETTE: tuple[Color, ...] = (
-    (31, 119, 180),
-    (230, 100, 20),
-    (44, 160, 44),
-    (200, 40, 40),
-    (140, 90, 190),
-    (120, 80, 60),
-    (220, 100, 180),
-    (100, 100, 100),
-    (170, 170, 30),
-    (20, 170, 190),
 )
 
 
@@ -485,167 +473,19 @@ def gallery(
 # --------------------------------------------------------------------------------------------
 
 
-def _nice_ticks(lo: float, hi: float, target: int = 5) -> list[float]:
-    """About ``target`` round tick values (steps of 1, 2, 2.5 or 5 x 10^k) covering [lo, hi]."""
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        return [0.0, 1.0]
-    if hi < lo:
-        lo, hi = hi, lo
-    if hi == lo:
-        delta = abs(lo) * 0.1 or 1.0
-        lo, hi = lo - delta, hi + delta
-    raw = (hi - lo) / max(1, target - 1)
-    mag = 10.0 ** math.floor(math.log10(raw))
-    step = next(m * mag for m in (1.0, 2.0, 2.5, 5.0, 10.0) if m * mag >= raw * 0.999)
-    start = math.floor(lo / step + 1e-9) * step
-    stop = math.ceil(hi / step - 1e-9) * step
-    n = int(round((stop - start) / step))
-    return [round(start + k * step, 12) for k in range(n + 1)]
+def _points(points: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted by step; a value that is ``None``, NaN or inf becomes NaN (a gap in the line)."""
+    pairs = [(float(x), math.nan if y is None else float(y)) for x, y, *_ in points]
+    pairs = sorted((x, y if math.isfinite(y) else math.nan) for x, y in pairs if math.isfinite(x))
+    xy = np.asarray(pairs, dtype=np.float64).reshape(-1, 2)
+    return xy[:, 0], xy[:, 1]
 
 
-def _fmt_tick(v: float, step: float) -> str:
-    if v == 0:
-        return "0"
-    av = abs(v)
-    if av >= 1e5 or av < 1e-3:
-        return f"{v:.2g}"
-    decimals = max(0, -int(math.floor(math.log10(step)))) if step > 0 else 0
-    scaled = step * 10**decimals
-    if step > 0 and abs(scaled - round(scaled)) > 1e-6:
-        decimals += 1  # e.g. a step of 0.25
-    return f"{v:.{min(decimals, 6)}f}"
-
-
-def _clean_points(points: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
-    """Sort by step; a value that is ``None``, NaN or inf becomes NaN (a gap in the line)."""
-    xs: list[float] = []
-    ys: list[float] = []
-    for p in points:
-        x, y = p[0], p[1]
-        try:
-            xf = float(x)
-        except (TypeError, ValueError):
-            continue
-        if not math.isfinite(xf):
-            continue
-        try:
-            yf = float(y) if y is not None else math.nan
-        except (TypeError, ValueError):
-            yf = math.nan
-        xs.append(xf)
-        ys.append(yf if math.isfinite(yf) else math.nan)
-    order = np.argsort(np.asarray(xs, dtype=np.float64), kind="stable")
-    return np.asarray(xs, dtype=np.float64)[order], np.asarray(ys, dtype=np.float64)[order]
-
-
-def _data_range(data: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> tuple[bool, float, float, float, float]:
-    """``(has finite data, x_lo, x_hi, y_lo, y_hi)`` over every series (unit ranges without data)."""
-    all_x = np.concatenate([x for x, _ in data.values()]) if data else np.zeros(0)
-    all_y = np.concatenate([y for _, y in data.values()]) if data else np.zeros(0)
-    finite_y = all_y[np.isfinite(all_y)]
-    if finite_y.size:
-        xs_f = np.concatenate([x[np.isfinite(y)] for x, y in data.values()])
-        return True, float(xs_f.min()), float(xs_f.max()), float(finite_y.min()), float(finite_y.max())
-    if all_x.size:
-        return False, float(all_x.min()), float(all_x.max()), 0.0, 1.0
-    return False, 0.0, 1.0, 0.0, 1.0
-
-
-@dataclass
-class _Frame:
-    """The plot area of a chart in pixels, its ticks, and the mapping of data to pixels."""
-
-    left: int
-    top: int
-    right: int
-    bottom: int
-    width: int
-    height: int
-    xticks: list[float]
-    yticks: list[float]
-    xlabels: list[str]
-    ylabels: list[str]
-    line_h: int
-    has_data: bool
-
-    @classmethod
-    def fit(cls, draw: ImageDraw.ImageDraw, data, width: int, height: int, font: _FontT,
-            with_ylabel: bool) -> _Frame:
-        has_data, x_lo, x_hi, y_lo, y_hi = _data_range(data)
-        xticks, yticks = _nice_ticks(x_lo, x_hi, 6), _nice_ticks(y_lo, y_hi, 5)
-        xstep = xticks[1] - xticks[0] if len(xticks) > 1 else 1.0
-        ystep = yticks[1] - yticks[0] if len(yticks) > 1 else 1.0
-        ylabels = [_fmt_tick(v, ystep) for v in yticks]
-        line_h = _line_height(draw, font)
-        left = 12 + max(_text_size(draw, s, font)[0] for s in ylabels)
-        top = 14 + _line_height(draw, _font(15)) + (line_h if with_ylabel else 0)
-        return cls(left, top, width - 16, height - (10 + 2 * line_h), width, height, xticks, yticks,
-                   [_fmt_tick(v, xstep) for v in xticks], ylabels, line_h, has_data)
-
-    @property
-    def pw(self) -> int:
-        return self.right - self.left
-
-    @property
-    def ph(self) -> int:
-        return self.bottom - self.top
-
-    def px(self, x: float) -> float:
-        return self.left + (x - self.xticks[0]) / (self.xticks[-1] - self.xticks[0]) * self.pw
-
-    def py(self, y: float) -> float:
-        return self.bottom - (y - self.yticks[0]) / (self.yticks[-1] - self.yticks[0]) * self.ph
-
-    def draw_axes(self, draw: ImageDraw.ImageDraw, font: _FontT, title: str, xlabel: str, ylabel: str) -> None:
-        """Title, axis labels, grid, ticks with their labels, and the frame."""
-        title_font = _font(15)
-        tw, _ = _text_size(draw, title, title_font)
-        draw.text(((self.width - tw) // 2, 6), title, fill=_TEXT, font=title_font)
-        if ylabel:
-            draw.text((4, self.top - self.line_h - 2), ylabel, fill=_MUTED, font=font)
-        xw, _ = _text_size(draw, xlabel, font)
-        draw.text((self.left + (self.pw - xw) // 2, self.height - self.line_h - 4), xlabel, fill=_MUTED, font=font)
-        for v, s in zip(self.yticks, self.ylabels, strict=True):
-            yy = round(self.py(v))
-            draw.line([(self.left, yy), (self.right, yy)], fill=(232, 232, 232))
-            draw.line([(self.left - 4, yy), (self.left, yy)], fill=_TEXT)
-            sw, sh = _text_size(draw, s, font)
-            draw.text((self.left - 6 - sw, yy - sh // 2 - 2), s, fill=_TEXT, font=font)
-        for v, s in zip(self.xticks, self.xlabels, strict=True):
-            xx = round(self.px(v))
-            draw.line([(xx, self.top), (xx, self.bottom)], fill=(232, 232, 232))
-            draw.line([(xx, self.bottom), (xx, self.bottom + 4)], fill=_TEXT)
-            sw, _ = _text_size(draw, s, font)
-            draw.text((xx - sw // 2, self.bottom + 6), s, fill=_TEXT, font=font)
-        draw.rectangle([self.left, self.top, self.right, self.bottom], outline=_TEXT)
-
-    def draw_series(self, draw: ImageDraw.ImageDraw, x: np.ndarray, y: np.ndarray, color: Color) -> None:
-        """One series: lines through runs of finite points, a dot for an isolated one."""
-        ok = np.isfinite(y)
-        segment: list[tuple[float, float]] = []
-        for i in range(len(x) + 1):
-            if i < len(x) and ok[i]:
-                segment.append((self.px(x[i]), self.py(y[i])))
-                continue
-            if len(segment) == 1:
-                cx, cy = segment[0]
-                draw.ellipse([cx - 3, cy - 3, cx + 3, cy + 3], fill=color)
-            elif len(segment) > 1:
-                draw.line(segment, fill=color, width=2, joint="curve")
-            segment = []
-
-    def draw_legend(self, draw: ImageDraw.ImageDraw, font: _FontT, names: list[str]) -> None:
-        """The legend, top right inside the plot area."""
-        line_h = self.line_h
-        lw = max(_text_size(draw, n, font)[0] for n in names) + 34
-        lh = len(names) * line_h + 8
-        x0, y0 = self.right - lw - 8, self.top + 8
-        draw.rectangle([x0, y0, x0 + lw, y0 + lh], fill=(255, 255, 255), outline=(190, 190, 190))
-        for k, name in enumerate(names):
-            color = _PALETTE[k % len(_PALETTE)]
-            yy = y0 + 4 + k * line_h + line_h // 2
-            draw.line([(x0 + 6, yy), (x0 + 24, yy)], fill=color, width=3)
-            draw.text((x0 + 30, yy - line_h // 2), name, fill=_TEXT, font=font)
+def _isolated(y: np.ndarray) -> np.ndarray:
+    """The finite points whose neighbours are both gaps (or ends): a line cannot show them."""
+    ok = np.isfinite(y)
+    padded = np.pad(ok, 1, constant_values=False)
+    return ok & ~padded[:-2] & ~padded[2:]
 
 
 def plot_curves(
@@ -657,12 +497,12 @@ def plot_curves(
     xlabel: str = "step",
     ylabel: str = "",
 ) -> Path:
-    """Draw a line chart of one or more ``(step, value)`` series and save it (PNG).
+    """Draw a line chart of one or more ``(step, value)`` series with matplotlib and save it (PNG).
 
-    One colour per series, with a legend; axes with numbered ticks and a light grid.  Points
-    are sorted by step; ``None``/NaN/inf values break the line, and isolated points (a single
-    epoch, or a point between gaps) are drawn as dots.  With no finite data the axes are drawn
-    with a "no data" note.
+    One colour per series (matplotlib's colour cycle), with a legend and a light grid. Points are
+    sorted by step; ``None``/NaN/inf values break the line, and isolated points (a single epoch, or a
+    point between gaps) are drawn as dots. With no finite data the axes carry a "no data" note.
+    Needs matplotlib (the ``plot`` extra).
 
     Args:
         series: name -> list of ``(step, value)``.
@@ -670,7 +510,7 @@ def plot_curves(
         title: chart title.
         size: ``(width, height)`` of the image in pixels.
         xlabel: x-axis label.
-        ylabel: y-axis label (drawn above the y axis).
+        ylabel: y-axis label.
 
     Returns:
         ``Path(path)``.
@@ -678,18 +518,22 @@ def plot_curves(
     width, height = int(size[0]), int(size[1])
     if width < 200 or height < 150:
         raise ValueError(f"plot size must be at least 200x150, got {size}")
-    font = _font(12)
-    img = Image.new("RGB", (width, height), _BACKGROUND)
-    draw = ImageDraw.Draw(img)
-    data = {str(name): _clean_points(points) for name, points in series.items()}
-    frame = _Frame.fit(draw, data, width, height, font, bool(ylabel))
-    frame.draw_axes(draw, font, title, xlabel, ylabel)
-    for k, (x, y) in enumerate(data.values()):
-        frame.draw_series(draw, x, y, _PALETTE[k % len(_PALETTE)])
-    if not frame.has_data:
-        msg = "no data"
-        mw, mh = _text_size(draw, msg, font)
-        draw.text((frame.left + (frame.pw - mw) // 2, frame.top + (frame.ph - mh) // 2), msg, fill=_MUTED, font=font)
-    if data:
-        frame.draw_legend(draw, font, list(data))
-    return save(img, path)
+    figure = require("matplotlib.figure", "a training curve").Figure(figsize=(width / 100, height / 100), dpi=100)
+    ax = figure.add_subplot()
+    has_data = False
+    for k, (name, points) in enumerate(series.items()):
+        x, y = _points(points)
+        alone = _isolated(y)
+        ax.plot(x, y, color=f"C{k}", linewidth=1.5, label=str(name))
+        ax.plot(x[alone], y[alone], "o", color=f"C{k}", markersize=4)
+        has_data |= bool(np.isfinite(y).any())
+    if not has_data:
+        ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center", va="center", color="0.45")
+    if series:
+        ax.legend(loc="upper right", fontsize=9)
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    ax.grid(True, color="0.9")
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    return atomic_write_bytes(path, buffer.getvalue())

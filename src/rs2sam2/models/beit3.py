@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import Beit3Config
-from .common import call_block
+from .common import attention, call_block
 
 
 def sincos_2d(grid: int, dim: int) -> Tensor:
@@ -82,7 +82,7 @@ class Beit3Layer(nn.Module):
         compute = self.q_proj.vision.weight.dtype
         h = self.attn_norm(x, split).to(compute)
         q, k, v = (p(h, split).view(b, n, self.num_heads, hd).transpose(1, 2) for p in (self.q_proj, self.k_proj, self.v_proj))
-        a = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask[:, None, None, :])
+        a = attention(q, k, v, key_mask[:, None, None, :])
         a = a.transpose(1, 2).reshape(b, n, d)
         x = x + self.out_proj(self.inner_norm(a, split), split).to(x.dtype)
         return x + self.ffn(self.ffn_norm(x, split).to(compute), split).to(x.dtype)
@@ -98,7 +98,11 @@ class VisionEmbed(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.proj(x).flatten(2).transpose(1, 2)
-        return torch.cat([self.cls_token.to(x.dtype).expand(x.shape[0], -1, -1), x], dim=1)
+        # Through view, the token's gradient gets the parameter's own strides; without it, a batch of
+        # one hands the parameter a slice of the whole sequence's gradient (strides of [CLS, patches,
+        # text]), which DDP's gradient buckets report as "grad strides do not match bucket view strides".
+        cls = self.cls_token.view(1, 1, -1).to(x.dtype)
+        return torch.cat([cls.expand(x.shape[0], -1, -1), x], dim=1)
 
 
 class Beit3Encoder(nn.Module):

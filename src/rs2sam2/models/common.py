@@ -10,6 +10,20 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 
+def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
+    """``scaled_dot_product_attention(q, k, v, attn_mask=mask)`` for (B, heads, N, head_dim) inputs
+    (``mask``: boolean, True where a key may be attended).
+
+    bfloat16 inputs on the CPU (the bf16 inference path) are attended in float32 and the result is
+    rounded back to bfloat16 once: the CPU flash kernel's bf16 variant rounds inside the softmax
+    product, which flips mask pixels near the threshold (see benchmarks/README.md, issue 29), and on
+    CPUs without AMX it runs no faster than its float32 variant. Elsewhere SDPA runs as it is.
+    """
+    if q.dtype == torch.bfloat16 and q.device.type == "cpu":
+        return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask).to(q.dtype)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
 class Attention(nn.Module):
     """Multi-head attention with separate q/k/v projections (SAM's layout).
 
@@ -40,7 +54,7 @@ class Attention(nn.Module):
         k = self.k_proj(k).view(b, nk, h, -1).transpose(1, 2)
         v = self.v_proj(v).view(b, nk, h, -1).transpose(1, 2)
         mask = None if key_padding_mask is None else key_padding_mask[:, None, None, :]
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        out = attention(q, k, v, mask)
         return self.out_proj(out.transpose(1, 2).reshape(b, nq, -1))
 
 

@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from ..config import FusionConfig, HieraConfig
 from .bhfm import MLPAdapter, SpaceAdapter
-from .common import MLP, PointwiseConv, add_into, call_block, quantize_linear_layers_int8
+from .common import MLP, PointwiseConv, add_into, attention, call_block, quantize_linear_layers_int8
 
 
 def window_partition(x: Tensor, ws: int) -> tuple[Tensor, tuple[int, int]]:
@@ -56,7 +56,7 @@ class MultiScaleAttention(nn.Module):
             q = _pool(q.reshape(b, h, w, -1), self.q_pool)
             h, w = q.shape[1:3]
             q = q.reshape(b, h * w, self.num_heads, -1)
-        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        out = attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
         return self.proj(out.transpose(1, 2).reshape(b, h, w, -1))
 
 

@@ -37,11 +37,17 @@ from ..results import (
     write_prediction,
 )
 from ..runtime import PRECISIONS, resolve_device, resolve_precision
+from ..scene import Decision, iter_scene
 from ..text import TextTruncatedWarning, load_tokenizer
 from ..tiles import Answer, Plan, iter_pieces
 from .inputs import Area, InputError, check_texts, open_image, plan_area
 
-__all__ = ["Predictor", "Setup"]
+__all__ = ["PRESENCE_THRESHOLD", "Predictor", "Setup"]
+
+#: A scene answer below this presence is empty (``--presence-threshold``; see :mod:`rs2sam2.scene`).
+PRESENCE_THRESHOLD = 0.5
+#: The mode a plan's outputs are labelled with (``"mode"`` of every polygon).
+MODE_OF_PLAN = {"full": "whole", "decimated": "whole", "tiled": "tiles", "scene": "scene"}
 
 #: A progress report: ``True`` for a bar, or a function called with ``(done, total)`` model steps.
 Progress = bool | Callable[[int, int], None]
@@ -57,6 +63,15 @@ class Setup:
     region: tuple[int, int, int, int]
     plan: Plan
     notes: list[tuple[type[Warning], str]] = field(default_factory=list)
+    decisions: list[Decision] = field(default_factory=list)  # a scene plan's, one per text, once it has run
+
+    @property
+    def mode(self) -> str:
+        return MODE_OF_PLAN[self.plan.mode]
+
+    def steps(self, k: int) -> int:
+        """The model inputs text ``k`` was answered from."""
+        return 1 + len(self.decisions[k].looks) if self.decisions else self.plan.steps
 
     def warn(self, stacklevel: int = 2) -> None:
         """Issue the notes as Python warnings."""
@@ -111,11 +126,16 @@ class Predictor:
         max_len: token limit per expression, BOS/EOS included (default: the model's position table).
         mask_rule: the tokenizer's attention-mask rule (``"published"``: unknown tokens are hidden
             like padding, as in the published code; ``"clean"``).
+        presence_threshold: a scene answer whose presence is below it is empty (see :mod:`rs2sam2.scene`).
+        tile_batch: tiles of ``--mode tiles`` answered together, in one forward pass per batch of
+            expressions (memory grows with it; BHFM conditions the image encoder on the text, so only
+            tiles with the same sentence share a pass).
     """
 
     def __init__(self, model: torch.nn.Module, tokenizer, *, device: str | torch.device | None = "cpu",
                  precision: str = "auto", threshold: float = PUBLISHED_THRESHOLD, max_len: int | None = None,
-                 mask_rule: str = "published") -> None:
+                 mask_rule: str = "published", presence_threshold: float = PRESENCE_THRESHOLD,
+                 tile_batch: int = 1) -> None:
         if precision not in PRECISIONS:
             raise InputError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
         if isinstance(tokenizer, (str, os.PathLike)):
@@ -131,6 +151,12 @@ class Predictor:
         except ValueError as exc:  # int8 on a GPU
             raise InputError(str(exc)) from None
         self.threshold = check_threshold(threshold)
+        if not 0.0 <= presence_threshold <= 1.0:
+            raise InputError(f"presence_threshold {presence_threshold}: expected a number in [0, 1]")
+        self.presence_threshold = float(presence_threshold)
+        if int(tile_batch) < 1:
+            raise InputError(f"tile_batch must be >= 1, got {tile_batch}")
+        self.tile_batch = int(tile_batch)
         self.tokenizer = tokenizer
         self.mask_rule = mask_rule
         self.max_len = cfg.beit3.text_len(max_len)
@@ -166,6 +192,12 @@ class Predictor:
     def config(self):
         return self.model.config
 
+    @property
+    def presence_head(self) -> bool:
+        """Whether the checkpoint's object-score head was trained to say that an object is absent
+        (``config.presence_head``, set by ``train --negatives P`` with P > 0)."""
+        return bool(getattr(self.config, "presence_head", False))
+
     def preprocess(self, rgb: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """HxWx3 uint8 -> the SAM2 and BEiT-3 inputs, ``(1, 3, S, S)`` and ``(1, 3, s, s)``."""
         cfg = self.config
@@ -177,28 +209,31 @@ class Predictor:
         ids, mask = self.tokenizer.batch(list(texts), max_len=self.max_len, mask_rule=self.mask_rule)
         return ids.to(self.device), mask.bool().to(self.device)
 
-    @torch.inference_mode()
     def answers(self, rgb: np.ndarray, texts: Sequence[str], batch_size: int = 8,
                 with_prior: bool = True) -> list[Answer]:
         """The model's answers for ``texts`` on one model input ``rgb`` (HxWx3 uint8), at the model's
         resolution: the segment function of :func:`rs2sam2.tiles.iter_pieces`."""
-        image, evf = self.preprocess(rgb)  # once, however many expressions
-        results: list[Answer] = []
+        return self.answers_tiles([rgb], texts, batch_size, with_prior)[0]
+
+    @torch.inference_mode()
+    def answers_tiles(self, rgbs: Sequence[np.ndarray], texts: Sequence[str], batch_size: int = 8,
+                      with_prior: bool = True) -> list[list[Answer]]:
+        """:meth:`answers` for several model inputs at once (tiles of one scene): per batch of
+        ``batch_size`` expressions, one forward pass holds every input with every expression of the
+        batch. Returns one list of answers per input."""
+        inputs = [self.preprocess(rgb) for rgb in rgbs]  # once per input, however many expressions
+        n = len(inputs)
+        results: list[list[Answer]] = [[] for _ in inputs]
         for start in range(0, len(texts), batch_size):
             chunk = list(texts[start:start + batch_size])
             ids, mask = self.tokenize(chunk)
             b = len(chunk)
-            out = self.model(images=image.expand(b, -1, -1, -1), images_evf=evf.expand(b, -1, -1, -1),
-                             input_ids=ids, attention_mask=mask)
-            for k in range(b):
-                prior = None
-                if with_prior and out.mask_prompt is not None:
-                    prior = out.mask_prompt[k, 0].float().cpu()
-                results.append(Answer(
-                    logits=out.logits[k, 0].float().cpu(), prior=prior,
-                    iou_score=float(out.iou_scores[k].float().reshape(-1)[0]),
-                    object_score=float(out.object_score_logits[k].float().reshape(-1)[0]),
-                ))
+            images = torch.cat([image.expand(b, -1, -1, -1) for image, _ in inputs]) if n > 1 else \
+                inputs[0][0].expand(b, -1, -1, -1)
+            evf = torch.cat([e.expand(b, -1, -1, -1) for _, e in inputs]) if n > 1 else inputs[0][1].expand(b, -1, -1, -1)
+            out = self.model(images=images, images_evf=evf, input_ids=ids.repeat(n, 1), attention_mask=mask.repeat(n, 1))
+            for k in range(n * b):
+                results[k // b].append(_answer_of(out, k, with_prior))
         return results
 
     def setup(self, raster: Raster, texts: Sequence[str], area: Area | None = None) -> Setup:
@@ -221,11 +256,42 @@ class Predictor:
             notes.append((UserWarning, shrunk_tile_message(raster.name, plan, model_size)))
         return Setup(texts, region, plan, notes)
 
-    def _pieces(self, raster: Raster, setup: Setup, batch_size: int, with_prior: bool, progress: Progress):
-        def segment(rgb):
-            return self.answers(rgb, setup.texts, batch_size, with_prior)
+    def _pieces(self, raster: Raster, setup: Setup, batch_size: int, with_prior: bool, progress: Progress,
+                threshold: float):
+        texts = setup.texts
+        if setup.plan.mode == "scene":
+            def answer_some(rgb, which):
+                return self.answers(rgb, [texts[i] for i in which], batch_size, with_prior)
 
-        return iter_pieces(raster, setup.region, setup.plan, segment, progress=progress)
+            setup.decisions.clear()
+            return iter_scene(raster, setup.region, setup.plan, answer_some, texts=len(texts), threshold=threshold,
+                              presence_threshold=self.presence_threshold, presence_head=self.presence_head,
+                              model_size=self.config.image_size, progress=progress if callable(progress) else None,
+                              decisions=setup.decisions)
+
+        def segment(rgb):
+            return self.answers(rgb, texts, batch_size, with_prior)
+
+        def segment_tiles(rgbs):
+            return self.answers_tiles(rgbs, texts, batch_size, with_prior)
+
+        return iter_pieces(raster, setup.region, setup.plan, segment, progress=progress, segment_tiles=segment_tiles,
+                           tile_batch=self.tile_batch)
+
+    def provenance(self, raster: Raster, setup: Setup, k: int, object_score: float) -> dict:
+        """What every polygon of text ``k`` carries: ``mode``, ``presence`` (a scene answer's decision;
+        else the sigmoid of the object-score logit), ``image`` and ``checkpoint``."""
+        if setup.decisions:
+            presence = setup.decisions[k].presence
+        else:
+            presence = float(1.0 / (1.0 + np.exp(-object_score))) if np.isfinite(object_score) else float("nan")
+        return {"presence": presence, "mode": setup.mode, "image": raster.name,
+                "checkpoint": self.source or self.config.name}
+
+    def _label(self, raster: Raster, setup: Setup, k: int, result) -> None:
+        """Set ``result``'s (a Prediction's or SceneResult's) provenance and scene decision."""
+        result.provenance = self.provenance(raster, setup, k, result.object_score)
+        result.decision = setup.decisions[k].as_dict() if setup.decisions else None
 
     def predict(self, image, text: str | Sequence[str], *, batch_size: int = 8, threshold: float | None = None,
                 bands: Sequence[int] | str | None = None, with_prior: bool = True, bbox=None, bbox_crs=None,
@@ -245,21 +311,25 @@ class Predictor:
             bbox: ``(minx, miny, maxx, maxy)`` area of interest in the image's CRS (or ``bbox_crs``,
                 e.g. ``"EPSG:4326"``), snapped outward to whole pixels; only that window is read.
             window: ``(col, row, width, height)`` area of interest in pixels.
-            mode: ``"whole"`` or ``"tiles"`` (see :data:`rs2sam2.predict.inputs.MODES`); ``tile``
-                alone implies ``"tiles"``.
-            tile, overlap: the tiles of ``"tiles"``, at native resolution (see :mod:`rs2sam2.tiles`;
-                ``tile`` defaults to the model input, ``overlap`` to ``tile // 8``).
+            mode: ``"scene"``, ``"whole"`` or ``"tiles"`` (see :data:`rs2sam2.predict.inputs.MODES`);
+                default: a scene answer for areas larger than twice the model input per side, else one
+                look at the whole area; ``tile`` alone implies ``"tiles"``.
+            tile: the tile size of ``"tiles"``, at native resolution (see :mod:`rs2sam2.tiles`;
+                default: the model input).
+            overlap: the tiles' overlap in pixels (default ``tile // 8``).
             progress: a progress bar over the tiles, or a function called with ``(done, total)``.
 
         The result covers the area (the whole image by default) on its own grid (``crs``,
-        ``transform`` of the window). An area larger than twice the model input per side read
-        whole is read decimated (a warning says by how much). The result lives in memory: for
+        ``transform`` of the window). An area larger than twice the model input per side gets a
+        scene answer (:mod:`rs2sam2.scene`; its report in ``.decision``); with ``mode="whole"`` it
+        is read decimated (a warning says by how much). The result lives in memory: for
         areas of more than :func:`rs2sam2.imageio.max_pixels` pixels use :meth:`predict_to_file`.
 
         Raises:
-            InputError: empty text, unsupported image type, bad tiling; AreaError: a bbox/window
-            outside the image; FileNotFoundError / ImageReadError: an unreadable image file (the
-            message names it).
+            InputError: empty text, unsupported image type, bad tiling.
+            AreaError: a bbox/window outside the image.
+            FileNotFoundError: an image file that does not exist.
+            ImageReadError: an unreadable image file (the message names it).
         """
         single = isinstance(text, str)
         texts = check_texts([text] if single else list(text))
@@ -269,18 +339,17 @@ class Predictor:
         with open_image(image, bands) as raster:
             setup = self.setup(raster, texts, area)
             plan = setup.plan
-            if plan.width * plan.height > max_pixels():
-                raise InputError(
-                    f"{raster.name}: a result of {plan.width} x {plan.height} px would not fit the decode budget "
-                    f"({max_pixels():,} px) in memory; use Predictor.predict_to_file (written window by window), "
-                    "or a bbox/window")
+            _check_in_memory(raster.name, plan)
             setup.warn(stacklevel=2)
             info = raster.info.window(*setup.region)
             preview, _ = raster.read(setup.region, out_shape=preview_shape(plan.height, plan.width, PREVIEW_SIDE))
             with _truncation_announced():
-                pieces = self._pieces(raster, setup, batch_size, with_prior, progress)
+                pieces = self._pieces(raster, setup, batch_size, with_prior, progress, threshold)
                 results = assemble(pieces, texts, info, threshold, tiles=plan.steps, downscale=plan.downscale,
                                    preview=preview)
+            for k, pred in enumerate(results):
+                pred.tiles = setup.steps(k)
+                self._label(raster, setup, k, pred)
         return results[0] if single else results
 
     def predict_to_file(self, image, text: str | Sequence[str], *, out=None, prob=None, vector=None, overlay=None,
@@ -316,18 +385,71 @@ class Predictor:
         plans are written window by window (``Outputs`` of ``.tif`` rasters then)."""
         threshold = self.threshold if threshold is None else check_threshold(threshold)
         if setup.plan.mode != "full":
-            how = "tile by tile" if setup.plan.mode == "tiled" else "downscaled"
+            how = {"tiled": "tile by tile", "decimated": "downscaled", "scene": "as a scene"}[setup.plan.mode]
             for o in outputs:
                 o.check_windowed(how)
         with _truncation_announced():
-            pieces = self._pieces(raster, setup, batch_size, preview_side is not None, progress)
+            pieces = self._pieces(raster, setup, batch_size, preview_side is not None, progress, threshold)
             if setup.plan.mode == "full":
-                return _write_whole(raster, setup, pieces, outputs, threshold, simplify, min_area, preview_side)
-            return _write_windows(raster, setup, pieces, outputs, threshold, simplify, min_area, preview_side)
+                return self._write_whole(raster, setup, pieces, outputs, threshold, simplify, min_area,
+                                         preview_side)
+            return self._write_windows(raster, setup, pieces, outputs, threshold, simplify, min_area,
+                                       preview_side)
+
+    def _write_whole(self, raster, setup: Setup, pieces, outputs, threshold, simplify, min_area, preview_side):
+        """Write a one-input plan's outputs from the prediction in memory."""
+        need_rgb = preview_side is not None or any(o.overlay is not None for o in outputs)
+        rgb = raster.read(setup.region)[0] if need_rgb else None
+        preds = assemble(pieces, setup.texts, raster.info.window(*setup.region), threshold)
+        results = []
+        for k, (pred, o) in enumerate(zip(preds, outputs, strict=True)):
+            self._label(raster, setup, k, pred)
+            written = write_prediction(pred, rgb, o, simplify=simplify, min_area=min_area)
+            result = _result_of(pred, written, rgb, preview_side)
+            self._label(raster, setup, k, result)
+            results.append(result)
+        return results
+
+    def _write_windows(self, raster, setup: Setup, pieces, outputs, threshold, simplify, min_area, preview_side):
+        """Write a tiled, decimated or scene plan's outputs window by window
+        (:class:`~rs2sam2.results.SceneWriter`)."""
+        info = raster.info.window(*setup.region)
+        with contextlib.ExitStack() as stack:
+            writers = [SceneWriter(stack, t, info, threshold, o, simplify=simplify, min_area=min_area)
+                       for t, o in zip(setup.texts, outputs, strict=True)]
+            for piece in pieces:
+                for k, w in enumerate(writers):
+                    w.write(piece.window, piece.logits[k], piece.valid, piece.answers[k])
+            results = []
+            for k, w in enumerate(writers):
+                score = max((a.object_score for a in w.answers if np.isfinite(a.object_score)), default=float("nan"))
+                results.append(w.finish(raster, setup.region, steps=setup.steps(k), downscale=setup.plan.downscale,
+                                        preview_side=preview_side,
+                                        provenance=self.provenance(raster, setup, k, score),
+                                        decision=setup.decisions[k].as_dict() if setup.decisions else None))
+            return results
 
     def __repr__(self) -> str:
         return (f"Predictor(model={self.config.name!r}, image_size={self.config.image_size}, device={self.device}, "
                 f"precision={self.precision}, threshold={self.threshold})")
+
+
+def _check_in_memory(name: str, plan: Plan) -> None:
+    if plan.width * plan.height > max_pixels():
+        raise InputError(
+            f"{name}: a result of {plan.width} x {plan.height} px would not fit the decode budget "
+            f"({max_pixels():,} px) in memory; use Predictor.predict_to_file (written window by window), "
+            "or a bbox/window")
+
+
+def _answer_of(out, k: int, with_prior: bool) -> Answer:
+    """Sample ``k`` of a forward pass's outputs as an :class:`Answer` on the CPU."""
+    prior = None
+    if with_prior and out.mask_prompt is not None:
+        prior = out.mask_prompt[k, 0].float().cpu()
+    return Answer(logits=out.logits[k, 0].float().cpu(), prior=prior,
+                  iou_score=float(out.iou_scores[k].float().reshape(-1)[0]),
+                  object_score=float(out.object_score_logits[k].float().reshape(-1)[0]))
 
 
 def _check_batch_size(batch_size: int) -> None:
@@ -344,32 +466,6 @@ def _outputs_per_text(single: bool, n: int, **given) -> list[Outputs]:
             raise InputError(f"{name}: give one path per text ({n} texts)")
     return [Outputs.of(**{name: None if paths is None else paths[k] for name, paths in given.items()})
             for k in range(n)]
-
-
-def _write_whole(raster, setup: Setup, pieces, outputs, threshold, simplify, min_area, preview_side):
-    """Write a one-input plan's outputs from the prediction in memory."""
-    need_rgb = preview_side is not None or any(o.overlay is not None for o in outputs)
-    rgb = raster.read(setup.region)[0] if need_rgb else None
-    preds = assemble(pieces, setup.texts, raster.info.window(*setup.region), threshold)
-    results = []
-    for pred, o in zip(preds, outputs, strict=True):
-        written = write_prediction(pred, rgb, o, simplify=simplify, min_area=min_area)
-        results.append(_result_of(pred, written, rgb, preview_side))
-    return results
-
-
-def _write_windows(raster, setup: Setup, pieces, outputs, threshold, simplify, min_area, preview_side):
-    """Write a tiled or decimated plan's outputs window by window (:class:`~rs2sam2.results.SceneWriter`)."""
-    info = raster.info.window(*setup.region)
-    with contextlib.ExitStack() as stack:
-        writers = [SceneWriter(stack, t, info, threshold, o, simplify=simplify, min_area=min_area)
-                   for t, o in zip(setup.texts, outputs, strict=True)]
-        for piece in pieces:
-            for k, w in enumerate(writers):
-                w.write(piece.window, piece.logits[k], piece.valid, piece.answers[k])
-        plan = setup.plan
-        return [w.finish(raster, setup.region, steps=plan.steps, downscale=plan.downscale, preview_side=preview_side)
-                for w in writers]
 
 
 def _result_of(pred: Prediction, written: list[Path], rgb: np.ndarray | None, preview_side: int | None) -> SceneResult:

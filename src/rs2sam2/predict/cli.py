@@ -12,10 +12,16 @@ and the exit status is still 2).
 
 ``--progress json`` makes stdout a stream of JSON objects, one per line, for programs (the QGIS
 plugin): ``{"event": "start", "jobs": N}`` once every input is checked; ``{"event": "progress",
-"done": k, "total": n}`` after every model input (a tile, or the jobs of an image read whole);
-``{"event": "job", "index": i, "text": ..., "written": [...], "foreground_px": n}`` after each
-job's files are written (``index`` counts from 0 in the order of the jobs); ``{"event": "end",
-"status": s, "seconds": t}`` last, also after an error. Warnings and errors stay on stderr.
+"done": k, "total": n}`` after every model input (a tile, a look of a scene answer -- whose
+``total`` grows as looks are added -- or the jobs of an image read whole); ``{"event": "job",
+"index": i, "text": ..., "written": [...], "foreground_px": n, "mode": m, "presence": p,
+"decision": {...}}`` after each job's files are written (``index`` counts from 0 in the order of
+the jobs; ``decision``: a scene answer's looks and choice, else null); ``{"event": "end", "status":
+s, "seconds": t}`` last, also after an error. Warnings and errors stay on stderr.
+
+The summary (``--summary FILE``; by default ``<batch file>.summary.json`` beside a ``--batch``
+file) is one JSON object: the checkpoint, and per job its image, text, mode, files, foreground
+pixels, presence and, for a scene answer, the windows it inspected and what it decided.
 
 Under ``torchrun``, ``--batch`` shares the images among the ranks (a gloo group from
 :func:`rs2sam2.runtime.init_distributed`): each image's jobs run on one rank only.
@@ -25,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from collections.abc import Sequence
@@ -35,14 +42,16 @@ from tqdm import tqdm
 
 from ..checkpoints import CHECKPOINT_HELP, TOKENIZER_HELP, CheckpointError, add_hub_arguments
 from ..cliargs import number
+from ..config import BOUNDS
 from ..errors import ConfigError, UserError
+from ..fsutil import atomic_write_text, check_writable
 from ..geo import AreaError
 from ..imageio import DEFAULT_MAX_PIXELS, MAX_PIXELS_ENV, ImageReadError, RasterInfo, set_max_pixels
 from ..metrics import PUBLISHED_THRESHOLD
 from ..results import OVERLAY_MAX_SIDE, Outputs, SceneResult
 from ..runtime import PRECISIONS, init_distributed, launch_ranks
 from ..text import text_preview
-from .api import Predictor
+from .api import PRESENCE_THRESHOLD, Predictor
 from .inputs import MODES, Area, InputError, check_texts, open_image, parse_bands, plan_area
 from .jobs import Job, check_areas, raise_problems, read_headers, read_jobs, validate_jobs
 
@@ -63,7 +72,10 @@ EPILOG = (
     "  rs2sam2 predict --checkpoint ckpt/ --batch jobs.csv   # columns image,text,out[,vector,overlay,prob]\n\n"
     "Masks are uint8 rasters, 255 = object, 0 = background (127 = nodata where the input has none), on\n"
     "exactly the grid of the image or area (GeoTIFF with the input CRS for .tif outputs of georeferenced\n"
-    "inputs). With --mode tiles (--tile), position words refer to each tile's frame. Exit status 2 on bad input.")
+    "inputs). Areas larger than twice the model input per side get a scene answer (--mode scene): a\n"
+    "global look reads the scene-level words, native looks where it points refine the one object kept,\n"
+    "and a sentence that describes nothing there writes an empty mask. With --mode tiles (--tile),\n"
+    "every tile answers on its own and position words refer to each tile's frame. Exit status 2 on bad input.")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -91,7 +103,7 @@ def _model_arguments(g) -> None:
     g.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="auto (default: bf16 where the device multiplies bf16 faster than fp32, else fp32), fp32, "
                         "bf16, or int8 (CPU: int8 MLP layers in the image encoder)")
-    g.add_argument("--image-size", type=number(int, low=16), metavar="N",
+    g.add_argument("--image-size", type=number(int, low=16, high=BOUNDS["image_size"]), metavar="N",
                    help="override the SAM2 input size (default: the one the checkpoint records; 1024 for "
                         "released folders)")
 
@@ -113,18 +125,27 @@ def _area_arguments(g) -> None:
                    help="predict only this box, in the image's CRS (or --bbox-crs); snapped outward to whole "
                         "pixels; the mask covers exactly that window")
     g.add_argument("--bbox-crs", metavar="CRS", help="the CRS of --bbox, e.g. EPSG:4326 for lon/lat")
-    g.add_argument("--window", nargs=4, type=int, metavar=("COL", "ROW", "WIDTH", "HEIGHT"),
+    g.add_argument("--window", nargs=4, type=number(int, low=0), metavar=("COL", "ROW", "WIDTH", "HEIGHT"),
                    help="predict only this window, in pixels")
     g.add_argument("--mode", choices=MODES,
-                   help="whole: the area is one model input (read decimated when its longer side exceeds twice "
-                        "the model input); tiles: every tile at native resolution answers on its own, merged "
-                        "into one mask (for 'all the tanks' questions). Default: whole (tiles with --tile)")
+                   help="scene (default; tiles with --tile): areas larger than twice the model input per side get "
+                        "a scene answer -- a global look, native looks where it points, one object or none; "
+                        "smaller ones are read whole. whole: the area is one model input (read decimated when "
+                        "large). tiles: every tile at native resolution answers on its own, merged into one mask "
+                        "(for 'all the tanks' questions)")
     g.add_argument("--tile", type=number(int, low=16), metavar="SIZE",
                    help="the tile size of --mode tiles (default: the model input); --tile alone means --mode tiles. "
                         "Memory stays bounded by a tile")
+    g.add_argument("--presence-threshold", type=number(float, low=0, high=1), default=PRESENCE_THRESHOLD,
+                   metavar="P", help=f"a scene answer whose presence is below P writes an empty mask (default "
+                                     f"{PRESENCE_THRESHOLD}; presence: the trained presence head where the "
+                                     "checkpoint has one, else the chosen candidate's score)")
     g.add_argument("--overlap", type=number(int, low=0), metavar="PX",
                    help="overlap of neighbouring tiles in pixels (default: SIZE // 8); each output pixel comes "
                         "from the tile whose centre is nearest")
+    g.add_argument("--tile-batch", type=number(int, low=1, high=64), default=1, metavar="N",
+                   help="--mode tiles: N tiles go through the model together, each with every sentence of a "
+                        "--batch-size batch (default 1; memory grows with N)")
 
 
 def _option_arguments(g) -> None:
@@ -142,6 +163,9 @@ def _option_arguments(g) -> None:
                    help="decode budget: the most pixels decoded into memory at once (default "
                         f"{DEFAULT_MAX_PIXELS:,}, or the environment variable {MAX_PIXELS_ENV})")
     g.add_argument("--batch-size", type=number(int, low=1), default=8, help="expressions per forward pass (default 8)")
+    g.add_argument("--summary", metavar="FILE.json",
+                   help="write what each job decided (mode, presence, the windows a scene answer inspected) as "
+                        "JSON (default with --batch: <batch file>.summary.json beside it)")
     g.add_argument("--progress", choices=PROGRESS, default="bar",
                    help="bar (default): progress bars on stderr; json: stdout carries only JSON lines "
                         "(events start, progress, job, end) for programs; none")
@@ -163,6 +187,7 @@ class Reporter:
         self.lines = not quiet and not self.json
         self.batch_mode, self.who = batch_mode, who
         self.done = self.total = 0
+        self.records: list[dict] = []  # per job, for the summary
         self._bar = None
         self.start_time = time.perf_counter()
 
@@ -189,11 +214,17 @@ class Reporter:
 
     def job(self, index: int, job: Job, result: SceneResult) -> None:
         written = [str(p) for p in result.written]
+        presence = result.provenance.get("presence")
+        record = {"index": index, "image": str(job.image), "text": job.text, "written": written,
+                  "foreground_px": result.foreground_px, "mode": result.provenance.get("mode"),
+                  "presence": presence if presence is not None and math.isfinite(presence) else None,
+                  "decision": result.decision}
+        self.records.append(record)
         if self.json:
-            self._emit(event="job", index=index, text=job.text, written=written, foreground_px=result.foreground_px)
+            self._emit(event="job", **{k: v for k, v in record.items() if k != "image"})
         elif self.lines:
             line = (f"{self.who}{text_preview(job.text)!r}: {result.foreground_px} px "
-                    f"({100 * result.foreground_fraction:.2f}%) -> {', '.join(written)}")
+                    f"({100 * result.foreground_fraction:.2f}%){_scene_note(result.decision)} -> {', '.join(written)}")
             tqdm.write(line, file=sys.stdout) if self.batch_mode else print(line)
         self.skip(1)
 
@@ -209,6 +240,19 @@ class Reporter:
             self._emit(event="end", status=status, seconds=round(seconds, 3))
         elif status == 0 and self.batch_mode and self.lines:
             print(f"{self.who}wrote {jobs_written} prediction(s) in {seconds:.1f} s", file=sys.stderr)
+
+
+def _scene_note(decision: dict | None) -> str:
+    if decision is None:
+        return ""
+    verdict = "kept" if decision["present"] else "nothing kept"
+    presence = "n/a" if decision["presence"] is None else f"{decision['presence']:.2f}"
+    return f" [scene: {len(decision['looks'])} native look(s), presence {presence}, {verdict}]"
+
+
+def _write_summary(path: Path, checkpoint: str, records: list[dict]) -> None:
+    summary = {"checkpoint": checkpoint, "jobs": sorted(records, key=lambda r: r["index"])}
+    atomic_write_text(path, json.dumps(summary, indent=1, allow_nan=False) + "\n")
 
 
 # --------------------------------------------------------------------------------------------
@@ -263,18 +307,21 @@ def _prepare(args) -> Work:
     predictor = Predictor.from_pretrained(args.checkpoint, device=args.device, precision=args.precision,
                                           tokenizer=args.tokenizer, threshold=args.threshold,
                                           image_size=args.image_size, subfolder=args.subfolder,
-                                          revision=args.revision)
+                                          revision=args.revision, presence_threshold=args.presence_threshold,
+                                          tile_batch=args.tile_batch)
     check_areas(jobs, infos, area, predictor.config.image_size)
     return Work(jobs, infos, unreadable, predictor, area, bands)
 
 
 def _steps(work: Work, groups: Sequence[tuple[Path, list[int]]]) -> int:
-    """The model steps the run is expected to take (a tile, or the jobs of an image read whole)."""
+    """The model steps the run is expected to take (a tile, the jobs of an image read whole, or a
+    scene answer's global look and about two native looks per job: it may take more)."""
     total = 0
     for image, indices in groups:
         if image in work.infos:
             _, plan, _ = plan_area(work.infos[image], work.area, work.predictor.config.image_size)
-            total += len(plan.tiles) if plan.mode == "tiled" else len(indices)
+            steps = {"tiled": len(plan.tiles), "scene": 1 + 2 * len(indices)}
+            total += steps.get(plan.mode, len(indices))
     return total
 
 
@@ -288,6 +335,8 @@ def run(args) -> int:
     reporter = Reporter(args.progress, args.quiet, batch_mode, f"[rank {rank}] " if world > 1 else "")
     try:
         work = _prepare(args)
+        if (summary := _summary_path(args, rank, world)) is not None:
+            check_writable(summary, "--summary")  # before the work, not after it
     except _USER_ERRORS as exc:
         reporter.end(2, 0)
         return _fail(str(exc)) if rank == 0 else 2
@@ -307,8 +356,23 @@ def run(args) -> int:
         print(f"rs2sam2 predict: {reporter.who}{len(failures)} image(s) failed; the other jobs were written",
               file=sys.stderr)
     status = 2 if failed else 0
+    summary = _summary_path(args, dist.rank, dist.world_size)
+    if summary is not None and reporter.records:
+        _write_summary(summary, args.checkpoint, reporter.records)
     reporter.end(status, sum(len(g) for _, g in mine))
     return status
+
+
+def _summary_path(args, rank: int, world: int) -> Path | None:
+    """Where the summary goes (each rank writes its own jobs' under torchrun)."""
+    if args.summary is not None:
+        path = Path(args.summary).expanduser()
+    elif args.batch is not None:
+        batch = Path(args.batch)
+        path = batch.with_name(f"{batch.stem}.summary.json")
+    else:
+        return None
+    return path if world == 1 else path.with_name(f"{path.stem}.rank{rank}{path.suffix}")
 
 
 def _run_groups(work: Work, mine: Sequence[tuple[Path, list[int]]], args, reporter: Reporter) -> list[str]:
@@ -346,7 +410,7 @@ def _predict_group(work: Work, image_path: Path, group: list[Job], args, reporte
                          "output to keep the CRS and transform")
         for note in notes:
             print(f"rs2sam2 predict: warning: {note}", file=sys.stderr)
-        weight = 1 if setup.plan.mode == "tiled" else len(group)
+        weight = 1 if setup.plan.mode in ("tiled", "scene") else len(group)
         return predictor.write(raster, setup, [j.outputs for j in group], batch_size=args.batch_size,
                                simplify=args.simplify, min_area=args.min_area,
                                progress=reporter.stepper(weight) if setup.plan.mode == "tiled" or reporter.json

@@ -19,9 +19,11 @@ from ..tiles import Plan, plan_region
 
 __all__ = ["MODES", "Area", "InputError", "check_texts", "open_image", "parse_bands", "plan_area"]
 
-#: How an area is read: ``whole`` (one model input, decimated when large), ``tiles`` (every tile at
-#: native resolution). ``None`` (the default) picks ``whole``.
-MODES = ("whole", "tiles")
+#: How an area is read: ``scene`` (a scene answer: a global look, native looks where it points, one
+#: answer; :mod:`rs2sam2.scene`), ``whole`` (one model input, decimated when large), ``tiles`` (every
+#: tile at native resolution answers on its own). ``None`` (the default) picks ``scene``, which reads
+#: areas up to twice the model input per side whole, as ``whole`` does.
+MODES = ("scene", "whole", "tiles")
 
 
 class InputError(UserError, ValueError):
@@ -143,4 +145,5 @@ def plan_area(info: RasterInfo, area: Area, model_size: int) -> tuple[tuple[int,
     if area.mode == "tiles":
         tile, overlap = area.tiling(model_size)
         return region, plan_region(region[2], region[3], model_size, tile, overlap), clipped
-    return region, plan_region(region[2], region[3], model_size), clipped
+    scene = area.mode in (None, "scene")
+    return region, plan_region(region[2], region[3], model_size, scene=scene), clipped

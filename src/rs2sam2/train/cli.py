@@ -13,19 +13,24 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from ..cliargs import number
 from ..data import DATASETS
 from ..errors import ConfigError
-from .config import TrainConfig, merge_dicts, read_yaml
+from .config import RANGES, TrainConfig, merge_dicts, read_yaml
 from .launch import USER_ERRORS, train, train_cpu_processes
 from .trainer import NonFiniteLossError
 
 _BOOL = dict(action=argparse.BooleanOptionalAction, default=None)
 
 
-def _yaml_mapping(text: str) -> dict[str, Any]:
-    import yaml
+def _in_range(key: str):
+    """The argparse type of a numeric key: its :data:`~.config.RANGES` entry, checked as it is parsed."""
+    return number(**RANGES[key])
 
+
+def _yaml_mapping(text: str) -> dict[str, Any]:
     value = yaml.safe_load(text)
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError(f"expected a YAML mapping such as '{{fusion: {{bhfm: uni}}}}', got {text!r}")
@@ -51,68 +56,68 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train-tokenizer", dest="train_tokenizer", **_BOOL,
                    help="train a SentencePiece model on the training expressions (saved in RUN); the model's "
                         "vocab_size is set to its size")
-    p.add_argument("--tokenizer-vocab-size", dest="tokenizer_vocab_size", type=int)
-    p.add_argument("--max-text-len", dest="max_text_len", type=int,
+    p.add_argument("--tokenizer-vocab-size", dest="tokenizer_vocab_size", type=_in_range("tokenizer_vocab_size"))
+    p.add_argument("--max-text-len", dest="max_text_len", type=_in_range("max_text_len"),
                    help="tokens per sentence incl. BOS/EOS (default: the model's limit)")
     p.add_argument("--mask-rule", dest="mask_rule", choices=("published", "clean"))
 
 
 def _add_optimisation_arguments(p: argparse.ArgumentParser) -> None:
     length = p.add_mutually_exclusive_group()
-    length.add_argument("--epochs", dest="epochs", type=int,
+    length.add_argument("--epochs", dest="epochs", type=_in_range("epochs"),
                         help="epochs (passes over the refs); default 40 RRSIS-D, 60 RefSegRS")
-    length.add_argument("--max-steps", dest="max_steps", type=int, help="stop after this many optimizer steps")
-    p.add_argument("--batch-size", dest="batch_size", type=int,
+    length.add_argument("--max-steps", dest="max_steps", type=_in_range("max_steps"), help="stop after this many optimizer steps")
+    p.add_argument("--batch-size", dest="batch_size", type=_in_range("batch_size"),
                    help="samples per process per micro-batch (published: 1 x 8 GPUs)")
-    p.add_argument("--grad-accum-steps", dest="grad_accum_steps", type=int)
-    p.add_argument("--lr", dest="lr", type=float, help="learning rate of the non-fusion parameters (5e-5)")
-    p.add_argument("--lr-fusion", dest="lr_fusion", type=float,
+    p.add_argument("--grad-accum-steps", dest="grad_accum_steps", type=_in_range("grad_accum_steps"))
+    p.add_argument("--lr", dest="lr", type=_in_range("lr"), help="learning rate of the non-fusion parameters (5e-5)")
+    p.add_argument("--lr-fusion", dest="lr_fusion", type=_in_range("lr_fusion"),
                    help="learning rate of adapters / MPG / text guidance (1e-4)")
-    p.add_argument("--weight-decay", dest="weight_decay", type=float)
-    p.add_argument("--betas", dest="betas", type=float, nargs=2, metavar=("BETA1", "BETA2"))
-    p.add_argument("--adam-eps", dest="adam_eps", type=float)
-    p.add_argument("--lr-milestones", dest="lr_milestones", type=int, nargs="*", metavar="EPOCH",
+    p.add_argument("--weight-decay", dest="weight_decay", type=_in_range("weight_decay"))
+    p.add_argument("--betas", dest="betas", type=_in_range("betas"), nargs=2, metavar=("BETA1", "BETA2"))
+    p.add_argument("--adam-eps", dest="adam_eps", type=_in_range("adam_eps"))
+    p.add_argument("--lr-milestones", dest="lr_milestones", type=_in_range("lr_milestones"), nargs="*", metavar="EPOCH",
                    help="epochs from which the learning rates are multiplied by --lr-gamma once more")
-    p.add_argument("--lr-gamma", dest="lr_gamma", type=float)
-    p.add_argument("--clip-grad-norm", dest="clip_grad_norm", type=float)
+    p.add_argument("--lr-gamma", dest="lr_gamma", type=_in_range("lr_gamma"))
+    p.add_argument("--clip-grad-norm", dest="clip_grad_norm", type=_in_range("clip_grad_norm"))
     p.add_argument("--freeze", dest="freeze", choices=("published", "none"))
-    p.add_argument("--w-ce", dest="w_ce", type=float, help="weight of the cross-entropy term (0.9)")
-    p.add_argument("--w-dice", dest="w_dice", type=float, help="weight of the Dice term (0.1)")
-    p.add_argument("--w-tbl", dest="w_tbl", type=float, help="weight of the text-guided boundary term (0.2)")
+    p.add_argument("--w-ce", dest="w_ce", type=_in_range("w_ce"), help="weight of the cross-entropy term (0.9)")
+    p.add_argument("--w-dice", dest="w_dice", type=_in_range("w_dice"), help="weight of the Dice term (0.1)")
+    p.add_argument("--w-tbl", dest="w_tbl", type=_in_range("w_tbl"), help="weight of the text-guided boundary term (0.2)")
     p.add_argument("--boundary-loss", dest="boundary_loss", choices=("hard", "soft"))
-    p.add_argument("--w-grounding", dest="w_grounding", type=float,
+    p.add_argument("--w-grounding", dest="w_grounding", type=_in_range("w_grounding"),
                    help="weight of the MPG grounding loss (0: published; see rs2sam2.losses.grounding_loss)")
-    p.add_argument("--grounding-warmup-steps", dest="grounding_warmup_steps", type=int,
+    p.add_argument("--grounding-warmup-steps", dest="grounding_warmup_steps", type=_in_range("grounding_warmup_steps"),
                    help="steps that train the union encoder and the MPG alone before the whole model (0)")
-    p.add_argument("--grounding-warmup-lr", dest="grounding_warmup_lr", type=float, help="their learning rate (5e-4)")
-    p.add_argument("--grounding-warmup-batch-size", dest="grounding_warmup_batch_size", type=int,
+    p.add_argument("--grounding-warmup-lr", dest="grounding_warmup_lr", type=_in_range("grounding_warmup_lr"), help="their learning rate (5e-4)")
+    p.add_argument("--grounding-warmup-batch-size", dest="grounding_warmup_batch_size", type=_in_range("grounding_warmup_batch_size"),
                    help="their batch per process (8)")
     p.add_argument("--random-boxes", dest="random_boxes", **_BOOL,
                    help="RRSIS-D black-box augmentation (default: on for rrsisd)")
-    p.add_argument("--box-prob", dest="box_prob", type=float, help="share of samples given black boxes (0.2)")
-    p.add_argument("--negatives", dest="negatives", type=number(float, low=0, high=1, high_open=True), metavar="P",
+    p.add_argument("--box-prob", dest="box_prob", type=_in_range("box_prob"), help="share of samples given black boxes (0.2)")
+    p.add_argument("--negatives", dest="negatives", type=_in_range("negatives"), metavar="P",
                    help="share of absent-object samples (another image's sentence, an empty target) that train the "
                         "object-presence score (0: published recipe)")
-    p.add_argument("--w-presence", dest="w_presence", type=number(float, low=0),
+    p.add_argument("--w-presence", dest="w_presence", type=_in_range("w_presence"),
                    help="weight of the presence loss when --negatives > 0 (1.0)")
-    p.add_argument("--num-workers", dest="num_workers", type=int, help="DataLoader workers per process")
-    p.add_argument("--image-cache-mb", dest="image_cache_mb", type=int,
+    p.add_argument("--num-workers", dest="num_workers", type=_in_range("num_workers"), help="DataLoader workers per process")
+    p.add_argument("--image-cache-mb", dest="image_cache_mb", type=_in_range("image_cache_mb"),
                    help="decoded training images kept in memory per process and loader worker, in MB (0)")
 
 
 def _add_evaluation_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--eval-every", "--eval-every-epochs", dest="eval_every_epochs", type=int,
+    p.add_argument("--eval-every", "--eval-every-epochs", dest="eval_every_epochs", type=_in_range("eval_every_epochs"),
                    help="validate every N epochs")
     p.add_argument("--eval-at-start", dest="eval_at_start", **_BOOL, help="validate before training")
     p.add_argument("--eval-at-end", dest="eval_at_end", **_BOOL, help="validate after the last step (on)")
-    p.add_argument("--eval-batch-size", dest="eval_batch_size", type=int)
-    p.add_argument("--val-limit", dest="val_limit", type=int, help="score only the first N val expressions")
-    p.add_argument("--eval-threshold", dest="eval_threshold", type=float)
+    p.add_argument("--eval-batch-size", dest="eval_batch_size", type=_in_range("eval_batch_size"))
+    p.add_argument("--val-limit", dest="val_limit", type=_in_range("val_limit"), help="score only the first N val expressions")
+    p.add_argument("--eval-threshold", dest="eval_threshold", type=_in_range("eval_threshold"))
     p.add_argument("--best-metric", dest="best_metric", choices=("mIoU+oIoU", "mIoU", "oIoU"))
 
 
 def _add_system_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--seed", dest="seed", type=int)
+    p.add_argument("--seed", dest="seed", type=_in_range("seed"))
     p.add_argument("--device", dest="device", help="auto | cpu | cuda (under torchrun: cuda:LOCAL_RANK)")
     p.add_argument("--precision", dest="precision", choices=("auto", "bf16", "fp32"))
     p.add_argument("--fsdp", dest="fsdp", **_BOOL,
@@ -120,13 +125,15 @@ def _add_system_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grad-checkpointing", dest="grad_checkpointing", **_BOOL,
                    help="activation checkpointing of every Hiera block and BEiT-3 layer")
     p.add_argument("--find-unused-parameters", dest="find_unused_parameters", **_BOOL)
-    p.add_argument("--log-every", "--log-every-steps", dest="log_every_steps", type=int, help="log every N steps")
-    p.add_argument("--save-every", "--save-every-steps", dest="save_every_steps", type=int,
+    p.add_argument("--log-every", "--log-every-steps", dest="log_every_steps", type=_in_range("log_every_steps"), help="log every N steps")
+    p.add_argument("--save-every", "--save-every-steps", dest="save_every_steps", type=_in_range("save_every_steps"),
                    help="also save checkpoints/last every N steps")
     p.add_argument("--tensorboard", dest="tensorboard", **_BOOL, help="TensorBoard events in RUN/tb (on)")
     p.add_argument("--progress", dest="progress", **_BOOL, help="tqdm bars (on)")
     p.add_argument("--resume", dest="resume", action="store_true", help="continue RUN from checkpoints/last (exactly)")
-    p.add_argument("--debug-nonfinite-at-step", dest="debug_nonfinite_at_step", type=int,
+    p.add_argument("--overwrite", dest="overwrite", action="store_true",
+                   help="start a new run in the folder of an earlier run, removing that run's files (and only those)")
+    p.add_argument("--debug-nonfinite-at-step", dest="debug_nonfinite_at_step", type=_in_range("debug_nonfinite_at_step"),
                    help="testing hook: make the loss of this optimizer step NaN")
 
 
@@ -137,7 +144,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _add_optimisation_arguments(parser)
     _add_evaluation_arguments(parser)
     _add_system_arguments(parser)
-    parser.add_argument("--cpu-processes", type=int, default=1, metavar="N",
+    parser.add_argument("--cpu-processes", type=number(int, low=1, high=256), default=1, metavar="N",
                         help="CPU only: N data-parallel processes started here (no torchrun), the cores shared "
                              "between them; --batch-size is per process")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -145,8 +152,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _apply_set(config: dict[str, Any], item: str) -> None:
-    import yaml
-
     if "=" not in item:
         raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
     key, raw = item.split("=", 1)

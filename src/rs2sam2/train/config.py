@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import os
@@ -10,9 +11,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import ModelConfig, get_config
-from ..errors import ConfigError
+import yaml
+
+from ..checkpoints.hub import is_repo_id
+from ..cliargs import describe_range, number
+from ..config import PRESET_NAMES, ModelConfig, get_config
+from ..errors import ConfigError, MissingFileError
 from ..fsutil import atomic_write_bytes
+from ..runtime import resolve_device
 
 DATASET_EPOCHS = {"rrsisd": 40, "refsegrs": 60}
 
@@ -24,6 +30,49 @@ RESUME_KEYS = ("preset", "model", "init", "sam2_checkpoint", "beit3_checkpoint",
                "tokenizer_vocab_size", "dataset", "data", "train_split", "seed", "random_boxes", "box_prob",
                "mask_rule", "freeze", "negatives")
 _PATH_KEYS = {"init", "sam2_checkpoint", "beit3_checkpoint", "tokenizer", "data"}
+
+_STEPS = 10**9  # more optimizer steps, epochs or samples than any run takes
+_BATCH = 4096
+#: The allowed range of every numeric key, as the keyword arguments of :func:`rs2sam2.cliargs.number`:
+#: the command-line flags parse with them (refused before any work) and :meth:`TrainConfig.resolved`
+#: checks the values of YAML files and ``--set`` against them. ``betas`` and ``lr_milestones`` apply
+#: to each item.
+RANGES: dict[str, dict[str, Any]] = {
+    "tokenizer_vocab_size": dict(kind=int, low=16, high=500_000),
+    "max_text_len": dict(kind=int, low=3, high=8192),  # BOS, at least one token, EOS
+    "epochs": dict(kind=int, low=1, high=_STEPS),
+    "max_steps": dict(kind=int, low=0, high=_STEPS),
+    "batch_size": dict(kind=int, low=1, high=_BATCH),
+    "grad_accum_steps": dict(kind=int, low=1, high=_BATCH),
+    "lr": dict(kind=float, low=0, low_open=True),
+    "lr_fusion": dict(kind=float, low=0, low_open=True),
+    "weight_decay": dict(kind=float, low=0, high=10),
+    "betas": dict(kind=float, low=0, high=1, high_open=True),
+    "adam_eps": dict(kind=float, low=0, high=1, low_open=True),
+    "lr_milestones": dict(kind=int, low=0, high=_STEPS),
+    "lr_gamma": dict(kind=float, low=0, high=10, low_open=True),
+    "clip_grad_norm": dict(kind=float, low=0, high=1e6, low_open=True),
+    "w_ce": dict(kind=float, low=0, high=1000),
+    "w_dice": dict(kind=float, low=0, high=1000),
+    "w_tbl": dict(kind=float, low=0, high=1000),
+    "w_grounding": dict(kind=float, low=0, high=1000),
+    "grounding_warmup_steps": dict(kind=int, low=0, high=_STEPS),
+    "grounding_warmup_lr": dict(kind=float, low=0, low_open=True),
+    "grounding_warmup_batch_size": dict(kind=int, low=1, high=_BATCH),
+    "box_prob": dict(kind=float, low=0, high=1),
+    "negatives": dict(kind=float, low=0, high=1, high_open=True),
+    "w_presence": dict(kind=float, low=0, high=1000),
+    "num_workers": dict(kind=int, low=0, high=256),
+    "image_cache_mb": dict(kind=int, low=0, high=1 << 20),
+    "eval_every_epochs": dict(kind=int, low=1, high=_STEPS),
+    "eval_batch_size": dict(kind=int, low=1, high=_BATCH),
+    "val_limit": dict(kind=int, low=1, high=_STEPS),
+    "eval_threshold": dict(kind=float, low=0, high=1),
+    "seed": dict(kind=int, low=0, high=2**32 - 1),
+    "log_every_steps": dict(kind=int, low=1, high=_STEPS),
+    "save_every_steps": dict(kind=int, low=1, high=_STEPS),
+    "debug_nonfinite_at_step": dict(kind=int, low=1, high=_STEPS),
+}
 
 
 @dataclass
@@ -102,6 +151,7 @@ class TrainConfig:
     tensorboard: bool = True
     progress: bool = True
     resume: bool = False
+    overwrite: bool = False  # a new run in a folder of an earlier run: its files are removed first
     # testing hook: make the loss of this (1-based) optimizer step NaN
     debug_nonfinite_at_step: int | None = None
 
@@ -113,10 +163,15 @@ class TrainConfig:
             value = getattr(self, f.name)
             if isinstance(value, str):
                 setattr(self, f.name, _coerce(f.name, value, hints[f.name]))
-        if isinstance(self.betas, list):
-            self.betas = tuple(self.betas)  # type: ignore[assignment]
-        self.betas = tuple(float(b) for b in self.betas)  # type: ignore[assignment]
-        self.lr_milestones = [int(m) for m in (self.lr_milestones or [])]
+        if not isinstance(self.betas, (list, tuple)) or len(self.betas) != 2:
+            raise ConfigError(f"betas: expected two numbers (BETA1, BETA2), got {self.betas!r}")
+        if not isinstance(self.lr_milestones or [], (list, tuple)):
+            raise ConfigError(f"lr_milestones: expected a list of epochs, got {self.lr_milestones!r}")
+        try:
+            self.betas = tuple(float(b) for b in self.betas)  # type: ignore[assignment]
+            self.lr_milestones = [int(m) for m in (self.lr_milestones or [])]
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"betas, lr_milestones: expected numbers ({e})") from None
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -159,28 +214,47 @@ class TrainConfig:
             raise ConfigError(f"precision must be auto, bf16 or fp32, got {c.precision!r}")
         if c.best_metric not in ("mIoU+oIoU", "mIoU", "oIoU"):
             raise ConfigError(f"best_metric must be mIoU+oIoU, mIoU or oIoU, got {c.best_metric!r}")
-        for name in ("batch_size", "grad_accum_steps", "eval_batch_size", "log_every_steps", "eval_every_epochs"):
-            if int(getattr(c, name)) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(c, name)}")
-        if c.w_grounding < 0 or c.grounding_warmup_steps < 0 or c.grounding_warmup_lr <= 0:
-            raise ConfigError("w_grounding and grounding_warmup_steps must be >= 0 and grounding_warmup_lr > 0, got "
-                              f"{c.w_grounding}, {c.grounding_warmup_steps}, {c.grounding_warmup_lr}")
-        if c.grounding_warmup_batch_size < 1:
-            raise ConfigError(f"grounding_warmup_batch_size must be >= 1, got {c.grounding_warmup_batch_size}")
+        resolve_device(c.device)  # a device that does not exist here: a ConfigError naming it
+        if c.preset not in PRESET_NAMES:
+            raise ConfigError(f"preset: {c.preset!r} is not a preset; choose one of {', '.join(PRESET_NAMES)}")
+        for name, bounds in RANGES.items():
+            _check_range(name, getattr(c, name), **bounds)
+        if not c.resume:
+            _check_inputs(c)
         if c.grounding_warmup_steps and c.fsdp:
             raise ConfigError("grounding_warmup_steps cannot be combined with --fsdp (the warm-up updates whole "
                               "parameters); use DDP or set it to 0")
-        if not 0 <= c.negatives < 1 or c.w_presence < 0:
-            raise ConfigError(f"negatives must be in [0, 1) and w_presence >= 0, got {c.negatives}, {c.w_presence}")
-        if c.image_cache_mb < 0:
-            raise ConfigError(f"image_cache_mb must be >= 0, got {c.image_cache_mb}")
-        if c.max_steps is not None and c.max_steps < 0:
-            raise ConfigError(f"max_steps must be >= 0, got {c.max_steps}")
         if not c.data:
             raise ConfigError("no dataset root given (--data ROOT)")
         if not c.out:
             raise ConfigError("no run folder given (--out RUN)")
         return c
+
+
+def _check_inputs(c: TrainConfig) -> None:
+    """The files a new run starts from exist (a resumed run takes them from its folder): the
+    tokenizer, and the checkpoints (``init`` may also be a Hugging Face Hub id)."""
+    if c.tokenizer and not Path(c.tokenizer).is_file():
+        raise MissingFileError(f"tokenizer: {c.tokenizer} is not a file")
+    for key in ("init", "sam2_checkpoint", "beit3_checkpoint"):
+        path = getattr(c, key)
+        if path and not os.path.lexists(path) and not (key == "init" and is_repo_id(str(path))):
+            raise MissingFileError(f"{key}: checkpoint not found: {path}")
+
+
+def _check_range(name: str, value: Any, **bounds: Any) -> None:
+    """:class:`ConfigError` naming ``name`` when ``value`` (each item of a list) is outside its
+    :data:`RANGES` entry, by the rule of the command-line flags; None keeps the key's default meaning."""
+    check = number(**bounds)
+    for item in value if isinstance(value, (list, tuple)) else [value]:
+        if item is None:
+            continue
+        try:
+            if isinstance(item, bool) or not isinstance(item, (int, float)):
+                raise argparse.ArgumentTypeError(f"expected {describe_range(**bounds)}, got {item!r}")
+            check(repr(item))
+        except argparse.ArgumentTypeError as e:
+            raise ConfigError(f"{name}: {e}") from None
 
 
 def _coerce(name: str, value: str, hint: Any) -> Any:
@@ -208,8 +282,6 @@ def _coerce(name: str, value: str, hint: Any) -> Any:
 
 def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
     """A YAML mapping from ``path``; a missing file or another document is a clear error."""
-    import yaml
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
@@ -224,8 +296,6 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
 
 def write_yaml(path: Path, d: dict[str, Any]) -> None:
     """Write ``d`` as YAML, atomically."""
-    import yaml
-
     atomic_write_bytes(path, yaml.safe_dump(d, sort_keys=False).encode("utf-8"))
 
 

@@ -22,8 +22,14 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_optimizer_state_dict,
+)
 
-from ..checkpoints import CheckpointError
+from ..checkpoints import CheckpointError, save_state_dict
 from ..errors import OutputError
 from ..fsutil import atomic_write
 
@@ -109,16 +115,12 @@ def load_named_optimizer_state(optimizer: torch.optim.Optimizer, named: dict[str
 
 
 def _full_state_options():
-    from torch.distributed.checkpoint.state_dict import StateDictOptions
-
     return StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 
 def gather_model_state(module: nn.Module, core: nn.Module, fsdp: bool, is_main: bool) -> dict | None:
     """The full model state dict on the main rank (FSDP: gathered from the shards), None elsewhere."""
     if fsdp:
-        from torch.distributed.checkpoint.state_dict import get_model_state_dict
-
         sd = get_model_state_dict(module, options=_full_state_options())
         return sd if is_main else None
     return core.state_dict() if is_main else None
@@ -128,8 +130,6 @@ def gather_optimizer_state(module: nn.Module, optimizer: torch.optim.Optimizer, 
                            fsdp: bool, is_main: bool) -> dict | None:
     """The full, name-keyed optimizer state on the main rank, None elsewhere."""
     if fsdp:
-        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
-
         osd = get_optimizer_state_dict(module, optimizer, options=_full_state_options())
         return osd if is_main else None
     return named_optimizer_state(optimizer, names) if is_main else None
@@ -139,8 +139,6 @@ def load_optimizer_state(module: nn.Module, optimizer: torch.optim.Optimizer, sa
                          names: dict[nn.Parameter, str], fsdp: bool) -> None:
     """Load a saved optimizer state, sharding it first when the model is FSDP-sharded."""
     if fsdp:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-
         set_optimizer_state_dict(module, optimizer, saved, options=StateDictOptions(full_state_dict=True))
     else:
         load_named_optimizer_state(optimizer, saved, names)
@@ -244,16 +242,16 @@ def write_checkpoint(root: Path, name: str, state_dict: dict[str, torch.Tensor],
     """Write ``root/name`` (weights, config, tokenizer, then ``trainer_state.pt``) under a temporary
     name and swap it in. A write that fails for want of space, or on an ``OSError``, raises
     :class:`CheckpointWriteError` after removing the partial folder; ``root/name`` is unchanged."""
-    from ..checkpoints import save_state_dict
-
     final, tmp, old = root / name, root / f"{name}.new", root / f"{name}.old"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         save_state_dict(state_dict, model_config, tmp, tokenizer_path=tokenizer_path, card=card)
         with atomic_write(tmp / TRAINER_STATE) as part:
             torch.save(trainer_state, part)
-    except Exception as exc:
+    except BaseException as exc:  # a signal too: no partial folder is left behind
         shutil.rmtree(tmp, ignore_errors=True)
+        if not isinstance(exc, Exception):
+            raise
         reason = _write_failure(exc, final, _tensor_bytes(state_dict) + _tensor_bytes(trainer_state))
         if reason is None:
             raise

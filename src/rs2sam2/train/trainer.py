@@ -23,16 +23,29 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import fully_shard
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm.auto import tqdm
 
-from ..checkpoints import CardInfo, Located, locate
-from ..data import DatasetError
-from ..errors import ConfigError
+from ..checkpoints import CardInfo, Located, load_beit3_checkpoint, load_pretrained, load_sam2_checkpoint, locate
+from ..data import DatasetError, build_dataset
+from ..data.checks import blocking_problems
+from ..data.collate import check_vocabulary, collate, move_batch
+from ..errors import ConfigError, OutputError
+from ..evaluate import evaluate_model
 from ..fsutil import atomic_write_bytes
 from ..losses import LossOutput, grounding_loss, presence_loss
+from ..models import RS2SAM2
+from ..models.beit3 import Beit3Layer
+from ..models.hiera import HieraBlock
 from ..runtime import Dist, autocast, autocast_enabled, init_distributed
+from ..signals import Stopped
+from ..text import load_tokenizer, train_tokenizer
 from .config import TrainConfig, merge_dicts, model_config_from, read_yaml, resume_clashes, write_yaml
 from .grounding import grounding_warmup
 from .policy import apply_freeze, build_loss, build_optimizer, build_scheduler, per_sample_loss
+from .runfolder import check_run_folder
 from .sampling import train_loader
 from .state import (
     CheckpointWriteError,
@@ -58,8 +71,8 @@ VAL_FIELDS = ("step", "epoch", "Pr@0.5", "Pr@0.6", "Pr@0.7", "Pr@0.8", "Pr@0.9",
               "orig_oIoU", "orig_mIoU", "seconds")
 
 
-def _log(msg: str, d: Dist) -> None:
-    if d.is_main:
+def _log(msg: str, dist: Dist) -> None:
+    if dist.is_main:
         print(f"[rs2sam2 train] {msg}", file=sys.stderr, flush=True)
 
 
@@ -88,19 +101,19 @@ class _CsvLog:
 class _RunLog:
     """``logs/train.csv``, ``logs/val.csv`` and TensorBoard (``tb/``), written on rank 0 only."""
 
-    def __init__(self, run: Path, step: int, tensorboard: bool, d: Dist) -> None:
-        self.main, self.tb = d.is_main, None
+    def __init__(self, run: Path, step: int, tensorboard: bool, dist: Dist) -> None:
+        self.main, self.tb = dist.is_main, None
         if not self.main:
             return
         self.train_csv = _CsvLog(run / "logs" / "train.csv", TRAIN_FIELDS)
         self.val_csv = _CsvLog(run / "logs" / "val.csv", VAL_FIELDS)
         if tensorboard:
             try:
-                from torch.utils.tensorboard import SummaryWriter
+                from torch.utils.tensorboard import SummaryWriter  # noqa: PLC0415 - optional, slow to import
 
                 self.tb = SummaryWriter(str(run / "tb"), purge_step=step or None)
             except Exception as exc:  # noqa: BLE001 - TensorBoard is a convenience, not a requirement
-                _log(f"TensorBoard disabled ({exc})", d)
+                _log(f"TensorBoard disabled ({exc})", dist)
 
     def train(self, row: dict[str, Any], step: int, with_grad_norm: bool) -> None:
         if not self.main:
@@ -165,11 +178,9 @@ def _score(metrics: dict[str, Any], best_metric: str) -> float:
     return float(metrics["mIoU"]) + float(metrics["oIoU"])
 
 
-def _resolve_tokenizer(cfg: TrainConfig, run: Path, init: Located | None, train_ds, d: Dist):
+def _resolve_tokenizer(cfg: TrainConfig, run: Path, init: Located | None, train_ds, dist: Dist):
     """Tokenizer path by priority: the run's own copy (resume), --tokenizer, the init checkpoint's,
     a newly trained one (--train-tokenizer). Returns (Tokenizer, path, trained: bool)."""
-    from ..text import load_tokenizer, train_tokenizer
-
     run_tok = run / "tokenizer.model"
     if cfg.resume and run_tok.is_file() and find_last_checkpoint(run) is not None:
         return load_tokenizer(run_tok), run_tok, False
@@ -178,10 +189,10 @@ def _resolve_tokenizer(cfg: TrainConfig, run: Path, init: Located | None, train_
     if init is not None and init.tokenizer is not None:
         return load_tokenizer(init.tokenizer), init.tokenizer, False
     if cfg.train_tokenizer:
-        if d.is_main:
+        if dist.is_main:
             texts = [text for _, text, _ in train_ds.expressions]
             train_tokenizer(texts, run_tok, vocab_size=cfg.tokenizer_vocab_size)
-        d.barrier()
+        dist.barrier()
         return load_tokenizer(run_tok), run_tok, True
     raise ConfigError(
         "no tokenizer: pass --tokenizer PATH (BEiT-3's beit3.spm for the paper models), start from a checkpoint "
@@ -191,9 +202,6 @@ def _resolve_tokenizer(cfg: TrainConfig, run: Path, init: Located | None, train_
 def _build_model(cfg: TrainConfig, tokenizer, trained_tok: bool, resume_dir: Path | None):
     """The model to train (resumed, initialised from a checkpoint, or built from the preset with the
     official SAM2 / BEiT-3 weights) and notes on where its weights came from."""
-    from ..checkpoints import load_beit3_checkpoint, load_pretrained, load_sam2_checkpoint
-    from ..models import RS2SAM2
-
     notes = []
     if resume_dir is None and cfg.init and cfg.model:
         notes.append("note: the 'model' overrides are ignored: the architecture comes from the checkpoint")
@@ -219,16 +227,10 @@ def _build_model(cfg: TrainConfig, tokenizer, trained_tok: bool, resume_dir: Pat
     return model, notes
 
 
-def _wrap_fsdp(model: nn.Module, d: Dist) -> nn.Module:
+def _wrap_fsdp(model: nn.Module, dist: Dist) -> nn.Module:
     """Shard gradients and optimizer state per BEiT-3 layer and Hiera block (FSDP2; parameters stay
     gathered from forward to backward, as in the published DeepSpeed ZeRO-2)."""
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
-
-    from ..models.beit3 import Beit3Layer
-    from ..models.hiera import HieraBlock
-
-    mesh = init_device_mesh(d.device.type, (d.world_size,))
+    mesh = init_device_mesh(dist.device.type, (dist.world_size,))
     for m in model.modules():
         if isinstance(m, (HieraBlock, Beit3Layer)):
             fully_shard(m, mesh=mesh, reshard_after_forward=False)
@@ -244,67 +246,87 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig) -> None:
         self.cfg = cfg
-        self.d = init_distributed(cfg.device)
+        self.dist = init_distributed(cfg.device)
         self.run = Path(cfg.out)
         self.summary: dict[str, Any] = {}
         self.grounding_warmup: dict[str, Any] | None = None  # what the warm-up did, when this process ran it
         self.log: _RunLog | None = None
+        self.run_id: str | None = None  # on the main rank: the id in the run folder's marker
 
     # ------------------------------------------------------------------------------------- setup
     def setup(self) -> None:
-        cfg, d = self.cfg, self.d
+        cfg, dist = self.cfg, self.dist
         seed_everything(cfg.seed)
         self.resume_dir = self._check_run_folder()
         self._load_data()
         self._check_data()
+        self._claim_run_folder()
         self._prepare_tokenizer()
         self._prepare_model()
         self.optimizer = build_optimizer(self.core, cfg)
         self.scheduler = build_scheduler(self.optimizer, cfg)
         self.loss_fn = build_loss(cfg)
-        self.use_bf16 = autocast_enabled(d.device, cfg.precision)
-        if cfg.precision == "bf16" and d.device.type != "cuda":
-            _log("bf16 autocast is used on CUDA only; training in fp32 on the CPU", d)
-        self.sampler, self.loader = train_loader(self.train_ds, cfg, self.model_config, d.rank, d.world_size,
-                                                 pin_memory=d.device.type == "cuda")
+        self.use_bf16 = autocast_enabled(dist.device, cfg.precision)
+        if cfg.precision == "bf16" and dist.device.type != "cuda":
+            _log("bf16 autocast is used on CUDA only; training in fp32 on the CPU", dist)
+        self.sampler, self.loader = train_loader(self.train_ds, cfg, self.model_config, dist.rank, dist.world_size,
+                                                 pin_memory=dist.device.type == "cuda")
         self.micro_per_epoch = math.ceil(self.sampler.per_epoch / cfg.batch_size)
         self.steps_per_epoch = math.ceil(self.micro_per_epoch / cfg.grad_accum_steps)
         self.progress = Progress()
         self.saved: dict[str, int] = {}  # checkpoints of this run on disk -> their step
         if self.resume_dir is not None:
             self._restore(self.resume_dir)
-        if d.is_main:
-            write_yaml(self.run / "train_config.yaml", {**cfg.to_dict(), "resume": False})
-        self.log = _RunLog(self.run, self.progress.global_step, cfg.tensorboard, d)
+        if dist.is_main:
+            write_yaml(self.run / "train_config.yaml", {**cfg.to_dict(), "resume": False, "overwrite": False})
+        self.log = _RunLog(self.run, self.progress.global_step, cfg.tensorboard, dist)
         _log(f"{self.train_ds.num_refs} train refs ({len(self.train_ds)} expressions), "
-             f"{len(self.val_ds) if self.val_ds is not None else 0} val expressions; world size {d.world_size}, "
+             f"{len(self.val_ds) if self.val_ds is not None else 0} val expressions; world size {dist.world_size}, "
              f"batch {cfg.batch_size}/process x {cfg.grad_accum_steps} accumulation; {self.steps_per_epoch} "
-             f"steps/epoch; device {d.device}{' bf16' if self.use_bf16 else ''}"
-             f"{' FSDP' if self.fsdp else ' DDP' if d.enabled else ''}", d)
+             f"steps/epoch; device {dist.device}{' bf16' if self.use_bf16 else ''}"
+             f"{' FSDP' if self.fsdp else ' DDP' if dist.enabled else ''}", dist)
 
     def _check_run_folder(self) -> Path | None:
-        """The checkpoint to resume from (None: a new run); refuses to overwrite an existing run."""
-        cfg, d = self.cfg, self.d
+        """Check the run folder on the main rank (:func:`~.runfolder.check_run_folder`: only this run
+        writes there), writing nothing yet; returns the checkpoint to resume from (None: a new run)."""
+        cfg, dist = self.cfg, self.dist
+        self.run_folder = self._on_main(lambda: check_run_folder(self.run, resume=cfg.resume, overwrite=cfg.overwrite))
         resume_dir = find_last_checkpoint(self.run) if cfg.resume else None
         if cfg.resume and resume_dir is None:
-            _log(f"--resume: no checkpoint in {self.run / 'checkpoints'}; starting a new run", d)
-        if not cfg.resume and find_last_checkpoint(self.run) is not None:
-            raise FileExistsError(f"{self.run} already holds a training run (checkpoints/last); pass --resume to "
-                                  "continue it or choose another --out")
+            _log(f"--resume: no checkpoint in {self.run / 'checkpoints'}; starting a new run", dist)
         if resume_dir is not None:
             self._check_resume(resume_dir)
         return resume_dir
+
+    def _claim_run_folder(self) -> None:
+        """Once setup found nothing wrong: the earlier run's files go (``--overwrite``) and the marker
+        of this run is written, before anything else of it."""
+        claimed = self._on_main(lambda: self.run_folder.claim())
+        self.run_id = claimed.run_id if claimed is not None else None
+
+    def _on_main(self, action):
+        """``action()`` on the main rank (None elsewhere); an OutputError it raises stops every rank."""
+        result, problem = None, None
+        if self.dist.is_main:
+            try:
+                result = action()
+            except OutputError as exc:
+                problem = str(exc)
+        problem = self.dist.first_message(problem)
+        if problem is not None:
+            raise OutputError(problem)
+        return result
 
     def _check_resume(self, folder: Path) -> None:
         """Read the trainer state of ``folder`` and refuse a command line that differs from the run
         in what a resumed run keeps (:data:`~.config.RESUME_KEYS`, and the samples per step, on which
         the position in the epoch depends); every clash names both values."""
-        cfg, d = self.cfg, self.d
+        cfg, dist = self.cfg, self.dist
         self.resume_state = state = load_trainer_state(folder)
         saved_config = self.run / "train_config.yaml"
         clashes = resume_clashes(read_yaml(saved_config), cfg) if saved_config.is_file() else []
         run_batch = (int(state["world_size"]), int(state["batch_size"]), int(state["grad_accum_steps"]))
-        batch = (d.world_size, cfg.batch_size, cfg.grad_accum_steps)
+        batch = (dist.world_size, cfg.batch_size, cfg.grad_accum_steps)
         if run_batch[0] * run_batch[1] != batch[0] * batch[1] or run_batch[2] != batch[2]:
             clashes.append("samples per step: {} process(es) x batch {} x {} accumulation in the run, {} x {} x {} "
                            "now".format(*run_batch, *batch))
@@ -315,8 +337,6 @@ class Trainer:
                 f"new run from its weights with --init {folder} --out NEW_RUN")
 
     def _load_data(self) -> None:
-        from ..data import build_dataset
-
         cfg = self.cfg
 
         def split(name: str | None) -> str | None:  # jsonl: "all" = every line, whatever its split
@@ -329,42 +349,38 @@ class Trainer:
             try:
                 self.val_ds = build_dataset(cfg.dataset, cfg.data, split(cfg.val_split))
             except ValueError as exc:  # DatasetError is a ValueError
-                _log(f"no validation ({exc}); the best checkpoint is not tracked", self.d)
+                _log(f"no validation ({exc}); the best checkpoint is not tracked", self.dist)
 
     def _check_data(self) -> None:
         """Before step 1: the checks of ``rs2sam2 check-data`` that need no decoding (every image and
         mask present and readable, image sizes from the headers against the annotations), on the
         training and validation splits; a problem that would stop a sample from loading stops here."""
-        from ..datacheck import blocking_problems
-
         cfg, problem = self.cfg, None
-        if self.d.is_main:
+        if self.dist.is_main:
             found = [m for ds in (self.train_ds, self.val_ds) if ds is not None for m in blocking_problems(ds)]
             if found:
                 more = f"; ... and {len(found) - 3} more" if len(found) > 3 else ""
                 problem = (f"{len(found)} dataset problem(s) that stop samples from loading: {'; '.join(found[:3])}"
                            f"{more}. `rs2sam2 check-data --dataset {cfg.dataset} --data {cfg.data}` lists them all")
-        problem = self.d.first_message(problem)
+        problem = self.dist.first_message(problem)
         if problem is not None:
             raise DatasetError(problem)
 
     def _prepare_tokenizer(self) -> None:
         """Find (or train) the tokenizer and keep a copy in the run folder."""
-        cfg, d = self.cfg, self.d
+        cfg, dist = self.cfg, self.dist
         init = locate(cfg.init) if cfg.init and self.resume_dir is None else None
-        self.tokenizer, path, self.trained_tokenizer = _resolve_tokenizer(cfg, self.run, init, self.train_ds, d)
+        self.tokenizer, path, self.trained_tokenizer = _resolve_tokenizer(cfg, self.run, init, self.train_ds, dist)
         self.tokenizer_path = self.run / "tokenizer.model"
-        if d.is_main and path.resolve() != self.tokenizer_path.resolve():
+        if dist.is_main and path.resolve() != self.tokenizer_path.resolve():
             atomic_write_bytes(self.tokenizer_path, path.read_bytes())
 
     def _prepare_model(self) -> None:
         """Build the model, apply the freeze policy, move it to the device and wrap it (DDP / FSDP)."""
-        from ..data.collate import check_vocabulary
-
-        cfg, d = self.cfg, self.d
+        cfg, dist = self.cfg, self.dist
         model, notes = _build_model(cfg, self.tokenizer, self.trained_tokenizer, self.resume_dir)
         for n in notes:
-            _log(n, d)
+            _log(n, dist)
         self.model_config = mc = model.config
         check_vocabulary(self.tokenizer, mc.beit3.vocab_size)
         self.max_len = mc.beit3.text_len(cfg.max_text_len)
@@ -375,19 +391,17 @@ class Trainer:
             model.config.presence_head = True
         self.param_counts = counts = apply_freeze(model, cfg.freeze, presence=cfg.negatives > 0)
         _log(f"parameters: {counts['total']['trainable']:,} trainable of {counts['total']['total']:,} "
-             f"(freeze={cfg.freeze})", d)
+             f"(freeze={cfg.freeze})", dist)
         if cfg.grad_checkpointing:
             model.set_grad_checkpointing()
-        self.core = model.to(d.device)
-        self.fsdp = bool(cfg.fsdp and d.enabled)
-        if cfg.fsdp and not d.enabled:
-            _log("--fsdp with a single process: nothing to shard, running unsharded", d)
+        self.core = model.to(dist.device)
+        self.fsdp = bool(cfg.fsdp and dist.enabled)
+        if cfg.fsdp and not dist.enabled:
+            _log("--fsdp with a single process: nothing to shard, running unsharded", dist)
         if self.fsdp:
-            self.module = _wrap_fsdp(model, d)
-        elif d.enabled:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
-            self.module = DDP(model, device_ids=[d.device.index] if d.device.type == "cuda" else None,
+            self.module = _wrap_fsdp(model, dist)
+        elif dist.enabled:
+            self.module = DDP(model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None,
                               find_unused_parameters=cfg.find_unused_parameters, gradient_as_bucket_view=True)
         else:
             self.module = model
@@ -395,16 +409,16 @@ class Trainer:
         self.trainable = [p for p in model.parameters() if p.requires_grad]
 
     def _restore(self, folder: Path) -> None:
-        cfg, d, state = self.cfg, self.d, self.resume_state
+        cfg, dist, state = self.cfg, self.dist, self.resume_state
         load_optimizer_state(self.module, self.optimizer, state["optimizer"], self.names, self.fsdp)
         self.scheduler.load_state_dict(state["scheduler"])
         p = self.progress
-        p.restore(state, d.world_size, cfg.batch_size, self.micro_per_epoch)
+        p.restore(state, dist.world_size, cfg.batch_size, self.micro_per_epoch)
         set_rng_state(state["rng"])
         self.saved["last"] = p.global_step
         if p.best["step"] is not None and (self.run / "checkpoints" / "best" / "model.safetensors").is_file():
             self.saved["best"] = p.best["step"]
-        _log(f"resumed at step {p.global_step}, epoch {p.epoch} (+{p.micro_done} batches)", d)
+        _log(f"resumed at step {p.global_step}, epoch {p.epoch} (+{p.micro_done} batches)", dist)
 
     # ------------------------------------------------------------------------------ checkpoints
     def _elapsed(self) -> float:
@@ -413,22 +427,22 @@ class Trainer:
     def save(self, name: str) -> None:
         """Write ``checkpoints/<name>`` (``last``: full trainer state; ``best``: without the optimizer).
         A failed write (:class:`CheckpointWriteError`) stops every rank, the checkpoints on disk unchanged."""
-        cfg, d, p = self.cfg, self.d, self.progress
+        cfg, dist, p = self.cfg, self.dist, self.progress
         full = name == "last"
         if full and self.saved.get("last") == p.global_step:
             return  # already written at this step
-        sd = gather_model_state(self.module, self.core, self.fsdp, d.is_main)
-        osd = gather_optimizer_state(self.module, self.optimizer, self.names, self.fsdp, d.is_main) if full else None
+        sd = gather_model_state(self.module, self.core, self.fsdp, dist.is_main)
+        osd = gather_optimizer_state(self.module, self.optimizer, self.names, self.fsdp, dist.is_main) if full else None
         problem = None
-        if d.is_main:
-            state = p.state(world_size=d.world_size, batch_size=cfg.batch_size, grad_accum_steps=cfg.grad_accum_steps,
+        if dist.is_main:
+            state = p.state(world_size=dist.world_size, batch_size=cfg.batch_size, grad_accum_steps=cfg.grad_accum_steps,
                             elapsed_s=self._elapsed(), scheduler=self.scheduler.state_dict(), optimizer=osd)
             try:
                 write_checkpoint(self.run / "checkpoints", name, sd, self.model_config, self.tokenizer_path, state,
                                  card=self._card())
             except CheckpointWriteError as exc:
                 problem = f"{exc}. {self._on_disk()}. Free some space, then {self._next_run()}"
-        problem = d.first_message(problem)  # also the barrier after the write
+        problem = dist.first_message(problem)  # also the barrier after the write
         if problem is not None:
             raise CheckpointWriteError(problem)
         self.saved[name] = p.global_step
@@ -459,14 +473,12 @@ class Trainer:
         """Validate, log, and keep ``checkpoints/best`` when the score improved."""
         if self.val_ds is None:
             return None
-        from ..evaluate import evaluate_model
-
         cfg, p = self.cfg, self.progress
         report = evaluate_model(
             self.module if self.fsdp else self.core, self.val_ds, self.tokenizer, threshold=cfg.eval_threshold,
-            batch_size=cfg.eval_batch_size, device=self.d.device, max_len=self.max_len, mask_rule=cfg.mask_rule,
+            batch_size=cfg.eval_batch_size, device=self.dist.device, max_len=self.max_len, mask_rule=cfg.mask_rule,
             limit=cfg.val_limit, precision="bf16" if self.use_bf16 else "fp32",
-            progress=cfg.progress and self.d.is_main,
+            progress=cfg.progress and self.dist.is_main,
         )
         entry = {"step": p.global_step, "epoch": p.epoch,
                  **{k: v for k, v in report.items() if isinstance(v, (int, float))}}
@@ -476,7 +488,7 @@ class Trainer:
         score = _score(report, cfg.best_metric)
         improved = p.best["score"] is None or score > p.best["score"]
         _log(f"val @ step {p.global_step} (epoch {p.epoch}): mIoU {report['mIoU']:.2f} oIoU {report['oIoU']:.2f} "
-             f"Pr@0.5 {report['Pr@0.5']:.2f} (n={report['num_expressions']}){'  * best' if improved else ''}", self.d)
+             f"Pr@0.5 {report['Pr@0.5']:.2f} (n={report['num_expressions']}){'  * best' if improved else ''}", self.dist)
         self.log.val(entry, report, p.global_step)
         if improved:
             p.best = {"score": score, "metric": cfg.best_metric, "step": p.global_step, "epoch": p.epoch,
@@ -486,22 +498,23 @@ class Trainer:
 
     # ---------------------------------------------------------------------------------- summary
     def write_summary(self, status: str, message: str | None = None) -> dict[str, Any]:
-        cfg, d, p = self.cfg, self.d, self.progress
+        cfg, dist, p = self.cfg, self.dist, self.progress
         summary = {
             "status": status,
             "message": message,
-            "world_size": d.world_size,
+            "run_id": self.run_id,
+            "world_size": dist.world_size,
             "global_step": p.global_step,
             "epoch": p.epoch,
             "steps_per_epoch": self.steps_per_epoch,
-            "samples_seen": p.global_step * cfg.batch_size * cfg.grad_accum_steps * d.world_size,
+            "samples_seen": p.global_step * cfg.batch_size * cfg.grad_accum_steps * dist.world_size,
             "best": p.best,
             "last_val": p.val_history[-1] if p.val_history else None,
             "val_history": p.val_history,
             "train_loss_first": p.loss_first,
             "train_loss_last": p.loss_last,
             "elapsed_s": round(self._elapsed(), 3),
-            "device": str(d.device),
+            "device": str(dist.device),
             "precision": "bf16" if self.use_bf16 else "fp32",
             "fsdp": self.fsdp,
             "grad_checkpointing": cfg.grad_checkpointing,
@@ -513,7 +526,7 @@ class Trainer:
                             for name in ("last", "best")},
             "config": cfg.to_dict(),
         }
-        if d.is_main:
+        if dist.is_main:
             atomic_write_bytes(self.run / "summary.json", (json.dumps(summary, indent=2, default=str) + "\n").encode())
         self.summary = summary
         return summary
@@ -546,8 +559,8 @@ class Trainer:
             self.grounding_warmup = grounding_warmup(
                 self.core, self.train_ds, self.tokenizer, steps=cfg.grounding_warmup_steps,
                 batch_size=cfg.grounding_warmup_batch_size, lr=cfg.grounding_warmup_lr, weight_decay=cfg.weight_decay,
-                seed=cfg.seed, d=self.d, max_len=self.max_len, mask_rule=cfg.mask_rule,
-                num_workers=cfg.num_workers, log=lambda msg: _log(msg, self.d))
+                seed=cfg.seed, d=self.dist, max_len=self.max_len, mask_rule=cfg.mask_rule,
+                num_workers=cfg.num_workers, log=lambda msg: _log(msg, self.dist))
         try:
             while not self._done():
                 self._run_epoch()
@@ -562,6 +575,9 @@ class Trainer:
         except (DatasetError, OSError) as exc:  # a sample that cannot be loaded, a failed write (full disk)
             self._record_stop("failed", exc)
             raise
+        except Stopped as exc:  # SIGTERM or SIGINT: the checkpoints on disk are the last complete ones
+            self._record_stop("stopped", exc)
+            raise
         finally:
             self.log.close()
         return self.write_summary("completed")
@@ -571,13 +587,11 @@ class Trainer:
         cfg, p = self.cfg, self.progress
         self.sampler.set_epoch(p.epoch, skip=p.micro_done * cfg.batch_size)
         bar = None
-        if cfg.progress and self.d.is_main:
-            from tqdm.auto import tqdm
-
+        if cfg.progress and self.dist.is_main:
             bar = tqdm(total=self.steps_per_epoch, initial=p.micro_done // cfg.grad_accum_steps,
                        desc=f"epoch {p.epoch}", dynamic_ncols=True, leave=False)
+        batches = iter(self.loader)
         try:
-            batches = iter(self.loader)
             while p.micro_done < self.micro_per_epoch and not self._done():
                 loss = self._step(batches)
                 if bar is not None:
@@ -585,6 +599,7 @@ class Trainer:
                     bar.set_postfix(loss=f"{loss:.4f}", step=p.global_step)
                 self._after_step()
         finally:
+            del batches  # its loader workers end now, also when a signal stops the run
             if bar is not None:
                 bar.close()
         if p.micro_done >= self.micro_per_epoch:
@@ -606,7 +621,7 @@ class Trainer:
         p.global_step += 1
         step_loss = sum(v for v, _, _ in losses) / len(losses)
         if p.loss_first is None:
-            p.loss_first = self.d.mean([step_loss])[0]
+            p.loss_first = self.dist.mean([step_loss])[0]
         self.window.add(losses)
         return step_loss
 
@@ -614,7 +629,7 @@ class Trainer:
         """The next micro-batch; a sample that could not be loaded (on any rank) stops every rank
         with a :class:`DatasetError` naming its file."""
         samples = next(batches)
-        problem = self.d.first_message(next((s["problem"] for s in samples if "problem" in s), None))
+        problem = self.dist.first_message(next((s["problem"] for s in samples if "problem" in s), None))
         if problem is not None:
             raise DatasetError(f"a training sample could not be loaded at step {step_number}: {problem}")
         return samples
@@ -622,8 +637,8 @@ class Trainer:
     def _micro_step(self, samples: list, sync: bool, group: int, step_number: int) -> tuple[float, dict, int]:
         """Forward and backward of one micro-batch; gradients are synchronised over the ranks on the
         last micro-batch of a step only."""
-        d = self.d
-        ctx = self.module.no_sync() if (d.enabled and not self.fsdp and not sync) else nullcontext()
+        dist = self.dist
+        ctx = self.module.no_sync() if (dist.enabled and not self.fsdp and not sync) else nullcontext()
         if self.fsdp:
             self.module.set_requires_gradient_sync(sync)
         with ctx:
@@ -636,11 +651,9 @@ class Trainer:
         return float(total.detach()), terms.as_dict(), len(samples)
 
     def _forward_loss(self, samples: list) -> LossOutput:
-        from ..data.collate import collate, move_batch
-
         batch = move_batch(collate(samples, self.tokenizer, max_len=self.max_len, mask_rule=self.cfg.mask_rule),
-                           self.d.device, non_blocking=True)
-        with autocast(self.d.device, self.cfg.precision):
+                           self.dist.device, non_blocking=True)
+        with autocast(self.dist.device, self.cfg.precision):
             out = self.module(images=batch["images"], images_evf=batch["images_evf"], input_ids=batch["input_ids"],
                               attention_mask=batch["attention_mask"])
         terms = per_sample_loss(self.loss_fn, out.logits.float(), batch["masks"], out.boundary_weight.float())
@@ -653,7 +666,7 @@ class Trainer:
         return dataclasses.replace(terms, total=terms.total + self.cfg.w_grounding * grounding, grounding=grounding)
 
     def _check_finite(self, losses: list[float], step_number: int) -> None:
-        if self.d.any(not all(math.isfinite(v) for v in losses)):
+        if self.dist.any(not all(math.isfinite(v) for v in losses)):
             bad = [v for v in losses if not math.isfinite(v)]
             raise NonFiniteLossError(f"non-finite loss ({bad[0] if bad else 'on another rank'}) at step {step_number} "
                                      f"{self._nonfinite_advice()}")
@@ -690,14 +703,14 @@ class Trainer:
 
     def _log_window(self) -> None:
         w, p = self.window, self.progress
-        vals = self.d.mean(w.means())
+        vals = self.dist.mean(w.means())
         p.loss_last = vals[0]
         seconds = time.perf_counter() - w.t0
         row = {
             "step": p.global_step, "epoch": p.epoch, "loss": vals[0], "ce": vals[1], "dice": vals[2],
             "boundary": vals[3], "grounding": vals[4], "lr_fusion": self._lr("fusion"), "lr_base": self._lr("base"),
             "grad_norm": self.grad_norm if self.cfg.clip_grad_norm else "",
-            "samples_per_s": w.samples * self.d.world_size / max(seconds, 1e-9), "seconds": seconds,
+            "samples_per_s": w.samples * self.dist.world_size / max(seconds, 1e-9), "seconds": seconds,
         }
         self.log.train(row, p.global_step, with_grad_norm=bool(self.cfg.clip_grad_norm))
         w.reset()
@@ -709,4 +722,4 @@ class Trainer:
         return None
 
     def close(self) -> None:
-        self.d.close()
+        self.dist.close()

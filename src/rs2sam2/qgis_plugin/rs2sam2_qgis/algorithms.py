@@ -33,11 +33,11 @@ from qgis.core import (
     QgsProcessingUtils,
 )
 
-from .layers import export_geotiff, plain_path
+from .layers import export_geotiff, name_layer_source, plain_path
 from .runner import Canceled, Feedback, ProgramError, find_program, run
 
 PROGRAM_SETTING = "RS2SAM2_PROGRAM"
-MODES = ("scene", "tiles", "whole")
+MODES = ("scene", "tiles", "whole")  # as rs2sam2 predict --mode; scene is its default
 PRECISIONS = ("auto", "fp32", "bf16", "int8")
 CHECKPOINT_HELP = "Checkpoint: a folder, a weights file or a Hugging Face Hub id"
 
@@ -65,9 +65,9 @@ class _PredictAlgorithm(QgsProcessingAlgorithm):
     def _add_model_parameters(self) -> None:
         self.addParameter(QgsProcessingParameterString("CHECKPOINT", CHECKPOINT_HELP))
         self.addParameter(QgsProcessingParameterEnum("MODE", "Mode (as rs2sam2 predict --mode)", options=list(MODES),
-                                                     defaultValue=MODES.index("whole")))
-        self.addParameter(QgsProcessingParameterNumber("TILE", "Tile size in pixels (mode tiles)", minValue=16,
-                                                       defaultValue=1024))
+                                                     defaultValue=0))
+        self.addParameter(QgsProcessingParameterNumber("TILE", "Tile size in pixels (mode tiles; empty: the "
+                                                       "model input)", minValue=16, optional=True))
         self.addParameter(QgsProcessingParameterNumber(
             "THRESHOLD", "Threshold on the mask logit (0.5: the published rule; 0: probability 0.5)",
             QgsProcessingParameterNumber.Double, defaultValue=0.5))
@@ -82,7 +82,7 @@ class _PredictAlgorithm(QgsProcessingAlgorithm):
                 "--threshold", repr(self.parameterAsDouble(parameters, "THRESHOLD", context)),
                 "--device", self.parameterAsString(parameters, "DEVICE", context).strip() or "auto",
                 "--precision", PRECISIONS[self.parameterAsEnum(parameters, "PRECISION", context)]]
-        if mode == "tiles":
+        if mode == "tiles" and parameters.get("TILE") not in (None, ""):
             args += ["--tile", str(self.parameterAsInt(parameters, "TILE", context))]
         return args
 
@@ -150,6 +150,8 @@ class SegmentBySentence(_PredictAlgorithm):
                 arguments += ["--bbox", *(repr(v) for v in (extent.xMinimum(), extent.yMinimum(),
                                                             extent.xMaximum(), extent.yMaximum()))]
             self._predict(["--image", image, *arguments], feedback)
+        if image.startswith(tmp):
+            name_layer_source(vector, layer)
         return {"OUTPUT": mask, "VECTOR": vector}
 
 
@@ -221,7 +223,11 @@ class SegmentMany(_PredictAlgorithm):
                     vectors.append(stem + ".gpkg")
                     out.writerow([images[layer.id()], sentence, masks[-1], vectors[-1]])
             self._predict(["--batch", jobs, *self._model_arguments(parameters, context)], feedback)
-        for (_, sentence), paths in zip(rows * 2, masks + vectors):
-            context.addLayerToLoadOnCompletion(paths, QgsProcessingContext.LayerDetails(
-                sentence, context.project(), sentence))
+        for (layer, _), vector in zip(rows, vectors):
+            if images[layer.id()].startswith(tmp):
+                name_layer_source(vector, layer)
+        for (_, sentence), mask, vector in zip(rows, masks, vectors):  # into the project, named by sentence
+            for path in (mask, vector):
+                context.addLayerToLoadOnCompletion(path, QgsProcessingContext.LayerDetails(
+                    sentence, context.project(), sentence))
         return {"OUTPUT_FOLDER": folder, "MASKS": masks, "VECTORS": vectors}

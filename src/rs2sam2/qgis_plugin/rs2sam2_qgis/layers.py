@@ -14,12 +14,14 @@ import math
 import os
 
 from qgis.core import (
+    QgsFeatureRequest,
     QgsProcessingException,
     QgsRasterFileWriter,
     QgsRasterInterface,
     QgsRasterLayer,
     QgsRasterPipe,
     QgsRectangle,
+    QgsVectorLayer,
 )
 
 PLAIN_SUFFIXES = (".tif", ".tiff")
@@ -75,3 +77,19 @@ def export_geotiff(layer: QgsRasterLayer, extent: QgsRectangle | None, path: str
     if status != QgsRasterFileWriter.NoError:
         raise QgsProcessingException(f"cannot export the layer {layer.name()!r} to {path} (error {status})")
     return path
+
+
+def name_layer_source(vector: str, layer: QgsRasterLayer) -> None:
+    """Make the ``image`` provenance field of the polygons in ``vector`` name ``layer``'s source (without
+    credentials) instead of the temporary GeoTIFF the program read, which is gone once the algorithm ends."""
+    polygons = QgsVectorLayer(vector, "polygons", "ogr")
+    field = polygons.fields().indexOf("image") if polygons.isValid() else -1
+    if field < 0:
+        return
+    source = layer.publicSource()
+    polygons.startEditing()
+    for feature in polygons.getFeatures(QgsFeatureRequest().setNoAttributes().setFlags(QgsFeatureRequest.NoGeometry)):
+        polygons.changeAttributeValue(feature.id(), field, source)
+    if not polygons.commitChanges():
+        raise QgsProcessingException(f"cannot write the layer's name into {vector}: "
+                                     f"{'; '.join(polygons.commitErrors())}")

@@ -108,7 +108,7 @@ def _event(line: str, result: Result, feedback: Feedback) -> None:
                       f"wrote {', '.join(event.get('written') or [])}")
     elif kind == "end":
         result.end = event
-        feedback.info(f"rs2sam2: {event.get('status')} in {event.get('seconds')} s")
+        feedback.info(f"rs2sam2: ended with status {event.get('status')} after {event.get('seconds')} s")
 
 
 def run(command: Sequence[str], feedback: Feedback | None = None) -> Result:
