@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from rs2sam2.cli import main
 
 
@@ -49,6 +51,7 @@ def test_gpu_throughput_script_smoke(tmp_path):
     assert [r["batch"] for r in rows if r.get("fits")] == [3] and not any("largest_batch_that_fits" in r for r in rows)
 
 
+@pytest.mark.slow  # two demo-recipe runs side by side (476 s on 2 shared cores): out of the laptop subset
 def test_demo_sweep_script_smoke(tmp_path):
     """benchmarks/demo_sweep.py trains and scores two recipe variants side by side on a given dataset."""
     from rs2sam2.data.synth import generate

@@ -1,5 +1,7 @@
 """RS2-SAM2: referring segmentation of remote-sensing images (SAM2 + BEiT-3), in plain PyTorch."""
 
+import importlib
+
 from .checkpoints import (
     CheckpointError,
     init_from_official,
@@ -22,8 +24,6 @@ _LAZY = {"Predictor": "predict", "Prediction": "predict"}
 def __getattr__(name: str):
     # the predictor pulls in raster I/O; import it only when asked for
     if name in _LAZY:
-        import importlib
-
         return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module 'rs2sam2' has no attribute {name!r}")
 

@@ -22,7 +22,16 @@ from typing import Any
 import numpy as np
 
 from .cliargs import number
+from .data import build_dataset
+from .data.synth import generate
+from .evaluate import evaluate_model
 from .extras import require
+from .fsutil import atomic_write_text
+from .metrics import intersection_union
+from .predict import Predictor
+from .runtime import available_cores
+from .train import TrainConfig, train_cpu_processes
+from .viz import gallery, plot_curves
 
 # The demo's recipe (not a published one): everything is trained from scratch, so nothing is frozen
 # and one learning rate serves both parameter groups; small inputs keep a CPU run within minutes;
@@ -74,8 +83,6 @@ def demo_processes() -> int:
     """Training processes: two data-parallel ranks sharing the cores when the machine has two or more
     (more samples per second than one process, see benchmarks/README.md;
     :func:`rs2sam2.train.train_cpu_processes`)."""
-    from .runtime import available_cores
-
     return 2 if available_cores() >= 2 else 1
 
 
@@ -93,14 +100,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run_demo(out: str | Path = "rs2sam2-demo", num_images: int | None = None, epochs: int | None = None,
              max_steps: int | None = None, seed: int = 0, quick: bool = False, gallery_size: int = 6) -> dict:
     """Generate data, train the nano preset, evaluate it on held-out scenes and write the report, curve and gallery into ``out``; returns the report."""
-    from .data import build_dataset
-    from .data.synth import generate
-    from .evaluate import evaluate_model
-    from .metrics import intersection_union
-    from .predict import Predictor
-    from .train import TrainConfig, train_cpu_processes
-    from .viz import gallery, plot_curves
-
     # the training curve needs the plot extra: say so before any work, not after ten minutes of training
     require("matplotlib.figure", "rs2sam2 demo (its training curve)")
     t0 = time.perf_counter()
@@ -119,17 +118,7 @@ def run_demo(out: str | Path = "rs2sam2-demo", num_images: int | None = None, ep
 
     print("[2/4] training the nano preset from scratch on the CPU")
     t_train_start = time.perf_counter()
-    recipe = dict(DEMO_RECIPE, data=str(data), out=str(out / "run"), seed=seed)
-    if max_steps is not None:
-        recipe.update(max_steps=max_steps, epochs=None)
-    elif epochs is not None:
-        recipe["epochs"] = epochs
-    if quick:
-        recipe.update(val_limit=8, eval_every_epochs=1, grounding_warmup_steps=QUICK["grounding_warmup_steps"])
-    processes = demo_processes()
-    recipe["batch_size"] = DEMO_BATCH // processes  # the same global batches on any machine
-    recipe["grounding_warmup_batch_size"] = DEMO_WARMUP_BATCH // processes
-    summary = train_cpu_processes(TrainConfig.from_dict(recipe), processes)
+    summary = _train(data, out / "run", seed, epochs, max_steps, quick)
     t_train = time.perf_counter() - t_train_start
 
     print("[3/4] evaluating the best checkpoint on the held-out test scenes")
@@ -140,13 +129,7 @@ def run_demo(out: str | Path = "rs2sam2-demo", num_images: int | None = None, ep
 
     print("[4/4] writing the report, the training curve and the gallery")
     curve = plot_curves(_curves(out / "run" / "logs"), out / "training_curve.png", title="nano on synthetic RRSIS-D")
-    rows = []
-    for i in np.linspace(0, len(test) - 1, num=min(gallery_size, len(test))).astype(int):
-        sample = test.load(int(i))
-        pred = predictor.predict(sample["image"], sample["text"])
-        inter, union = intersection_union(pred.mask, sample["mask"])
-        rows.append(dict(image=sample["image"], text=sample["text"], pred=pred.mask, target=sample["mask"],
-                         iou=inter / union if union else 0.0, path=sample["meta"]["image_path"]))
+    rows = _gallery_rows(predictor, test, gallery_size)
     gallery_path = gallery(rows, out / "gallery.png")
 
     elapsed = time.perf_counter() - t0
@@ -161,13 +144,38 @@ def run_demo(out: str | Path = "rs2sam2-demo", num_images: int | None = None, ep
         "checkpoint": str(best),
         "files": {"training_curve": str(curve), "gallery": str(gallery_path)},
     }
-    from .fsutil import atomic_write_text
-
     atomic_write_text(out / "report.json", json.dumps(result, indent=2))
     print(f"held-out test: mIoU {result['mIoU']:.2f}  oIoU {result['oIoU']:.2f}  Pr@0.5 {result['Pr@0.5']:.2f} "
           f"({result['num_expressions']} expressions) in {elapsed / 60:.1f} min -> {out / 'report.json'}")
     print(next_commands(out, max(rows, key=lambda row: row["iou"])))
     return result
+
+
+def _train(data: Path, run: Path, seed: int, epochs: int | None, max_steps: int | None, quick: bool) -> dict:
+    """Train :data:`DEMO_RECIPE` on ``data`` into ``run``, on the same global batches on any machine."""
+    recipe = dict(DEMO_RECIPE, data=str(data), out=str(run), seed=seed)
+    if max_steps is not None:
+        recipe.update(max_steps=max_steps, epochs=None)
+    elif epochs is not None:
+        recipe["epochs"] = epochs
+    if quick:
+        recipe.update(val_limit=8, eval_every_epochs=1, grounding_warmup_steps=QUICK["grounding_warmup_steps"])
+    processes = demo_processes()
+    recipe["batch_size"] = DEMO_BATCH // processes
+    recipe["grounding_warmup_batch_size"] = DEMO_WARMUP_BATCH // processes
+    return train_cpu_processes(TrainConfig.from_dict(recipe), processes)
+
+
+def _gallery_rows(predictor: Predictor, test, count: int) -> list[dict[str, Any]]:
+    """``count`` test samples spread over the split, each with its prediction and IoU."""
+    rows = []
+    for i in np.linspace(0, len(test) - 1, num=min(count, len(test))).astype(int):
+        sample = test.load(int(i))
+        pred = predictor.predict(sample["image"], sample["text"])
+        inter, union = intersection_union(pred.mask, sample["mask"])
+        rows.append(dict(image=sample["image"], text=sample["text"], pred=pred.mask, target=sample["mask"],
+                         iou=inter / union if union else 0.0, path=sample["meta"]["image_path"]))
+    return rows
 
 
 def next_commands(out: Path, row: dict[str, Any]) -> str:

@@ -10,6 +10,8 @@ import ctypes.util
 import os
 import signal
 import sys
+import time
+import warnings
 from dataclasses import dataclass, field
 from typing import NoReturn
 
@@ -310,7 +312,6 @@ def _cpu_flags() -> set[str] | None:
 def _bf16_matmul_speedup(n: int = 384, reps: int = 3) -> float:
     """How many times faster a bf16 ``n x n`` matrix multiply runs than an fp32 one on this CPU (a
     few milliseconds on a CPU with bf16 units, well under a second on one without)."""
-    import time
 
     def best(dtype) -> float:
         a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
@@ -326,8 +327,6 @@ def _bf16_matmul_speedup(n: int = 384, reps: int = 3) -> float:
 
 
 def _warn_slow_cpu_bf16() -> None:
-    import warnings
-
     global _bf16_warned
     if _bf16_warned:
         return

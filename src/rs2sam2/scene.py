@@ -48,7 +48,7 @@ MAX_CANDIDATES = 3
 #: native looks per candidate (covering its box, then following the object across window edges)
 MAX_LOOKS = 8
 #: scan looks per side at most (larger regions get larger scan windows, read decimated)
-SCAN_PER_SIDE = 8
+SCAN_PER_SIDE = 6
 #: the logit written where the scene answer is not (probability ~2e-9)
 SUPPRESSED = -20.0
 

@@ -42,6 +42,7 @@ from typing import Literal
 import torch
 
 from .errors import FileFormatError, MissingFileError
+from .fsutil import atomic_write_bytes
 
 try:  # guarded so that a missing dependency gives an actionable message
     import sentencepiece as spm
@@ -355,6 +356,5 @@ def train_tokenizer(
         shuffle_input_sentence=False,
         minloglevel=2,  # quiet
     )
-    from .fsutil import atomic_write_bytes
 
     return atomic_write_bytes(out, buffer.getvalue())

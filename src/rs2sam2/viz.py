@@ -383,6 +383,31 @@ def _placeholder(tile: int, text: str, font: _FontT) -> Image.Image:
     return img
 
 
+def _gallery_row(i: int, row: Mapping[str, Any], scratch: ImageDraw.ImageDraw, font, small_font, text_width: int,
+                 tile: int, pc: Color, tc: Color) -> tuple[list[str], list[Image.Image]]:
+    """One gallery row laid out: its caption lines and its three cells (image, prediction, target)."""
+    try:
+        image = as_rgb_uint8(row["image"])
+        pred_raw = row["pred"]
+    except KeyError as exc:
+        raise ValueError(f"gallery row {i} lacks the key {exc.args[0]!r}") from None
+    shape = image.shape[:2]
+    pred = _as_mask(pred_raw, shape, f"row {i} pred")
+    target_raw = row.get("target")
+    target = None if target_raw is None else _as_mask(target_raw, shape, f"row {i} target")
+    iou = row.get("iou")
+    iou_val = math.nan if iou is None else float(iou)
+    iou_txt = f"IoU {iou_val:.3f}" if math.isfinite(iou_val) else "IoU n/a"
+    text = " ".join(str(row.get("text", "") or "").split())
+    caption = f"{i + 1}. {iou_txt}  |  \u201c{text}\u201d" if text else f"{i + 1}. {iou_txt}"
+    cells = [
+        _tile_overlay(image, None, pc, tile),
+        _tile_overlay(image, pred, pc, tile),
+        _tile_overlay(image, target, tc, tile) if target is not None else _placeholder(tile, "no ground truth", small_font),
+    ]
+    return _wrap(scratch, caption, font, text_width), cells
+
+
 def gallery(
     rows: Sequence[Mapping[str, Any]],
     path: str | os.PathLike[str],
@@ -417,31 +442,8 @@ def gallery(
     pc, tc = _check_color(pred_color), _check_color(target_color)
 
     # lay out every row first so the canvas can be sized exactly
-    layouts: list[tuple[list[str], list[Image.Image]]] = []
-    for i, row in enumerate(rows):
-        try:
-            image = as_rgb_uint8(row["image"])
-            pred_raw = row["pred"]
-        except KeyError as exc:
-            raise ValueError(f"gallery row {i} lacks the key {exc.args[0]!r}") from None
-        shape = image.shape[:2]
-        pred = _as_mask(pred_raw, shape, f"row {i} pred")
-        target_raw = row.get("target")
-        target = None if target_raw is None else _as_mask(target_raw, shape, f"row {i} target")
-        iou = row.get("iou")
-        iou_val = math.nan if iou is None else float(iou)
-        iou_txt = f"IoU {iou_val:.3f}" if math.isfinite(iou_val) else "IoU n/a"
-        text = " ".join(str(row.get("text", "") or "").split())
-        caption = f"{i + 1}. {iou_txt}  |  \u201c{text}\u201d" if text else f"{i + 1}. {iou_txt}"
-        lines = _wrap(scratch, caption, font, width - 2 * pad)
-        cells = [
-            _tile_overlay(image, None, pc, tile),
-            _tile_overlay(image, pred, pc, tile),
-            _tile_overlay(image, target, tc, tile)
-            if target is not None
-            else _placeholder(tile, "no ground truth", small_font),
-        ]
-        layouts.append((lines, cells))
+    layouts = [_gallery_row(i, row, scratch, font, small_font, width - 2 * pad, tile, pc, tc)
+               for i, row in enumerate(rows)]
 
     height = header_h + sum(len(lines) * line_h + tile + 2 * pad for lines, _ in layouts) + pad
     canvas = Image.new("RGB", (width, height), _BACKGROUND)

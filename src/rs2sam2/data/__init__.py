@@ -40,7 +40,7 @@ _LAZY = {"SampleTransform", "add_random_boxes", "image_to_tensor"}
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        from . import transforms
+        from . import transforms  # noqa: PLC0415 - torch only when asked for (quick synth start)
 
         return getattr(transforms, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -237,7 +237,7 @@ class ReferringDataset:
                 f"{self.name} {self.split or 'all'}: image {ref.image_path} is {height}x{width} but its mask "
                 f"{mask.shape[0]}x{mask.shape[1]}; the mask is resized to the image (nearest neighbour). "
                 f"Images of this split so treated: {len(self.resized_masks)}", MaskSizeWarning, stacklevel=3)
-        from ..metrics import resize_target_nearest
+        from ..metrics import resize_target_nearest  # noqa: PLC0415 - metrics needs torch; reading data does not
 
         return resize_target_nearest(mask, (height, width))
 

@@ -109,7 +109,7 @@ def quantize_linear_layers_int8(module: nn.Module) -> None:
     here and a PyTorch without it gets a clear error.
     """
     try:
-        from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+        from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic  # noqa: PLC0415 - may leave PyTorch
     except ImportError as exc:  # removed from a future PyTorch
         raise RuntimeError(f"precision int8 needs torch.ao dynamic quantization, which this PyTorch "
                            f"({torch.__version__}) does not provide") from exc
