@@ -6,12 +6,26 @@ part of the model (defined in the published key layout, mapped onto our names by
 loader uses), the gradient and the AdamW update are compared with the published step through their
 norms and their projections on fixed random directions: a wrong freeze, learning-rate group, loss
 term or gradient path shows up in the part it belongs to.
+
+The step runs in a child process with PyTorch's CPU kernels pinned to their AVX2 variants (ATen's
+vectorised kernels and oneDNN's). The published step is itself fp32 arithmetic: on the Hiera adapters'
+gradient projection it lies farther from the exact (float64) step than GRAD_RTOL, which was derived
+from its thread noise; the comparison holds within GRAD_RTOL because our step runs the same kernels'
+arithmetic. Those kernels change their rounding with the CPU's vector width, and on an AVX-512 CPU our
+step lands about as far from the published one as the published one lies from the exact step. The
+published step agrees with the AVX2 kernels' arithmetic, so pinning them keeps the comparison as
+tight as the tolerances on every x86 CPU (figures in benchmarks/README.md); on other CPUs the
+variables name no kernel set and change nothing.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -40,6 +54,9 @@ DELTA_NORM_RTOL_PART = {"mask_decoder": 3e-5}
 # keeps the first, so these receive an all-zero gradient, under which AdamW only applies its weight
 # decay. Nothing they compute reaches the loss; our policy freezes them.
 ZERO_GRAD_PUBLISHED = tuple(f"visual_model.sam_mask_decoder.output_hypernetworks_mlps.{i}." for i in (1, 2, 3))
+
+# The kernel set the step runs on, in the child process (read when torch is imported and oneDNN starts).
+PINNED_KERNELS = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 
 
 def _published_part(key: str) -> str | None:
@@ -96,8 +113,9 @@ def _rel(ours: float, ref: float) -> float:
     return abs(ours - ref) / abs(ref)
 
 
-@pytest.mark.slow  # a forward and backward of the tiny-parity model at 1024x1024 on the CPU (minutes)
-def test_one_training_step_matches_the_published_step():
+def _step_measures() -> dict[str, list[float]]:
+    """One training step of the trainer on case0: per part, [elements with a gradient, gradient norm,
+    gradient projection, update norm, update projection]."""
     expected = json.loads((FIXTURES / "tiny_step_case0.json").read_text())
     golden = np.load(FIXTURES / "tiny_golden.npz")
     model = rs2sam2.build_model("tiny-parity")
@@ -132,13 +150,26 @@ def test_one_training_step_matches_the_published_step():
     for n in zero_grad:
         p, lr = params[n].detach(), cfg.lr_fusion if is_fusion_parameter(n) else cfg.lr
         deltas[n] = p * (1 - lr * cfg.weight_decay) - p
+    return {part: [sum(params[n].numel() for n in dirs if n in grads or n in zero_grad),
+                   *_measure(grads, dirs), *_measure(deltas, dirs)] for part, dirs in parts.items()}
 
+
+def _pinned_step_measures() -> dict[str, list[float]]:
+    """``_step_measures`` run in a child process on the pinned kernel set."""
+    env = {**os.environ, **PINNED_KERNELS}
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(rs2sam2.__file__).parents[1]), env.get("PYTHONPATH", "")])
+    run = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=3600)
+    assert run.returncode == 0, run.stderr[-4000:]
+    return json.loads(run.stdout.splitlines()[-1])
+
+
+@pytest.mark.slow  # a forward and backward of the tiny-parity model at 1024x1024 on the CPU (minutes)
+def test_one_training_step_matches_the_published_step():
+    expected = json.loads((FIXTURES / "tiny_step_case0.json").read_text())
+    measures = _pinned_step_measures()
     for part, ref in expected["parts"].items():
-        dirs = parts[part]
-        with_grad = sum(params[n].numel() for n in dirs if n in grads or n in zero_grad)
+        with_grad, grad_norm, grad_proj, delta_norm, delta_proj = measures[part]
         assert with_grad == ref["elements_with_grad"], part
-        grad_norm, grad_proj = _measure(grads, dirs)
-        delta_norm, delta_proj = _measure(deltas, dirs)
         if ref["elements_with_grad"] == 0:
             assert (grad_norm, grad_proj, delta_norm, delta_proj) == (0.0, 0.0, 0.0, 0.0), part
             continue
@@ -147,3 +178,7 @@ def test_one_training_step_matches_the_published_step():
         assert _rel(grad_proj, ref["grad_proj"]) <= GRAD_RTOL, (part, grad_proj, ref["grad_proj"])
         assert _rel(delta_norm, ref["delta_norm"]) <= delta_norm_rtol, (part, delta_norm, ref["delta_norm"])
         assert _rel(delta_proj, ref["delta_proj"]) <= DELTA_PROJ_RTOL, (part, delta_proj, ref["delta_proj"])
+
+
+if __name__ == "__main__":  # the child process of _pinned_step_measures
+    print(json.dumps(_step_measures()))
