@@ -144,6 +144,37 @@ def _read_display(raster, name: str):
     return Image.fromarray(rgb)
 
 
+def _summary(predictor, setup, result, name: str, info, mask_path: Path, threshold: float | None) -> list[str]:
+    """The markdown lines the app shows under a result: the image, the mask, the downloads, and how
+    the answer was made (a downscaled read, or a scene answer with its looks and presence)."""
+    gr = _gradio()
+    plan, georef = setup.plan, bool(info.georeferenced)
+    w, h = result.width, result.height
+    lines = [
+        f"**{name}**: {w} x {h} px, {info.count} band(s), {info.dtype}"
+        + (f", georeferenced ({info.crs})" if georef else ", not georeferenced"),
+        f"**Mask**: {result.foreground_px} px ({100 * result.foreground_fraction:.2f}% of the image) at logit "
+        f"threshold {predictor.threshold if threshold is None else threshold:g}; predicted IoU {result.iou_score:.2f}",
+        "Downloads: mask " + ("GeoTIFF on the input grid" if georef else mask_path.suffix[1:].upper())
+        + " (255 = object) and GeoJSON polygons" + (" in lon/lat (RFC 7946)." if georef else " in pixel coordinates."),
+    ]
+    for category, note in setup.notes:
+        if issubclass(category, TextTruncatedWarning):
+            gr.Warning(note)
+            lines.append(f"**Expression**: {note}")
+    if plan.mode == "decimated":
+        lines.append(f"The image was read downscaled {plan.downscale:.1f}x for the model (input "
+                     f"{predictor.config.image_size} px); for native resolution use `rs2sam2 predict --tile`.")
+    if result.decision is not None:
+        d = result.decision
+        verdict = "the object it chose was kept" if d["present"] else "nothing was kept (the sentence was judged absent)"
+        presence = "n/a" if d["presence"] is None else f"{d['presence']:.2f}"
+        lines.append(f"Answered as a scene: a global look downscaled {plan.downscale:.1f}x for the model (input "
+                     f"{predictor.config.image_size} px), then {len(d['looks'])} look(s) at native resolution; "
+                     f"presence {presence} ({d['presence_source']}): {verdict}.")
+    return lines
+
+
 def segment(predictor, file, text: str, threshold: float | None, workdir: str | os.PathLike,
             max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB):
     """The app's event handler: ``(overlay, prior heatmap, mask file, GeoJSON file, summary markdown)``.
@@ -183,29 +214,7 @@ def segment(predictor, file, text: str, threshold: float | None, workdir: str | 
     else:
         gr.Warning("This model has no Mask Prompt Generator, so there is no prior to show.")
 
-    w, h = result.width, result.height
-    lines = [
-        f"**{name}**: {w} x {h} px, {info.count} band(s), {info.dtype}"
-        + (f", georeferenced ({info.crs})" if georef else ", not georeferenced"),
-        f"**Mask**: {result.foreground_px} px ({100 * result.foreground_fraction:.2f}% of the image) at logit "
-        f"threshold {predictor.threshold if threshold is None else threshold:g}; predicted IoU {result.iou_score:.2f}",
-        "Downloads: mask " + ("GeoTIFF on the input grid" if georef else mask_path.suffix[1:].upper())
-        + " (255 = object) and GeoJSON polygons" + (" in lon/lat (RFC 7946)." if georef else " in pixel coordinates."),
-    ]
-    for category, note in setup.notes:
-        if issubclass(category, TextTruncatedWarning):
-            gr.Warning(note)
-            lines.append(f"**Expression**: {note}")
-    if plan.mode == "decimated":
-        lines.append(f"The image was read downscaled {plan.downscale:.1f}x for the model (input "
-                     f"{predictor.config.image_size} px); for native resolution use `rs2sam2 predict --tile`.")
-    if result.decision is not None:
-        d = result.decision
-        verdict = "the object it chose was kept" if d["present"] else "nothing was kept (the sentence was judged absent)"
-        presence = "n/a" if d["presence"] is None else f"{d['presence']:.2f}"
-        lines.append(f"Answered as a scene: a global look downscaled {plan.downscale:.1f}x for the model (input "
-                     f"{predictor.config.image_size} px), then {len(d['looks'])} look(s) at native resolution; "
-                     f"presence {presence} ({d['presence_source']}): {verdict}.")
+    lines = _summary(predictor, setup, result, name, info, mask_path, threshold)
     if result.foreground_px == 0:
         gr.Warning("The mask is empty: the model found nothing matching the expression at this threshold.")
     return overlay_img, prior_img, str(mask_path), str(geojson_path), "\n\n".join(lines)

@@ -119,6 +119,26 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def _timed_runs(forward, dtype, device: str, now, warmup: int, runs: int) -> tuple[list[float], list[float]]:
+    """``(seconds, matmul GFLOP/s)`` of each timed run of ``forward`` after ``warmup`` untimed ones.
+
+    The machine's speed drifts (turbo, neighbours): the matmul rate is measured right before and right
+    after every timed run, and their geometric mean is the run's rate, so per-run ratios cancel the drift."""
+    times, rates = [], []
+    with torch.inference_mode():
+        for i in range(warmup + runs):
+            before = matmul_gflops(dtype, device, reps=4, clock=now) if i >= warmup else None
+            _sync(device)
+            t = now()
+            forward()
+            _sync(device)
+            if i >= warmup:
+                elapsed = now() - t
+                times.append(elapsed)
+                rates.append((before * matmul_gflops(dtype, device, reps=4, clock=now)) ** 0.5)
+    return times, rates
+
+
 def run_benchmark(preset="paper", precision="auto", device="cpu", batch=1, texts=1, text_len=12, runs=3,
                   warmup=1, compile=False, threads=None, clock="wall") -> dict:
     """Time the forward pass of ``preset`` with random weights and report seconds, the FLOP count and the ratio to the matmul floor."""
@@ -141,24 +161,9 @@ def run_benchmark(preset="paper", precision="auto", device="cpu", batch=1, texts
         ids, mask = ids.repeat_interleave(texts, 0), mask.repeat_interleave(texts, 0)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    # the machine's speed drifts (turbo, neighbours): measure the matmul rate right before and right
-    # after every timed run (their geometric mean is the run's rate) and report the median of
-    # per-run ratios, so the drift cancels
     tflop, linear_tflop = forward_tflop(preset, n, text_len)
-    times, ratios, rates = [], [], []
-    with torch.inference_mode():
-        for i in range(warmup + runs):
-            before = matmul_gflops(dtype, device, reps=4, clock=now) if i >= warmup else None
-            _sync(device)
-            t = now()
-            model(images, evf, ids, mask)
-            _sync(device)
-            if i >= warmup:
-                elapsed = now() - t
-                rate = (before * matmul_gflops(dtype, device, reps=4, clock=now)) ** 0.5
-                times.append(elapsed)
-                rates.append(rate)
-                ratios.append(elapsed / (tflop * 1e3 / rate))
+    times, rates = _timed_runs(lambda: model(images, evf, ids, mask), dtype, device, now, warmup, runs)
+    ratios = [t / (tflop * 1e3 / r) for t, r in zip(times, rates)]
     per_forward = statistics.median(times)
     rate = statistics.median(rates)
     linear_ratios = [t / (linear_tflop * 1e3 / r) for t, r in zip(times, rates)]
