@@ -120,7 +120,7 @@ def _sync(device: str) -> None:
 
 
 def _timed_runs(forward, dtype, device: str, now, warmup: int, runs: int) -> tuple[list[float], list[float]]:
-    """``(seconds, matmul GFLOP/s)`` of each timed run of ``forward`` after ``warmup`` untimed ones.
+    """``(seconds, matmul rate in GFLOP per second)`` of each timed run of ``forward`` after ``warmup`` untimed ones.
 
     The machine's speed drifts (turbo, neighbours): the matmul rate is measured right before and right
     after every timed run, and their geometric mean is the run's rate, so per-run ratios cancel the drift."""
