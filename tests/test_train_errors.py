@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rs2sam2 import checkpoints
 from rs2sam2.data import build_dataset
 from rs2sam2.data.synth import generate
+from rs2sam2.train import state as state_module
 from rs2sam2.train import trainer as trainer_module
 from rs2sam2.train.state import load_trainer_state
 from test_train import REPO, TOKENIZER, _cli_train
@@ -62,7 +62,7 @@ def test_full_disk_while_saving_keeps_the_saved_checkpoint(data, tmp_path, monke
     the folder and "no space left", the partial folder removed, checkpoints/last as it was, and
     summary.json saying so."""
     run = tmp_path / "run"
-    real_save, saved_before = checkpoints.save_state_dict, {}
+    real_save, saved_before = state_module.save_state_dict, {}
 
     def save_until_the_disk_is_full(state_dict, config, folder, tokenizer_path=None, card=None):
         if not (run / "checkpoints" / "last").is_dir():
@@ -72,7 +72,7 @@ def test_full_disk_while_saving_keeps_the_saved_checkpoint(data, tmp_path, monke
         (Path(folder) / "model.safetensors").write_bytes(b"\0" * 1000)  # the part written before the disk filled
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(checkpoints, "save_state_dict", save_until_the_disk_is_full)
+    monkeypatch.setattr(state_module, "save_state_dict", save_until_the_disk_is_full)
     assert _cli_train(data, run, "--max-steps", "3", "--save-every", "1") == 2
     err = capsys.readouterr().err
     message = next(line for line in err.splitlines() if line.startswith("rs2sam2 train: error: "))
@@ -100,7 +100,7 @@ def test_summary_that_cannot_be_written_is_said_on_stderr(data, tmp_path, monkey
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
         return real_write(path, content)
 
-    monkeypatch.setattr(checkpoints, "save_state_dict", full_disk)
+    monkeypatch.setattr(state_module, "save_state_dict", full_disk)
     monkeypatch.setattr(trainer_module, "atomic_write_bytes", write_but_summary)
     assert _cli_train(data, run, "--max-steps", "1") == 2
     err = capsys.readouterr().err

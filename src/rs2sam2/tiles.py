@@ -229,19 +229,18 @@ def iter_pieces(raster, region: Window, plan: Plan, segment: Callable[[np.ndarra
             valid = raster.read_valid(_offset(block, region))
             yield _piece(answers, height, width, block, block, valid)
     elif plan.mode == "tiled":
-        bar = tqdm(total=len(plan.tiles), desc=desc, unit="tile", disable=progress is not True, file=sys.stderr,
-                   dynamic_ncols=True)
         step = tile_batch if segment_tiles is not None else 1
-        for start in range(0, len(plan.tiles), step):
-            group = plan.tiles[start:start + step]
-            rgbs, valids = zip(*(raster.read(_offset(t.window, region)) for t in group))
-            answers = segment_tiles(list(rgbs)) if step > 1 else [segment(rgbs[0])]
-            del rgbs
-            bar.update(len(group))
-            report(start + len(group), len(plan.tiles))
-            for t, valid, tile_answers in zip(group, valids, answers, strict=True):
-                core = (t.core[0] - t.window[0], t.core[1] - t.window[1], t.core[2], t.core[3])
-                yield _piece(tile_answers, t.window[3], t.window[2], core, t.core, _crop(valid, core))
-        bar.close()
+        with tqdm(total=len(plan.tiles), desc=desc, unit="tile", disable=progress is not True, file=sys.stderr,
+                  dynamic_ncols=True) as bar:  # closed with the generator, when its consumer stops early too
+            for start in range(0, len(plan.tiles), step):
+                group = plan.tiles[start:start + step]
+                rgbs, valids = zip(*(raster.read(_offset(t.window, region)) for t in group))
+                answers = segment_tiles(list(rgbs)) if step > 1 else [segment(rgbs[0])]
+                del rgbs
+                bar.update(len(group))
+                report(start + len(group), len(plan.tiles))
+                for t, valid, tile_answers in zip(group, valids, answers, strict=True):
+                    core = (t.core[0] - t.window[0], t.core[1] - t.window[1], t.core[2], t.core[3])
+                    yield _piece(tile_answers, t.window[3], t.window[2], core, t.core, _crop(valid, core))
     else:
         raise ValueError(f"unknown plan mode {plan.mode!r}")

@@ -343,8 +343,9 @@ class Predictor:
             setup.warn(stacklevel=2)
             info = raster.info.window(*setup.region)
             preview, _ = raster.read(setup.region, out_shape=preview_shape(plan.height, plan.width, PREVIEW_SIDE))
-            with _truncation_announced():
-                pieces = self._pieces(raster, setup, batch_size, with_prior, progress, threshold)
+            # closed as the stack unwinds (a stop, an error), so its progress bar ends before any message
+            with _truncation_announced(), contextlib.closing(
+                    self._pieces(raster, setup, batch_size, with_prior, progress, threshold)) as pieces:
                 results = assemble(pieces, texts, info, threshold, tiles=plan.steps, downscale=plan.downscale,
                                    preview=preview)
             for k, pred in enumerate(results):
@@ -388,8 +389,8 @@ class Predictor:
             how = {"tiled": "tile by tile", "decimated": "downscaled", "scene": "as a scene"}[setup.plan.mode]
             for o in outputs:
                 o.check_windowed(how)
-        with _truncation_announced():
-            pieces = self._pieces(raster, setup, batch_size, preview_side is not None, progress, threshold)
+        with _truncation_announced(), contextlib.closing(
+                self._pieces(raster, setup, batch_size, preview_side is not None, progress, threshold)) as pieces:
             if setup.plan.mode == "full":
                 return self._write_whole(raster, setup, pieces, outputs, threshold, simplify, min_area,
                                          preview_side)
