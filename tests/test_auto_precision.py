@@ -72,6 +72,13 @@ def test_explicit_bf16_on_cpu_without_units_warns_once(cpu):
         assert runtime.resolve_precision("bf16", "cpu") == "bf16"  # no warning with bf16 units
 
 
+def test_no_warning_where_bf16_is_not_slow_despite_the_flags(cpu):
+    cpu({"avx2", "avx512f"}, speedup=2.4)  # a VM that hides its bf16 flags: the measured rate speaks
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert runtime.resolve_precision("bf16", "cpu") == "bf16"
+
+
 def test_unknown_precision_is_rejected():
     with pytest.raises(ValueError, match="precision must be one of auto, fp32, bf16, int8; got 'fp16'"):
         runtime.resolve_precision("fp16", "cpu")

@@ -67,11 +67,21 @@ def _catches_sigterm(pid: int) -> bool:
     return False
 
 
-def _stop_while(argv: list[str], cwd: Path, ready, signum: int = signal.SIGTERM, timeout: float = 120):
-    """Start ``rs2sam2 ARGV`` in ``cwd``, wait until it runs its command and ``ready()`` holds, send
-    ``signum``; returns ``(exit status, stderr)``."""
+# ``rs2sam2`` on a disk that stalls at the first image it opens: the command cannot end before the
+# signal comes, however fast the machine (a small dataset is otherwise read in a fraction of a second)
+_STALLED_DISK = ("import sys, time, PIL.Image\n"
+                 "PIL.Image.open = lambda *args, **kwargs: time.sleep(3600)\n"
+                 "sys.argv[0] = 'rs2sam2'\n"
+                 "from rs2sam2.cli import entry\nentry()\n")
+
+
+def _stop_while(argv: list[str], cwd: Path, ready, signum: int = signal.SIGTERM, timeout: float = 120,
+                stall_images: bool = False):
+    """Start ``rs2sam2 ARGV`` in ``cwd`` (``stall_images``: with every image read stalling), wait until
+    it runs its command and ``ready()`` holds, send ``signum``; returns ``(exit status, stderr)``."""
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
-    proc = subprocess.Popen([sys.executable, "-m", "rs2sam2", *argv], cwd=cwd, env=env, stdout=subprocess.DEVNULL,
+    start = ["-c", _STALLED_DISK] if stall_images else ["-m", "rs2sam2"]
+    proc = subprocess.Popen([sys.executable, *start, *argv], cwd=cwd, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + timeout
@@ -131,7 +141,7 @@ def test_sigterm_during_evaluate_and_check_data(checkpoint, dataset, tmp_path):
     for argv in (["evaluate", "--checkpoint", str(checkpoint), "--dataset", "rrsisd", "--data", str(dataset),
                   "--split", "test", "--out", "report.json"],
                  ["check-data", "--dataset", "rrsisd", "--data", str(dataset), "--json", "report.json"]):
-        status, err = _stop_while(argv, tmp_path, ready=lambda: True)
+        status, err = _stop_while(argv, tmp_path, ready=lambda: True, stall_images=True)
         assert status == 143, err
         assert err.strip().splitlines()[-1] == f"rs2sam2 {argv[0]}: stopped by SIGTERM"
         assert "Traceback" not in err

@@ -239,6 +239,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "int8")
 _BF16_CPU_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
 _cpu_bf16: bool | None = None
 _bf16_warned = False
+_SLOW_BF16 = 1.5  # an explicit bf16 warns where its matrix multiplies take this many times the fp32 time
 
 
 
@@ -264,8 +265,9 @@ def resolve_precision(precision: str, device="cpu") -> str:
 
     ``auto`` becomes ``bf16`` where the device multiplies bfloat16 matrices faster than float32 (a
     CUDA GPU with bf16 support, a CPU with AMX or AVX512-BF16 units) and ``fp32`` elsewhere. An
-    explicit ``bf16`` on a CPU without bf16 units is kept but warns once: such a CPU converts every
-    bf16 operand in software, so it is many times slower than float32, not faster. ``int8`` (int8
+    explicit ``bf16`` on a CPU without bf16 units is kept but warns once where a timed bf16 matrix
+    multiply is slow: such a CPU converts every bf16 operand in software, so it is usually many times
+    slower than float32, not faster. ``int8`` (int8
     MLP layers in the image encoder, see ``RS2SAM2.set_precision``) is never chosen automatically
     and runs on the CPU only: asking for it on another device raises ``ValueError``."""
     if precision not in PRECISIONS:
@@ -332,6 +334,8 @@ def _warn_slow_cpu_bf16() -> None:
         return
     _bf16_warned = True
     slowdown = 1.0 / max(_bf16_matmul_speedup(), 1e-9)
+    if slowdown < _SLOW_BF16:  # no bf16 flags, yet bf16 is not slow here (a VM hiding them): nothing to warn of
+        return
     warnings.warn(
         f"precision bf16 on a CPU without bf16 units (AMX / AVX512-BF16): its matrix multiplies run about "
         f"{slowdown:.0f}x slower than fp32 here, so expect the model to take many times longer; use "
