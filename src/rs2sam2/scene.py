@@ -3,32 +3,35 @@
 A ``"scene"`` plan (:func:`rs2sam2.tiles.plan_region` with ``scene=True``, for regions whose longer
 side exceeds :data:`~rs2sam2.tiles.DECIMATE_ABOVE` x the model input) runs in five steps, per text:
 
-1. **The global look.** The whole region, decimated to one model input, is read once and answered.
-   This look reads the scene-level words ("the leftmost tank", "in the north-east", "the largest
-   ship") in the frame of the whole region, because the model sees the whole region; its logits say
-   where the sentence points.
-2. **Scan looks.** Windows of :data:`~rs2sam2.tiles.DECIMATE_ABOVE` model inputs (the largest area
+1. **Scene words.** The words about the scene's frame ("at the top right", "in the north-east",
+   "the leftmost", "the largest") are read apart from the object they qualify
+   (:func:`rs2sam2.scene_words.read_scene_words`): a window of the scene would read them in its
+   own frame, so the looks below ask for the object alone ("the white tank").
+2. **The global look.** The whole region, decimated to one model input, answers the whole
+   sentence. Where no scene word was read apart, its probability around a candidate weighs that
+   candidate (the model's own reading of the sentence, ``rank x (0.5 + 0.5 x support)``).
+3. **Scan looks.** Windows of :data:`~rs2sam2.tiles.DECIMATE_ABOVE` model inputs (the largest area
    one input reads without losing detail by today's rule; larger when more than
-   :data:`SCAN_PER_SIDE` would be needed per side), each read decimated to one input, cover the region; the strongest part of each one's answer is a candidate too. They find objects the
-   global look sees too small to point at.
-3. **Candidates.** The parts of the global answer above the threshold (or its strongest point) and
-   the scan candidates, ranked by their peak probability weighed by the global look's probability
-   around them (``peak x (0.5 + 0.5 x support)``); candidates whose boxes meet are one object;
-   at most :data:`MAX_CANDIDATES` are looked at.
-4. **Native looks.** Each candidate is looked at at native resolution: model-input windows covering
-   its box (plus a margin), and, when the object found there runs into a window's inner edge, the
-   window beyond it (at most :data:`MAX_LOOKS` per candidate). A native look keeps only the parts of
-   its mask that touch the candidate, so a look never answers about an object elsewhere in its
-   window, and the looks of one candidate are merged (their union), so an object across a look's
-   border comes out whole.
-5. **One answer, or none.** The candidate with the best score (its rank x the native looks' mean
-   probability over what they kept) is the answer; the others stay empty. Its *presence* decides
-   whether anything is written: with a checkpoint whose presence head was trained
-   (``config.presence_head``), the sigmoid of the global look's object-score logit; without one,
-   the chosen candidate's score. Below ``presence_threshold`` the answer is empty.
+   :data:`SCAN_PER_SIDE` would be needed per side) cover the region with as little overlap as it
+   allows, each answering the object. The strongest parts of each answer (:data:`PER_SCAN_LOOK`)
+   are candidates, with their *evidence*: the look's presence (the sigmoid of its object-score
+   logit) where the checkpoint's presence head was trained (``config.presence_head``), else the
+   part's mean probability. Candidates whose boxes meet or touch are one object, cut by a border.
+4. **Resolved in the scene's frame.** The candidates whose evidence reaches
+   ``presence_threshold`` are the objects the sentence names; of those, the ones in the sentence's
+   third(s) of the region (give or take :data:`BAND_MARGIN`); of those, the one its pick word
+   chooses (leftmost, upper, largest... by box centre or area), or else the strongest. None left:
+   the answer is empty.
+5. **The answer.** Where the scan looks were read at most :data:`~rs2sam2.tiles.DECIMATE_ABOVE`
+   times decimated, the chosen candidate's own scan answers are the answer (each part's logits,
+   upsampled from the model's output, where they touch the part). Where they were read coarser
+   (regions over ``SCAN_PER_SIDE x DECIMATE_ABOVE`` model inputs), native looks refine it:
+   model-input windows covering its box (plus a margin) and, when the object runs into a window's
+   inner edge, the window beyond it (at most :data:`MAX_LOOKS`), each keeping only what touches the
+   candidate, merged into one object.
 
 Nothing here knows about models or files: :func:`iter_scene` takes a *segment* function
-(``(rgb, texts indices) -> [Answer]``), like :func:`rs2sam2.tiles.iter_pieces`, and yields the
+(``(rgb, texts) -> [Answer]``), like :func:`rs2sam2.tiles.iter_pieces`, and yields the
 output grid block by block, so memory stays bounded by a block and the looks kept in memory.
 """
 
@@ -38,21 +41,25 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
-from .tiles import BLOCK, DECIMATE_ABOVE, Answer, Piece, Plan, Window, tile_grid, upsample_window
+from .scene_words import SceneWords, read_scene_words
+from .tiles import BLOCK, DECIMATE_ABOVE, Answer, Piece, Plan, Window, upsample_window
 
-__all__ = ["MAX_CANDIDATES", "MAX_LOOKS", "SUPPRESSED", "Decision", "grow_into", "iter_scene", "label"]
+__all__ = ["BAND_MARGIN", "MAX_LOOKS", "PER_SCAN_LOOK", "SUPPRESSED", "Decision", "grow_into", "iter_scene", "label"]
 
-#: candidates looked at per text (the strongest parts of the global answer)
-MAX_CANDIDATES = 3
 #: native looks per candidate (covering its box, then following the object across window edges)
 MAX_LOOKS = 8
 #: scan looks per side at most (larger regions get larger scan windows, read decimated)
 SCAN_PER_SIDE = 6
+#: candidates one scan look gives per text (a window may hold two of the objects a sentence names)
+PER_SCAN_LOOK = 2
+#: how far past a third's border an object still counts as in that third (a share of the side)
+BAND_MARGIN = 0.025
 #: the logit written where the scene answer is not (probability ~2e-9)
 SUPPRESSED = -20.0
 
-Segment = Callable[[np.ndarray, Sequence[int]], Sequence[Answer]]
+Segment = Callable[[np.ndarray, Sequence[str]], Sequence[Answer]]
 
 
 @dataclass
@@ -61,18 +68,21 @@ class Decision:
 
     looks: list[Window] = field(default_factory=list)  # native windows inspected (region pixels)
     candidates: int = 0
-    chosen: int | None = None  # the chosen candidate's rank (0 = strongest in the global look)
+    chosen: int | None = None  # the chosen candidate's rank among them (0 = the strongest evidence)
     score: float = float("nan")  # the chosen candidate's score
     presence: float = float("nan")
     present: bool = False
     presence_source: str = "candidate score"  # or "presence head"
     box: Window | None = None  # the answer's bounding box (region pixels), when present
+    words: SceneWords | None = None  # how the sentence was read: the object, and the words about the scene
 
     def as_dict(self) -> dict:
-        return {"global_look": True, "looks": [list(w) for w in self.looks], "candidates": self.candidates,
-                "chosen": self.chosen, "score": _finite(self.score), "presence": _finite(self.presence),
-                "presence_source": self.presence_source, "present": self.present,
-                "box": None if self.box is None else list(self.box)}
+        words = None if self.words is None else {"object": self.words.object_text, "rows": self.words.v,
+                                                 "columns": self.words.h, "pick": self.words.pick}
+        return {"global_look": True, "scene_words": words, "looks": [list(w) for w in self.looks],
+                "candidates": self.candidates, "chosen": self.chosen, "score": _finite(self.score),
+                "presence": _finite(self.presence), "presence_source": self.presence_source,
+                "present": self.present, "box": None if self.box is None else list(self.box)}
 
 
 def _finite(v: float) -> float | None:
@@ -125,32 +135,45 @@ def grow_into(seed: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.isin(labels, touched[touched > 0])
 
 
-@dataclass
+@dataclass(eq=False)
 class _Candidate:
-    part: np.ndarray  # bool, on a map of the look that found it (the global look, or a scan look)
+    part: np.ndarray  # bool, on the map of the scan look that found it
     peak: float  # the largest probability in it
+    mean: float  # its mean probability
     box: Window  # in region pixels
     frame: Window  # the region pixels ``part`` covers
+    area: float  # in region pixels
+    presence: float = float("nan")  # the scan look's presence (sigmoid of its object-score logit)
+    # the scan look's answer (logits at the model's mask resolution), kept where the look was read
+    # finely enough to be the answer itself; None where native looks are needed
+    look_logits: torch.Tensor | None = None
     support: float = 0.0  # the global look's largest probability around it
     merged: list[_Candidate] = field(default_factory=list)  # weaker candidates on the same object
     kept: list[tuple[Window, np.ndarray]] = field(default_factory=list)  # (window, logits, SUPPRESSED elsewhere)
     looks: list[Window] = field(default_factory=list)
-    native: float = 0.0  # mean probability of the native looks over what they kept
     iou: float = float("nan")
 
     @property
-    def rank(self) -> float:
-        """Before the native looks: how strongly a look points here, weighed by the global look."""
-        return self.peak * (0.5 + 0.5 * self.support)
+    def centre(self) -> tuple[float, float]:
+        """``(column, row)`` of its box's centre, in region pixels."""
+        return self.box[0] + self.box[2] / 2, self.box[1] + self.box[3] / 2
 
-    @property
-    def score(self) -> float:
-        return self.rank * self.native
+    def evidence(self, presence_head: bool) -> float:
+        """How sure the scan look is that this is the object named: the presence head where the
+        checkpoint has one, else the mean probability of the part."""
+        return self.presence if presence_head else self.mean
+
+    def rank(self, presence_head: bool) -> float:
+        """The evidence, weighed by the global look's reading of the whole sentence around it where
+        that reading counts (``support`` is 1 where the scene words were read apart)."""
+        return self.evidence(presence_head) * (0.5 + 0.5 * self.support)
 
 
-def _candidates(g: np.ndarray, threshold: float, frame: Window, most: int) -> list[_Candidate]:
+def _candidates(g: np.ndarray, threshold: float, frame: Window, most: int, presence: float,
+                look_logits: torch.Tensor | None) -> list[_Candidate]:
     """The parts of the map ``g`` (logits of a look at ``frame``, in region pixels) above
-    ``threshold``, strongest first (at most ``most``); the strongest point when none is."""
+    ``threshold``, strongest first (at most ``most``); the strongest point when none is. Each keeps
+    ``look_logits`` (the look's answer, when it is the answer itself)."""
     labels, n = label(g > threshold)
     if n == 0:
         labels = np.zeros(g.shape, np.int32)
@@ -163,7 +186,9 @@ def _candidates(g: np.ndarray, threshold: float, frame: Window, most: int) -> li
         rows, cols = np.nonzero(part)
         c0, r0 = frame[0] + int(cols.min() * sx), frame[1] + int(rows.min() * sy)
         c1, r1 = frame[0] + int(np.ceil((cols.max() + 1) * sx)), frame[1] + int(np.ceil((rows.max() + 1) * sy))
-        found.append(_Candidate(part, float(_sigmoid(g[part].max())), (c0, r0, c1 - c0, r1 - r0), frame))
+        p = _sigmoid(g[part])
+        found.append(_Candidate(part, float(p.max()), float(p.mean()), (c0, r0, c1 - c0, r1 - r0), frame,
+                                float(rows.size * sx * sy), presence, look_logits))
     found.sort(key=lambda c: -c.peak)
     return found[:most]
 
@@ -196,21 +221,61 @@ def _cover(box: Window, side: int, width: int, height: int) -> list[Window]:
     return [(c, r, w, h) for r in starts(r0, r1, h, height) for c in starts(c0, c1, w, width)]
 
 
-def _merge(cands: list[_Candidate], most: int) -> list[_Candidate]:
-    """The strongest ``most`` candidates (by rank); a weaker one whose box meets a stronger one's is
-    the same object seen by another look, and joins it (its part and box)."""
+def _merge(cands: list[_Candidate], presence_head: bool) -> list[_Candidate]:
+    """One candidate per object, strongest first: candidates whose boxes meet (directly or through
+    others) are one object seen by several scan looks; the strongest of them takes the others in
+    (their parts, their boxes)."""
     kept: list[_Candidate] = []
-    for cand in sorted(cands, key=lambda c: -c.rank):
-        same = next((k for k in kept if _overlap(k.box, cand.box) is not None), None)
-        if same is None:
+    for cand in sorted(cands, key=lambda c: -c.rank(presence_head)):
+        meeting = [k for k in kept if _overlap(_grown(k.box), cand.box) is not None]
+        if not meeting:
             kept.append(cand)
             continue
-        same.merged.append(cand)
-        c0, r0 = min(same.box[0], cand.box[0]), min(same.box[1], cand.box[1])
-        c1 = max(same.box[0] + same.box[2], cand.box[0] + cand.box[2])
-        r1 = max(same.box[1] + same.box[3], cand.box[1] + cand.box[3])
-        same.box = (c0, r0, c1 - c0, r1 - r0)
-    return kept[:most]
+        head = meeting[0]
+        for other in [cand, *meeting[1:]]:
+            head.merged += [other, *other.merged]
+            other.merged = []
+            c0, r0 = min(head.box[0], other.box[0]), min(head.box[1], other.box[1])
+            c1 = max(head.box[0] + head.box[2], other.box[0] + other.box[2])
+            r1 = max(head.box[1] + head.box[3], other.box[1] + other.box[3])
+            head.box = (c0, r0, c1 - c0, r1 - r0)
+            head.area = max(head.area, other.area)
+        kept = [k for k in kept if k is head or all(k is not m for m in meeting)]
+    return kept
+
+
+def _grown(box: Window) -> Window:
+    """``box`` one pixel larger on every side (boxes that touch across a scan look's border meet)."""
+    return (box[0] - 1, box[1] - 1, box[2] + 2, box[3] + 2)
+
+
+def _in_third(coord: float, length: int, third: int) -> bool:
+    """Whether ``coord`` lies in third ``third`` (0, 1, 2) of ``length``, give or take :data:`BAND_MARGIN`."""
+    margin = BAND_MARGIN * length
+    return third * length / 3 - margin <= coord <= (third + 1) * length / 3 + margin
+
+
+_PICKS: dict[str, Callable[[_Candidate], float]] = {
+    "left": lambda c: -c.centre[0], "right": lambda c: c.centre[0], "top": lambda c: -c.centre[1],
+    "bottom": lambda c: c.centre[1], "larger": lambda c: c.area, "smaller": lambda c: -c.area,
+}
+
+
+def _resolve(cands: list[_Candidate], words: SceneWords, width: int, height: int, presence_head: bool,
+             presence_threshold: float) -> _Candidate | None:
+    """The candidate the sentence points at in the scene's frame (step 4), or None: of the
+    candidates whose evidence reaches ``presence_threshold`` (the objects the sentence names), those
+    in its third(s) of the region, then the one its pick word chooses, or else the strongest."""
+    matches = [c for c in cands if c.evidence(presence_head) >= presence_threshold]
+    if words.v is not None:
+        matches = [c for c in matches if _in_third(c.centre[1], height, ("top", "middle", "bottom").index(words.v))]
+    if words.h is not None:
+        matches = [c for c in matches if _in_third(c.centre[0], width, ("left", "center", "right").index(words.h))]
+    if not matches:
+        return None
+    if words.pick is not None:
+        return max(matches, key=_PICKS[words.pick])
+    return max(matches, key=lambda c: c.rank(presence_head))
 
 
 def _gate(cand: _Candidate, window: Window) -> np.ndarray:
@@ -276,7 +341,7 @@ class _Looker:
     region: Window
     plan: Plan
     segment: Segment
-    text: int
+    query: str
     threshold: float
     side: int
     report: Callable[[], None]
@@ -284,24 +349,20 @@ class _Looker:
     def look(self, cand: _Candidate) -> None:
         width, height = self.plan.width, self.plan.height
         queue = _cover(cand.box, self.side, width, height)
-        total = count = 0.0
         while queue and len(cand.looks) < MAX_LOOKS:
             window = queue.pop(0)
             if window in cand.looks:
                 continue
             rgb, _ = self.raster.read(_offset(window, self.region))
-            [answer] = self.segment(rgb, [self.text])
+            [answer] = self.segment(rgb, [self.query])
             self.report()
             logits = upsample_window(answer.logits, window[3], window[2])
             kept = _keep(logits, _gate(cand, window) | self._kept_on(cand, window), self.threshold)
             cand.looks.append(window)
             if kept.any():
                 cand.kept.append((window, np.where(kept, logits, SUPPRESSED).astype(np.float32)))
-                total += float(_sigmoid(logits[kept]).sum())
-                count += int(kept.sum())
                 cand.iou = np.nanmax([cand.iou, answer.iou_score])
                 queue.extend(_beyond(window, kept, self.side, width, height))
-        cand.native = total / count if count else 0.0
 
     @staticmethod
     def _kept_on(cand: _Candidate, window: Window) -> np.ndarray:
@@ -314,18 +375,36 @@ class _Looker:
         return on
 
 
-def _decide(cands: list[_Candidate], answer: Answer, presence_head: bool, presence_threshold: float) -> Decision:
-    d = Decision(candidates=len(cands), looks=[w for c in cands for w in c.looks])
-    if presence_head:
-        d.presence, d.presence_source = float(_sigmoid(answer.object_score)), "presence head"
-    best = max(range(len(cands)), key=lambda i: cands[i].score) if cands else None
-    if best is not None and cands[best].kept:
-        d.chosen, d.score = best, cands[best].score
-        if not presence_head:
-            d.presence = d.score
-        d.present = d.presence >= presence_threshold
-        if d.present:
-            d.box = _box(cands[best].kept)
+def _keep_scan(cand: _Candidate, threshold: float) -> None:
+    """The answer of a candidate whose scan looks read the region finely enough: each look's
+    logits, brought to region pixels over its part's box (grown by a margin), where they touch the part."""
+    for one in [cand, *cand.merged]:
+        fc, fr, fw, fh = one.frame
+        margin = -(-fw // one.part.shape[1])  # one pixel of the look's map
+        c0, r0 = max(fc, one.box[0] - margin), max(fr, one.box[1] - margin)
+        c1, r1 = min(fc + fw, one.box[0] + one.box[2] + margin), min(fr + fh, one.box[1] + one.box[3] + margin)
+        window = (c0, r0, c1 - c0, r1 - r0)
+        logits = upsample_window(one.look_logits, fh, fw, (c0 - fc, r0 - fr, c1 - c0, r1 - r0))
+        kept = _keep(logits, _part_gate(one, window), threshold)
+        if kept.any():
+            cand.kept.append((window, np.where(kept, logits, SUPPRESSED).astype(np.float32)))
+            if one.frame not in cand.looks:
+                cand.looks.append(one.frame)
+
+
+def _decide(cands: list[_Candidate], chosen: _Candidate | None, words: SceneWords, presence_head: bool,
+            presence_threshold: float) -> Decision:
+    d = Decision(candidates=len(cands), words=words)
+    d.presence_source = "presence head" if presence_head else "candidate score"
+    if chosen is None:
+        best = max(cands, key=lambda c: c.evidence(presence_head), default=None)
+        d.presence = float("nan") if best is None else best.evidence(presence_head)
+        return d
+    d.looks, d.chosen = chosen.looks, next(i for i, c in enumerate(cands) if c is chosen)
+    d.score = d.presence = chosen.evidence(presence_head)
+    d.present = bool(chosen.kept) and d.presence >= presence_threshold
+    if d.present:
+        d.box = _box(chosen.kept)
     return d
 
 
@@ -339,14 +418,14 @@ def _box(kept: list[tuple[Window, np.ndarray]]) -> Window:
     return (c0, r0, c1 - c0, r1 - r0)
 
 
-def iter_scene(raster, region: Window, plan: Plan, segment: Segment, *, texts: int, threshold: float,
+def iter_scene(raster, region: Window, plan: Plan, segment: Segment, *, texts: Sequence[str], threshold: float,
                presence_threshold: float, presence_head: bool, model_size: int,
                progress: Callable[[int, int], None] | None = None,
                decisions: list[Decision] | None = None) -> Iterator[Piece]:
-    """Run a ``"scene"`` plan on ``region`` of ``raster`` for ``texts`` texts (see the module
-    docstring) and yield the output grid block by block. ``segment(rgb, indices)`` answers the
-    texts of ``indices`` on one model input; ``progress(done, total)`` is called after every look
-    (``total`` grows as looks are added); ``decisions`` receives one :class:`Decision` per text."""
+    """Run a ``"scene"`` plan on ``region`` of ``raster`` for ``texts`` (see the module docstring)
+    and yield the output grid block by block. ``segment(rgb, texts)`` answers texts on one model
+    input; ``progress(done, total)`` is called after every look (``total`` grows as looks are
+    added); ``decisions`` receives one :class:`Decision` per text."""
     done = [0]
 
     def report() -> None:
@@ -354,45 +433,64 @@ def iter_scene(raster, region: Window, plan: Plan, segment: Segment, *, texts: i
         if progress is not None:
             progress(done[0], done[0])
 
+    words = [read_scene_words(t) for t in texts]
     rgb, _ = raster.read(region, out_shape=plan.read_shape)
-    global_answers = list(segment(rgb, list(range(texts))))
+    global_answers = list(segment(rgb, list(texts)))
     del rgb
     report()
-    found = _scan(raster, region, plan, segment, texts, threshold, model_size, report)
+    found = _scan(raster, region, plan, segment, [w.object_text for w in words], threshold, model_size, report,
+                  presence_head)
     chosen: list[_Candidate | None] = []
     for k, answer in enumerate(global_answers):
         g = upsample_window(answer.logits, *plan.read_shape)
-        cands = _candidates(g, threshold, (0, 0, plan.width, plan.height), MAX_CANDIDATES) + found[k]
-        for cand in cands:
-            cand.support = _support(cand, g, plan.width, plan.height)
-        cands = _merge(cands, MAX_CANDIDATES)
-        looker = _Looker(raster, region, plan, segment, k, threshold, model_size, report)
-        for cand in cands:
-            looker.look(cand)
-        d = _decide(cands, answer, presence_head, presence_threshold)
+        for cand in found[k]:  # the model's own reading of the sentence, where no scene word was read apart
+            cand.support = 1.0 if words[k].any else _support(cand, g, plan.width, plan.height)
+        cands = _merge(found[k], presence_head)
+        best = _resolve(cands, words[k], plan.width, plan.height, presence_head, presence_threshold)
+        if best is not None and best.look_logits is not None:
+            _keep_scan(best, threshold)
+        elif best is not None:
+            _Looker(raster, region, plan, segment, words[k].object_text, threshold, model_size, report).look(best)
+        d = _decide(cands, best, words[k], presence_head, presence_threshold)
         if decisions is not None:
             decisions.append(d)
-        chosen.append(cands[d.chosen] if d.present else None)
+        chosen.append(best if d.present else None)
     yield from _pieces(raster, region, plan, chosen, global_answers)
 
 
-def _scan(raster, region: Window, plan: Plan, segment: Segment, texts: int, threshold: float, model_size: int,
-          report: Callable[[], None]) -> list[list[_Candidate]]:
+def _scan(raster, region: Window, plan: Plan, segment: Segment, queries: list[str], threshold: float,
+          model_size: int, report: Callable[[], None], presence_head: bool) -> list[list[_Candidate]]:
     """The scan looks: windows of :data:`~rs2sam2.tiles.DECIMATE_ABOVE` model inputs, the largest area
-    one input reads without losing detail, over the whole region; per text, the strongest part of
-    each look's answer becomes a candidate."""
-    side = max(DECIMATE_ABOVE * model_size, -(-max(plan.width, plan.height) // (SCAN_PER_SIDE - 1)))
-    found: list[list[_Candidate]] = [[] for _ in range(texts)]
-    for t in tile_grid(plan.width, plan.height, side, side // 8):
-        c, r, w, h = t.window
+    one input reads without losing detail, over the whole region, each answering the object a text
+    names (its scene words left out); per text, the strongest parts of each look's answer
+    (:data:`PER_SCAN_LOOK`) are candidates."""
+    side = max(DECIMATE_ABOVE * model_size, -(-max(plan.width, plan.height) // SCAN_PER_SIDE))
+    distinct = list(dict.fromkeys(queries))
+    found: list[list[_Candidate]] = [[] for _ in queries]
+    for window in _scan_windows(plan.width, plan.height, side):
+        c, r, w, h = window
         scale = max(1.0, max(w, h) / model_size)
         shape = (max(1, round(h / scale)), max(1, round(w / scale)))
-        rgb, _ = raster.read(_offset(t.window, region), out_shape=shape)
-        answers = segment(rgb, list(range(texts)))
+        rgb, _ = raster.read(_offset(window, region), out_shape=shape)
+        answers = dict(zip(distinct, segment(rgb, distinct)))
         report()
-        for k, answer in enumerate(answers):
-            found[k] += _candidates(upsample_window(answer.logits, *shape), threshold, t.window, 1)
+        for k, query in enumerate(queries):
+            answer = answers[query]
+            presence = float(_sigmoid(answer.object_score)) if presence_head else float("nan")
+            found[k] += _candidates(upsample_window(answer.logits, *shape), threshold, window, PER_SCAN_LOOK,
+                                    presence, answer.logits if scale <= DECIMATE_ABOVE else None)
     return found
+
+
+def _scan_windows(width: int, height: int, side: int) -> list[Window]:
+    """Windows of ``side`` px covering the region with as little overlap as it allows: as many per
+    side as it takes, spread evenly (an object cut by a border is joined again by :func:`_merge`)."""
+    def starts(length: int) -> list[tuple[int, int]]:
+        size = min(side, length)
+        n = -(-length // size)
+        return [(round(i * (length - size) / max(1, n - 1)), size) for i in range(n)]
+
+    return [(c, r, w, h) for r, h in starts(height) for c, w in starts(width)]
 
 
 def _pieces(raster, region: Window, plan: Plan, chosen: list[_Candidate | None],

@@ -260,11 +260,11 @@ class Predictor:
                 threshold: float):
         texts = setup.texts
         if setup.plan.mode == "scene":
-            def answer_some(rgb, which):
-                return self.answers(rgb, [texts[i] for i in which], batch_size, with_prior)
+            def answer_some(rgb, some):
+                return self.answers(rgb, some, batch_size, with_prior)
 
             setup.decisions.clear()
-            return iter_scene(raster, setup.region, setup.plan, answer_some, texts=len(texts), threshold=threshold,
+            return iter_scene(raster, setup.region, setup.plan, answer_some, texts=texts, threshold=threshold,
                               presence_threshold=self.presence_threshold, presence_head=self.presence_head,
                               model_size=self.config.image_size, progress=progress if callable(progress) else None,
                               decisions=setup.decisions)
