@@ -66,7 +66,7 @@ Segment = Callable[[np.ndarray, Sequence[str]], Sequence[Answer]]
 class Decision:
     """What the scene answer decided for one text: where it looked and what it kept."""
 
-    looks: list[Window] = field(default_factory=list)  # native windows inspected (region pixels)
+    looks: list[Window] = field(default_factory=list)  # the windows whose answers make the result (region pixels)
     candidates: int = 0
     chosen: int | None = None  # the chosen candidate's rank among them (0 = the strongest evidence)
     score: float = float("nan")  # the chosen candidate's score
