@@ -101,6 +101,43 @@ def test_negatives_sampling_share_sentence_and_empty_target(data):
     assert seen_absent >= 1
 
 
+def test_the_datasets_own_absent_sentences_are_the_negatives_of_their_image(tmp_path):
+    """``synth --absent 2``: the reader marks those refs absent; they are no samples of their own
+    (the epoch has the object refs only), an absent sample of an image takes one of its own absent
+    sentences, and evaluation leaves them out of the mask metrics."""
+    from rs2sam2.evaluate import evaluate_model
+    from rs2sam2.train.sampling import RefSampler
+
+    root = tmp_path / "rrsisd"
+    summary = generate("rrsisd", root, num_images=12, seed=5, image_size=96, splits=(1, 0, 0), absent=2)
+    ds = build_dataset("rrsisd", root, "train")
+    absent = [r for r in range(ds.num_refs) if ds.refs[r].absent]
+    assert len(absent) == summary["splits"]["train"]["absent"] > 0
+    assert all(not ds.ref_mask(r, 96, 96).any() for r in absent)
+    assert all(ds.ref_mask(r, 96, 96).any() for r in ds.object_refs)
+    epoch = sorted(ref for _, ref in RefSampler(ds.object_refs, 0, 1, seed=0))
+    assert epoch == ds.object_refs
+    own = {}
+    for r in absent:
+        own.setdefault(str(ds.refs[r].image_path), set()).update(
+            ds.expressions[i][1] for i in ds.refs[r].expression_indices)
+    mixed = TrainSamples(ds, 96, 64, seed=0, random_boxes=False, negatives=0.5)
+    drawn = 0
+    for ref in ds.object_refs:
+        for epoch in range(5):
+            sample = {"text": "", "mask": np.ones((4, 4), bool), "meta": {}}
+            mixed._maybe_absent(sample, epoch, ref)
+            image = str(ds.refs[ref].image_path)
+            if sample["meta"].get("absent") and image in own:
+                drawn += 1
+                assert sample["text"] in own[image] and not sample["mask"].any()
+    assert drawn > 0
+    model = RS2SAM2(model_config_from("nano", {"image_size": 96, "beit3": {"img_size": 64, "vocab_size": 128}})).eval()
+    report = evaluate_model(model, ds, load_tokenizer(TOKENIZER), batch_size=4, original_resolution=False)
+    assert report["num_expressions"] == len(ds.object_expressions) < len(ds)
+    assert report["absent_expressions_left_out"] == len(ds) - len(ds.object_expressions)
+
+
 def test_negatives_need_two_images(tmp_path):
     generate("jsonl", tmp_path / "one", num_images=1, seed=0, image_size=64)
     ds = build_dataset("jsonl", tmp_path / "one", None)

@@ -226,8 +226,9 @@ def evaluate_model(model: torch.nn.Module, dataset, tokenizer, *, threshold: flo
     check_vocabulary(tokenizer, cfg.beit3.vocab_size)
     device = resolve_device(device, model)
     rank, world = dist_info()
+    objects = dataset.object_expressions  # absent sentences have no mask to score (rs2sam2.data.base.Ref)
     if indices is None:
-        indices = range(len(dataset) if limit is None else min(int(limit), len(dataset)))
+        indices = objects if limit is None else objects[:int(limit)]
     transform = SampleTransform(cfg.image_size, cfg.beit3.img_size, train=False, keep_original_mask=True)
     loader = torch.utils.data.DataLoader(
         _TransformedDataset(dataset, _shard(indices, rank, world), transform), batch_size=batch_size,
@@ -242,9 +243,12 @@ def evaluate_model(model: torch.nn.Module, dataset, tokenizer, *, threshold: flo
         acc_model = _in_order(_merge_across_ranks(acc_model), order)
         if acc_orig is not None:
             acc_orig = _in_order(_merge_across_ranks(acc_orig), order)
-    limited = len(indices) if limit is not None and len(indices) < len(dataset) else None
-    return _finish_report(dataset, acc_model, acc_orig, threshold, cfg.image_size, start, limited,
-                          csv_path if rank == 0 else None, return_metrics)
+    limited = len(indices) if limit is not None and len(indices) < len(objects) else None
+    report = _finish_report(dataset, acc_model, acc_orig, threshold, cfg.image_size, start, limited,
+                            csv_path if rank == 0 else None, return_metrics)
+    if len(objects) < len(dataset):
+        report["absent_expressions_left_out"] = len(dataset) - len(objects)
+    return report
 
 
 def _score_batches(model: torch.nn.Module, batches: Iterable, encode, device: torch.device, precision: str,

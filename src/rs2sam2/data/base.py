@@ -100,6 +100,10 @@ class Ref:
 
     ``mask_source`` is whatever the reader needs to produce the mask (a mask file path, COCO
     segmentations...); ``expression_indices`` index into ``ReferringDataset.expressions``.
+    ``absent``: the dataset says its sentences describe nothing in the image (an empty target, as
+    the generator's absent sentences, ``synth --absent``): such refs are not training samples of
+    their own but the absent sentences ``train --negatives`` draws for their image, and
+    evaluation leaves them out of the mask metrics.
     """
 
     ref_id: Any
@@ -107,6 +111,7 @@ class Ref:
     mask_source: Any
     expression_indices: list[int] = field(default_factory=list)
     category: str | None = None
+    absent: bool = False
 
 
 def read_mask_file(path: str | Path) -> np.ndarray:
@@ -193,10 +198,11 @@ class ReferringDataset:
         return text
 
     def _add_ref(self, ref_id: Any, image_path: Path, mask_source: Any,
-                 texts: Sequence[tuple[str, str]], category: str | None = None) -> int:
+                 texts: Sequence[tuple[str, str]], category: str | None = None, absent: bool = False) -> int:
         """Register a ref with its ``(text, expression_id)`` pairs; returns the ref index."""
         ref_index = len(self.refs)
-        ref = Ref(ref_id=ref_id, image_path=Path(image_path), mask_source=mask_source, category=category)
+        ref = Ref(ref_id=ref_id, image_path=Path(image_path), mask_source=mask_source, category=category,
+                  absent=absent)
         for text, expression_id in texts:
             ref.expression_indices.append(len(self.expressions))
             self.expressions.append((ref_index, text, str(expression_id)))
@@ -252,6 +258,16 @@ class ReferringDataset:
     @property
     def num_refs(self) -> int:
         return len(self.refs)
+
+    @property
+    def object_refs(self) -> list[int]:
+        """Indices of the refs whose sentences describe an object (every ref but the absent ones)."""
+        return [i for i, ref in enumerate(self.refs) if not ref.absent]
+
+    @property
+    def object_expressions(self) -> list[int]:
+        """Indices of the expressions of :attr:`object_refs` (what the mask metrics score)."""
+        return [i for i, (r, _, _) in enumerate(self.expressions) if not self.refs[r].absent]
 
     def ref_expressions(self, ref_index: int) -> list[int]:
         """Indices (into ``expressions`` / ``load``) of the expressions of ref ``ref_index``."""

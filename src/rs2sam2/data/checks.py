@@ -131,7 +131,7 @@ def _findings(dataset: ReferringDataset, decode: bool, masks: bool) -> Iterator[
         except (DatasetError, ValueError, OSError) as exc:
             yield "unreadable_mask", f"{what}: {exc}", True
             continue
-        if not mask.any():
+        if not mask.any() and not ref.absent:  # an absent sentence's empty target is what the dataset says
             yield "empty_mask", f"{what} on {ref.image_path}", False
 
 

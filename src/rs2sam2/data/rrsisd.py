@@ -213,7 +213,8 @@ class RRSISD(ReferringDataset):
             source = {"segmentations": [a["segmentation"] for a in anns], "ann_ids": list(ann_ids),
                       "height": int(image["height"]), "width": int(image["width"])}
             self._add_ref(raw["ref_id"], self.image_dir / image["file_name"], source, texts,
-                          category=self._category(raw, anns, categories))
+                          category=self._category(raw, anns, categories),
+                          absent=all(a.get("area", -1) == 0 for a in anns))  # the generator's absent sentences
 
     def _mask_origin(self, ref: Ref) -> str:
         return f"{self.instances_path} (annotation(s) {ref.mask_source['ann_ids']})"

@@ -43,13 +43,14 @@ class _RefRange(torch.utils.data.Dataset):
 
 
 class RefSampler(torch.utils.data.Sampler):
-    """Yields ``(epoch, ref_index)`` for this rank: a ``DistributedSampler`` over the refs (seeded
+    """Yields ``(epoch, ref_index)`` for this rank: a ``DistributedSampler`` over ``refs`` (seeded
     shuffle per epoch, padded so that every rank gets the same count), optionally skipping the first
     ``skip`` items (resuming inside an epoch)."""
 
-    def __init__(self, num_refs: int, rank: int, world_size: int, seed: int, shuffle: bool = True) -> None:
+    def __init__(self, refs: list[int], rank: int, world_size: int, seed: int, shuffle: bool = True) -> None:
+        self.refs = list(refs)
         self.inner = torch.utils.data.DistributedSampler(
-            _RefRange(num_refs), num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed, drop_last=False)
+            _RefRange(len(self.refs)), num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed, drop_last=False)
         self.epoch = 0
         self.skip = 0
 
@@ -59,9 +60,9 @@ class RefSampler(torch.utils.data.Sampler):
         self.inner.set_epoch(self.epoch)
 
     def __iter__(self):
-        for k, ref in enumerate(self.inner):
+        for k, i in enumerate(self.inner):
             if k >= self.skip:
-                yield (self.epoch, int(ref))
+                yield (self.epoch, self.refs[int(i)])
 
     def __len__(self) -> int:
         return max(0, len(self.inner) - self.skip)
@@ -86,7 +87,8 @@ class TrainSamples(torch.utils.data.Dataset):
         self.image_size, self.evf_size = image_size, evf_size
         self.seed, self.random_boxes, self.box_prob = int(seed), bool(random_boxes), float(box_prob)
         self.negatives = float(negatives)
-        self.image_texts = _image_texts(dataset) if self.negatives > 0 else {}
+        self.image_texts = _image_texts(dataset, absent=False) if self.negatives > 0 else {}
+        self.image_absent = _image_texts(dataset, absent=True) if self.negatives > 0 else {}
         self.image_keys = {path: {_key(t) for t in texts} for path, texts in self.image_texts.items()}
         self.image_paths = list(self.image_texts)
         if self.negatives > 0 and len(self.image_texts) < 2:
@@ -113,12 +115,17 @@ class TrainSamples(torch.utils.data.Dataset):
         return transform(sample)
 
     def _maybe_absent(self, sample: dict[str, Any], epoch: int, ref: int) -> None:
-        """With probability ``negatives``, turn ``sample`` into an absent-object sample in place:
-        another image's sentence (not one said of this image), an empty target."""
+        """With probability ``negatives``, turn ``sample`` into an absent-object sample in place: one
+        of the dataset's absent sentences of this image where it has some, else another image's
+        sentence (not one said of this image); an empty target."""
         rng = np.random.default_rng([self.seed, epoch, ref, 1])
         if rng.random() >= self.negatives:
             return
         image = str(self.dataset.refs[ref].image_path)
+        own = self.image_absent.get(image)
+        if own:
+            self._make_absent(sample, own[int(rng.integers(len(own)))])
+            return
         for _ in range(20):  # a sentence of another image that is never said of this one
             other = self.image_paths[int(rng.integers(len(self.image_paths)))]
             texts = self.image_texts[other]
@@ -127,6 +134,10 @@ class TrainSamples(torch.utils.data.Dataset):
                 break
         else:
             return  # every sentence tried is also said of this image: keep the real sample
+        self._make_absent(sample, text)
+
+    @staticmethod
+    def _make_absent(sample: dict[str, Any], text: str) -> None:
         sample["text"] = text
         sample["mask"] = np.zeros_like(sample["mask"])
         sample["meta"] = {**sample["meta"], "absent": True}
@@ -137,11 +148,14 @@ def _key(text: str) -> str:
     return " ".join(text.lower().split())
 
 
-def _image_texts(dataset) -> dict[str, list[str]]:
-    """Image path -> its sentences, in the dataset's order."""
+def _image_texts(dataset, absent: bool) -> dict[str, list[str]]:
+    """Image path -> its sentences of objects (``absent`` False) or its absent sentences (True), in
+    the dataset's order."""
     texts: dict[str, list[str]] = {}
     for ref_index, text, _ in dataset.expressions:
-        texts.setdefault(str(dataset.refs[ref_index].image_path), []).append(text)
+        ref = dataset.refs[ref_index]
+        if ref.absent == absent:
+            texts.setdefault(str(ref.image_path), []).append(text)
     return texts
 
 
@@ -162,7 +176,7 @@ def _end_worker(signum, frame) -> None:
 def train_loader(dataset, cfg, model_config, rank: int, world_size: int,
                  pin_memory: bool) -> tuple[RefSampler, torch.utils.data.DataLoader]:
     """This rank's sampler and the loader of lists of ``cfg.batch_size`` transformed samples."""
-    sampler = RefSampler(dataset.num_refs, rank, world_size, cfg.seed)
+    sampler = RefSampler(dataset.object_refs, rank, world_size, cfg.seed)
     samples = TrainSamples(dataset, model_config.image_size, model_config.beit3.img_size, cfg.seed,
                            bool(cfg.random_boxes), cfg.box_prob, cfg.negatives)
     loader = torch.utils.data.DataLoader(

@@ -280,8 +280,11 @@ class Trainer:
         if dist.is_main:
             write_yaml(self.run / "train_config.yaml", {**cfg.to_dict(), "resume": False, "overwrite": False})
         self.log = _RunLog(self.run, self.progress.global_step, cfg.tensorboard, dist)
-        _log(f"{self.train_ds.num_refs} train refs ({len(self.train_ds)} expressions), "
-             f"{len(self.val_ds) if self.val_ds is not None else 0} val expressions; world size {dist.world_size}, "
+        absent = self.train_ds.num_refs - len(self.train_ds.object_refs)
+        _log(f"{self.train_ds.num_refs - absent} train refs ({len(self.train_ds.object_expressions)} expressions"
+             f"{f'; {absent} absent sentences, drawn by --negatives' if absent else ''}), "
+             f"{len(self.val_ds.object_expressions) if self.val_ds is not None else 0} val expressions; "
+             f"world size {dist.world_size}, "
              f"batch {cfg.batch_size}/process x {cfg.grad_accum_steps} accumulation; {self.steps_per_epoch} "
              f"steps/epoch; device {dist.device}{' bf16' if self.use_bf16 else ''}"
              f"{' FSDP' if self.fsdp else ' DDP' if dist.enabled else ''}", dist)
