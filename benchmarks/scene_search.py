@@ -38,7 +38,7 @@ from affine import Affine
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src")]
 
-from rs2sam2.data.synth import make_mosaic  # noqa: E402
+from rs2sam2.scene_eval import MosaicJob, mosaic_jobs, score  # noqa: E402
 
 CELL = 256
 
@@ -52,30 +52,24 @@ def _write_geotiff(path: Path, rgb: np.ndarray) -> None:
         ds.write(rgb.transpose(2, 0, 1))
 
 
-def build(work: Path, mosaics: int, seed: int) -> list[dict]:
-    """The mosaics, their cells and the jobs: one per target (its first sentence) and one absent sentence."""
-    jobs = []
-    for k in (3, 4):
-        for m in range(mosaics):
-            scene = make_mosaic(seed=seed + m, k=k, size=CELL)
-            image = work / f"mosaic{k}x{k}_{m}.tif"
-            _write_geotiff(image, scene.image)
-            for t, (index, sentences) in enumerate(scene.targets):
-                obj = scene.objects[index]
-                row, col = int(obj.cy) // CELL, int(obj.cx) // CELL
-                cell_image = work / f"mosaic{k}x{k}_{m}_cell{row}{col}.tif"
-                _write_geotiff(cell_image, scene.image[row * CELL:(row + 1) * CELL, col * CELL:(col + 1) * CELL])
-                target = work / f"mosaic{k}x{k}_{m}_t{t}.npy"
-                np.save(target, obj.mask)
-                jobs.append({"name": f"{k}x{k}_{m}_t{t}", "image": str(image), "cell_image": str(cell_image),
-                             "text": sentences[0], "target": str(target), "cell": [row, col], "absent": False})
-            for a, (_, sentence) in enumerate(scene.absent):
-                jobs.append({"name": f"{k}x{k}_{m}_a{a}", "image": str(image), "text": sentence, "target": None,
-                             "cell": None, "absent": True})
-    return jobs
+def build(work: Path, mosaics: int, seed: int) -> list[tuple[MosaicJob, Path, Path | None]]:
+    """The jobs (rs2sam2.scene_eval), each with its mosaic's GeoTIFF and its target's cell's."""
+    out, written = [], {}
+    for job in mosaic_jobs(mosaics, seed, size=CELL):
+        mosaic = job.name.rsplit("_", 1)[0]
+        image = work / f"mosaic{mosaic}.tif"
+        if mosaic not in written:
+            _write_geotiff(image, job.image)
+            written[mosaic] = image
+        cell_image = None
+        if not job.absent:
+            cell_image = work / f"mosaic{job.name}_cell.tif"
+            _write_geotiff(cell_image, job.image[job.cell_window()])
+        out.append((job, image, cell_image))
+    return out
 
 
-def _run(name: str, jobs: list[dict], work: Path, ckpt: str, extra: list[str], env: dict) -> float:
+def _run(name: str, jobs: list, work: Path, ckpt: str, extra: list[str], env: dict) -> float:
     """One ``rs2sam2 predict --batch`` over ``jobs``; its wall time in seconds."""
     folder = work / name.replace(" ", "_")
     folder.mkdir(exist_ok=True)
@@ -83,9 +77,9 @@ def _run(name: str, jobs: list[dict], work: Path, ckpt: str, extra: list[str], e
     with open(batch, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["image", "text", "out", "vector"])
-        for j in jobs:
-            image = j["cell_image"] if name == "right cell" else j["image"]
-            writer.writerow([image, j["text"], f"{j['name']}.tif", f"{j['name']}.geojson"])
+        for job, image, cell_image in jobs:
+            writer.writerow([cell_image if name == "right cell" else image, job.text, f"{job.name}.tif",
+                             f"{job.name}.geojson"])
     cmd = [sys.executable, "-m", "rs2sam2", "predict", "--checkpoint", ckpt, "--batch", str(batch), "--device", "cpu",
            "-q", *extra]
     start = time.perf_counter()
@@ -96,35 +90,17 @@ def _run(name: str, jobs: list[dict], work: Path, ckpt: str, extra: list[str], e
     return seconds
 
 
-def _score(name: str, jobs: list[dict], work: Path) -> dict:
+def _score(name: str, jobs: list, work: Path) -> dict:
+    """The run's figures (rs2sam2.scene_eval.score) and the polygons written for absent sentences."""
     folder = work / name.replace(" ", "_")
-    ious, outside, painted, empty_absent, absent_polys, absent = [], 0, 0, 0, 0, 0
-    for j in jobs:
-        with rasterio.open(folder / f"{j['name']}.tif") as m:
-            mask = m.read(1) == 255
-        polys = len(json.loads((folder / f"{j['name']}.geojson").read_text())["features"])
-        if j["absent"]:
-            absent += 1
-            empty_absent += int(not mask.any())
-            absent_polys += polys
-            continue
-        target = np.load(j["target"])
-        row, col = j["cell"]
-        cell = (slice(row * CELL, (row + 1) * CELL), slice(col * CELL, (col + 1) * CELL))
-        if name == "right cell":
-            target = target[cell]
-        else:
-            inside = np.zeros_like(mask)
-            inside[cell] = True
-            outside += int((mask & ~inside).sum())
-            painted += int(mask.sum())
-        union = (mask | target).sum()
-        ious.append(float((mask & target).sum() / union) if union else 1.0)
-    return {"targets": len(ious), "mIoU": round(100 * float(np.mean(ious)), 1),
-            "iou_at_0.5": round(100 * float(np.mean(np.asarray(ious) >= 0.5)), 1),
-            "outside_cell_pct": None if name == "right cell" else round(100 * outside / max(1, painted), 1),
-            "absent": absent, "absent_empty_pct": round(100 * empty_absent / max(1, absent), 1) if absent else None,
-            "absent_polygons": absent_polys if absent else None}
+    masks, polygons = [], 0
+    for job, _, _ in jobs:
+        with rasterio.open(folder / f"{job.name}.tif") as m:
+            masks.append(m.read(1) == 255)
+        if job.absent:
+            polygons += len(json.loads((folder / f"{job.name}.geojson").read_text())["features"])
+    figures = score([job for job, _, _ in jobs], masks, on_cell=name == "right cell")
+    return {**figures, "absent_polygons": polygons if figures["absent"] else None}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -142,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
             "right cell": []}
     results = {}
     for name in args.runs.split(","):
-        chosen = [j for j in jobs if not (name == "right cell" and j["absent"])]
+        chosen = [j for j in jobs if not (name == "right cell" and j[0].absent)]
         seconds = _run(name, chosen, args.work, args.checkpoint, runs[name], env)
         results[name] = {**_score(name, chosen, args.work), "seconds": round(seconds, 1)}
         print(json.dumps({"run": name, **results[name]}), file=sys.stderr)

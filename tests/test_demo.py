@@ -17,6 +17,11 @@ def test_demo_quick(tmp_path, capsys):
         assert key in report
     assert report["num_expressions"] > 0 and 0.0 <= report["mIoU"] <= 100.0
     assert report["train"]["global_step"] == 6
+    scenes = report["scenes"]  # scene answers on a 3 x 3 and a 4 x 4 mosaic
+    assert scenes["mosaics"] == 2 and scenes["mode"] == "scene" and scenes["targets"] >= 2
+    assert 0.0 <= scenes["mIoU"] <= 100.0 and 0.0 <= scenes["outside_cell_pct"] <= 100.0
+    assert scenes["absent"] >= 1 and 0.0 <= scenes["absent_empty_pct"] <= 100.0
+    assert "scenes: mIoU" in printed
     for name in ("training_curve.png", "gallery.png"):
         with Image.open(tmp_path / "demo" / name) as im:
             assert im.width > 100 and im.height > 100

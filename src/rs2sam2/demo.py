@@ -30,6 +30,7 @@ from .fsutil import atomic_write_text
 from .metrics import intersection_union
 from .predict import Predictor
 from .runtime import available_cores
+from .scene_eval import mosaic_jobs, score
 from .train import TrainConfig, train_cpu_processes
 from .viz import gallery, plot_curves
 
@@ -74,6 +75,10 @@ DEMO_RECIPE: dict[str, Any] = {
     "log_every_steps": 5,
 }
 DEMO_NUM_IMAGES = 1000
+# the report's scene figures: mosaics of 3 x 3 and of 4 x 4 generated 256 px scenes (rs2sam2.scene_eval),
+# drawn by their own generator (seeds from DEMO_SCENE_SEED), so none is a training scene
+DEMO_SCENE_MOSAICS = 4
+DEMO_SCENE_SEED = 1000
 DEMO_BATCH = 8  # global batch, split over the training processes
 DEMO_WARMUP_BATCH = 16  # global batch of the grounding warm-up
 QUICK = {"num_images": 24, "max_steps": 6, "grounding_warmup_steps": 4}  # --quick: a smoke run for tests (seconds)
@@ -127,16 +132,19 @@ def run_demo(out: str | Path = "rs2sam2-demo", num_images: int | None = None, ep
     test = build_dataset("rrsisd", data, "test")
     report = evaluate_model(predictor.model, test, predictor.tokenizer, batch_size=8, device="cpu")
 
+    scenes, scene_rows = _scene_figures(predictor, 1 if quick else DEMO_SCENE_MOSAICS)
+
     print("[4/4] writing the report, the training curve and the gallery")
     curve = plot_curves(_curves(out / "run" / "logs"), out / "training_curve.png", title="nano on synthetic RRSIS-D")
     rows = _gallery_rows(predictor, test, gallery_size)
-    gallery_path = gallery(rows, out / "gallery.png")
+    gallery_path = gallery(rows + scene_rows, out / "gallery.png")
 
     elapsed = time.perf_counter() - t0
     result = {
         "split": "test",
         **{k: report[k] for k in ("Pr@0.5", "Pr@0.6", "Pr@0.7", "Pr@0.8", "Pr@0.9", "oIoU", "mIoU", "num_expressions")},
         "original_resolution": report.get("original_resolution"),
+        "scenes": scenes,
         "train": {"global_step": summary.get("global_step"), "best": summary.get("best"),
                   "seconds": round(t_train, 1)},
         "num_images": num_images,
@@ -147,6 +155,9 @@ def run_demo(out: str | Path = "rs2sam2-demo", num_images: int | None = None, ep
     atomic_write_text(out / "report.json", json.dumps(result, indent=2))
     print(f"held-out test: mIoU {result['mIoU']:.2f}  oIoU {result['oIoU']:.2f}  Pr@0.5 {result['Pr@0.5']:.2f} "
           f"({result['num_expressions']} expressions) in {elapsed / 60:.1f} min -> {out / 'report.json'}")
+    print(f"scenes: mIoU {scenes['mIoU']}  painted outside the target's cell {scenes['outside_cell_pct']}%  "
+          f"absent sentences left empty {scenes['absent_empty_pct']}% ({scenes['targets']} + {scenes['absent']} "
+          f"sentences on {scenes['mosaics']} mosaics)")
     print(next_commands(out, max(rows, key=lambda row: row["iou"])))
     return result
 
@@ -176,6 +187,36 @@ def _gallery_rows(predictor: Predictor, test, count: int) -> list[dict[str, Any]
         rows.append(dict(image=sample["image"], text=sample["text"], pred=pred.mask, target=sample["mask"],
                          iou=inter / union if union else 0.0, path=sample["meta"]["image_path"]))
     return rows
+
+
+def _scene_figures(predictor: Predictor, count: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Scene answers (the default of ``predict`` on large images) on ``count`` mosaics of 3 x 3 and of
+    4 x 4 scenes (rs2sam2.scene_eval): the report's figures, and a gallery row (the whole mosaic)
+    for the first target sentence of each size."""
+    jobs = mosaic_jobs(count, DEMO_SCENE_SEED)
+    masks: dict[str, np.ndarray] = {}
+    for image_jobs in _by_image(jobs):
+        preds = predictor.predict(image_jobs[0].image, [job.text for job in image_jobs], mode="scene")
+        masks.update((job.name, pred.mask) for job, pred in zip(image_jobs, preds))
+    figures = score(jobs, [masks[job.name] for job in jobs])
+    rows = []
+    for k in (3, 4):
+        job = next(j for j in jobs if not j.absent and j.name.startswith(f"{k}x{k}_"))
+        inter, union = intersection_union(masks[job.name], job.target)
+        rows.append(dict(image=job.image, text=f"{job.text} (a {k} x {k} mosaic: a scene answer)",
+                         pred=masks[job.name], target=job.target, iou=inter / union if union else 0.0))
+    return {"mosaics": 2 * count, "seed": DEMO_SCENE_SEED, "mode": "scene", **figures}, rows
+
+
+def _by_image(jobs: list) -> list[list]:
+    """``jobs`` grouped by mosaic, in order (one prediction per mosaic answers all its sentences)."""
+    groups: list[list] = []
+    for job in jobs:
+        if groups and groups[-1][0].image is job.image:
+            groups[-1].append(job)
+        else:
+            groups.append([job])
+    return groups
 
 
 def next_commands(out: Path, row: dict[str, Any]) -> str:
