@@ -22,13 +22,11 @@ side exceeds :data:`~rs2sam2.tiles.DECIMATE_ABOVE` x the model input) runs in fi
    third(s) of the region (give or take :data:`BAND_MARGIN`); of those, the one its pick word
    chooses (leftmost, upper, largest... by box centre or area), or else the strongest. None left:
    the answer is empty.
-5. **The answer.** Where the scan looks were read at most :data:`~rs2sam2.tiles.DECIMATE_ABOVE`
-   times decimated, the chosen candidate's own scan answers are the answer (each part's logits,
-   upsampled from the model's output, where they touch the part). Where they were read coarser
-   (regions over ``SCAN_PER_SIDE x DECIMATE_ABOVE`` model inputs), native looks refine it:
-   model-input windows covering its box (plus a margin) and, when the object runs into a window's
-   inner edge, the window beyond it (at most :data:`MAX_LOOKS`), each keeping only what touches the
-   candidate, merged into one object.
+5. **Native looks.** The chosen candidate is looked at at native resolution: model-input windows
+   covering its box (plus a margin), and, when the object runs into a window's inner edge, the
+   window beyond it (at most :data:`MAX_LOOKS`). A native look keeps only the parts of its mask that
+   touch the candidate, so a look never answers about an object elsewhere in its window, and the
+   looks are merged (their union), so an object across a look's border comes out whole.
 
 Nothing here knows about models or files: :func:`iter_scene` takes a *segment* function
 (``(rgb, texts) -> [Answer]``), like :func:`rs2sam2.tiles.iter_pieces`, and yields the
@@ -41,7 +39,6 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
 from .scene_words import SceneWords, read_scene_words
 from .tiles import BLOCK, DECIMATE_ABOVE, Answer, Piece, Plan, Window, upsample_window
@@ -66,7 +63,7 @@ Segment = Callable[[np.ndarray, Sequence[str]], Sequence[Answer]]
 class Decision:
     """What the scene answer decided for one text: where it looked and what it kept."""
 
-    looks: list[Window] = field(default_factory=list)  # the windows whose answers make the result (region pixels)
+    looks: list[Window] = field(default_factory=list)  # native windows inspected (region pixels)
     candidates: int = 0
     chosen: int | None = None  # the chosen candidate's rank among them (0 = the strongest evidence)
     score: float = float("nan")  # the chosen candidate's score
@@ -144,9 +141,6 @@ class _Candidate:
     frame: Window  # the region pixels ``part`` covers
     area: float  # in region pixels
     presence: float = float("nan")  # the scan look's presence (sigmoid of its object-score logit)
-    # the scan look's answer (logits at the model's mask resolution), kept where the look was read
-    # finely enough to be the answer itself; None where native looks are needed
-    look_logits: torch.Tensor | None = None
     support: float = 0.0  # the global look's largest probability around it
     merged: list[_Candidate] = field(default_factory=list)  # weaker candidates on the same object
     kept: list[tuple[Window, np.ndarray]] = field(default_factory=list)  # (window, logits, SUPPRESSED elsewhere)
@@ -169,11 +163,9 @@ class _Candidate:
         return self.evidence(presence_head) * (0.5 + 0.5 * self.support)
 
 
-def _candidates(g: np.ndarray, threshold: float, frame: Window, most: int, presence: float,
-                look_logits: torch.Tensor | None) -> list[_Candidate]:
+def _candidates(g: np.ndarray, threshold: float, frame: Window, most: int, presence: float) -> list[_Candidate]:
     """The parts of the map ``g`` (logits of a look at ``frame``, in region pixels) above
-    ``threshold``, strongest first (at most ``most``); the strongest point when none is. Each keeps
-    ``look_logits`` (the look's answer, when it is the answer itself)."""
+    ``threshold``, strongest first (at most ``most``); the strongest point when none is."""
     labels, n = label(g > threshold)
     if n == 0:
         labels = np.zeros(g.shape, np.int32)
@@ -188,7 +180,7 @@ def _candidates(g: np.ndarray, threshold: float, frame: Window, most: int, prese
         c1, r1 = frame[0] + int(np.ceil((cols.max() + 1) * sx)), frame[1] + int(np.ceil((rows.max() + 1) * sy))
         p = _sigmoid(g[part])
         found.append(_Candidate(part, float(p.max()), float(p.mean()), (c0, r0, c1 - c0, r1 - r0), frame,
-                                float(rows.size * sx * sy), presence, look_logits))
+                                float(rows.size * sx * sy), presence))
     found.sort(key=lambda c: -c.peak)
     return found[:most]
 
@@ -375,23 +367,6 @@ class _Looker:
         return on
 
 
-def _keep_scan(cand: _Candidate, threshold: float) -> None:
-    """The answer of a candidate whose scan looks read the region finely enough: each look's
-    logits, brought to region pixels over its part's box (grown by a margin), where they touch the part."""
-    for one in [cand, *cand.merged]:
-        fc, fr, fw, fh = one.frame
-        margin = -(-fw // one.part.shape[1])  # one pixel of the look's map
-        c0, r0 = max(fc, one.box[0] - margin), max(fr, one.box[1] - margin)
-        c1, r1 = min(fc + fw, one.box[0] + one.box[2] + margin), min(fr + fh, one.box[1] + one.box[3] + margin)
-        window = (c0, r0, c1 - c0, r1 - r0)
-        logits = upsample_window(one.look_logits, fh, fw, (c0 - fc, r0 - fr, c1 - c0, r1 - r0))
-        kept = _keep(logits, _part_gate(one, window), threshold)
-        if kept.any():
-            cand.kept.append((window, np.where(kept, logits, SUPPRESSED).astype(np.float32)))
-            if one.frame not in cand.looks:
-                cand.looks.append(one.frame)
-
-
 def _decide(cands: list[_Candidate], chosen: _Candidate | None, words: SceneWords, presence_head: bool,
             presence_threshold: float) -> Decision:
     d = Decision(candidates=len(cands), words=words)
@@ -447,9 +422,7 @@ def iter_scene(raster, region: Window, plan: Plan, segment: Segment, *, texts: S
             cand.support = 1.0 if words[k].any else _support(cand, g, plan.width, plan.height)
         cands = _merge(found[k], presence_head)
         best = _resolve(cands, words[k], plan.width, plan.height, presence_head, presence_threshold)
-        if best is not None and best.look_logits is not None:
-            _keep_scan(best, threshold)
-        elif best is not None:
+        if best is not None:
             _Looker(raster, region, plan, segment, words[k].object_text, threshold, model_size, report).look(best)
         d = _decide(cands, best, words[k], presence_head, presence_threshold)
         if decisions is not None:
@@ -478,7 +451,7 @@ def _scan(raster, region: Window, plan: Plan, segment: Segment, queries: list[st
             answer = answers[query]
             presence = float(_sigmoid(answer.object_score)) if presence_head else float("nan")
             found[k] += _candidates(upsample_window(answer.logits, *shape), threshold, window, PER_SCAN_LOOK,
-                                    presence, answer.logits if scale <= DECIMATE_ABOVE else None)
+                                    presence)
     return found
 
 
