@@ -441,7 +441,7 @@ def _scan(raster, region: Window, plan: Plan, segment: Segment, queries: list[st
     distinct = list(dict.fromkeys(queries))
     found: list[list[_Candidate]] = [[] for _ in queries]
     for window in _scan_windows(plan.width, plan.height, side):
-        c, r, w, h = window
+        _, _, w, h = window
         scale = max(1.0, max(w, h) / model_size)
         shape = (max(1, round(h / scale)), max(1, round(w / scale)))
         rgb, _ = raster.read(_offset(window, region), out_shape=shape)
