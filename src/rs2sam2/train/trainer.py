@@ -725,4 +725,10 @@ class Trainer:
         return None
 
     def close(self) -> None:
+        """Leave the process group, dropping the DDP wrapper first. Its reducer holds the group, and
+        a group that the reducer's destructor frees waits for gloo's worker threads while holding the
+        GIL, which a worker that is finishing the last collective needs: the rank would hang at exit
+        (pytorch/pytorch#56297). Freed through the process group registry, the group is destroyed
+        with the GIL released."""
+        self.module = self.core
         self.dist.close()
