@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from rs2sam2.signals import Stopped, stop_on_signals
+from rs2sam2 import fsutil
+from rs2sam2.signals import Stopped, stop_on_signals, stops_held
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,6 +55,42 @@ def test_the_same_signal_twice_ends_the_process_at_once():
             "    finally:\n        os.kill(os.getpid(), signal.SIGTERM)\n        time.sleep(5)\n        print('late')\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == -signal.SIGTERM and "late" not in r.stdout
+
+
+def test_a_stop_inside_stops_held_comes_when_the_block_ends():
+    steps = []
+    with pytest.raises(Stopped) as caught, stop_on_signals():
+        with stops_held():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)  # the handler has run by now
+            steps.append("the block went on")
+        steps.append("after the block")
+    assert steps == ["the block went on"] and caught.value.status == 143
+
+
+@pytest.mark.parametrize("job", ["atomic_write", "check_writable", "work_folder"])
+def test_a_stop_while_a_temporary_file_is_made_leaves_nothing(job, tmp_path, monkeypatch):
+    """The signal comes the moment the file or folder exists, before its name is known to the code
+    that removes it."""
+    def then_signal(make):
+        def make_then_signal(*args, **kwargs):
+            made = make(*args, **kwargs)
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)
+            return made
+        return make_then_signal
+
+    for name in ("mkstemp", "mkdtemp"):
+        monkeypatch.setattr(fsutil.tempfile, name, then_signal(getattr(fsutil.tempfile, name)))
+    with pytest.raises(Stopped), stop_on_signals():
+        if job == "atomic_write":
+            fsutil.atomic_write_text(tmp_path / "report.json", "{}")
+        elif job == "check_writable":
+            fsutil.check_writable(tmp_path / "report.json", "the report")
+        else:
+            with fsutil.work_folder(tmp_path, prefix=".vectors."):
+                pass
+    assert list(tmp_path.iterdir()) == []
 
 
 # --- real commands ------------------------------------------------------------------------------

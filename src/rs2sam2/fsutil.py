@@ -16,8 +16,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from .errors import OutputError
+from .signals import stops_held
 
-__all__ = ["atomic_write", "atomic_write_text", "atomic_write_bytes", "check_writable"]
+__all__ = ["atomic_write", "atomic_write_text", "atomic_write_bytes", "check_writable", "work_folder"]
 
 
 def _current_umask() -> int:
@@ -68,10 +69,12 @@ def atomic_write(
     parent = dest.parent
     parent.mkdir(parents=True, exist_ok=True)
     tmp_suffix = ".tmp" + (dest.suffix if suffix is None else suffix)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=tmp_suffix, dir=parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp: Path | None = None
     try:
+        with stops_held():  # a stop signal comes after ``tmp`` is named, so the clean-up below finds it
+            fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=tmp_suffix, dir=parent)
+            os.close(fd)
+            tmp = Path(tmp_name)
         yield tmp
         if not tmp.exists():
             raise FileNotFoundError(f"atomic_write: the writer removed the temporary file {tmp}")
@@ -86,10 +89,26 @@ def atomic_write(
                 os.fsync(f.fileno())
         os.replace(tmp, dest)
     except BaseException:
-        _remove_quietly(tmp)
+        if tmp is not None:
+            _remove_quietly(tmp)
         raise
     if fsync:
         _fsync_dir(parent)
+
+
+@contextlib.contextmanager
+def work_folder(parent: str | os.PathLike[str], prefix: str, suffix: str = "") -> Iterator[Path]:
+    """A new folder in ``parent`` for files on their way to their final names; removed with what is
+    left in it when the block ends, also when a stop signal ends it (even one that comes as the
+    folder is made)."""
+    work: Path | None = None
+    try:
+        with stops_held():
+            work = Path(tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=parent))
+        yield work
+    finally:
+        if work is not None:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def _remove_quietly(p: Path) -> None:
@@ -149,10 +168,11 @@ def check_writable(path: str | os.PathLike[str], what: str = "output") -> Path:
         folder = folder.parent
     if not folder.is_dir():
         raise OutputError(f"cannot write {what} {dest}: {folder} is a file, not a folder")
-    try:
-        fd, probe = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".probe", dir=folder)
-    except OSError as exc:
-        raise OutputError(f"cannot write {what} {dest}: {folder}: {exc.strerror or exc}") from exc
-    os.close(fd)
-    os.unlink(probe)
+    with stops_held():  # a stop signal waits until the probe is gone
+        try:
+            fd, probe = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".probe", dir=folder)
+        except OSError as exc:
+            raise OutputError(f"cannot write {what} {dest}: {folder}: {exc.strerror or exc}") from exc
+        os.close(fd)
+        os.unlink(probe)
     return dest

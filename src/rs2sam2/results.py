@@ -30,7 +30,7 @@ from PIL import Image
 
 from .errors import UserError
 from .extras import require
-from .fsutil import atomic_write
+from .fsutil import atomic_write, work_folder
 from .geo import mask_band, open_grid_writer, probability_band, write_mask, write_probability
 from .imageio import RasterInfo, gdal_env
 from .metrics import PUBLISHED_THRESHOLD
@@ -438,7 +438,7 @@ def _write_vector_in(stack: contextlib.ExitStack, dest: Path, polys, crs, text: 
                      properties: dict[str, Any], fields: dict[str, Any]) -> list[Path]:
     """Write the vector file(s) to temporary names whose renames join ``stack``'s (all together)."""
     folder = _created_folder(dest.parent)
-    work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=f".{dest.name}.", dir=folder)))
+    work = stack.enter_context(work_folder(folder, prefix=f".{dest.name}."))
     made = write_vector(work / dest.name, polys, crs, text=text, properties=properties,
                         transform=properties["transform"], fields=fields)
     finals = [dest.with_name(p.name) for p in made]

@@ -24,9 +24,11 @@ import signal
 import threading
 from collections.abc import Iterator
 
-__all__ = ["STOP_SIGNALS", "Stopped", "stop_on_signals"]
+__all__ = ["STOP_SIGNALS", "Stopped", "stop_on_signals", "stops_held"]
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# while a stops_held() block runs in the main thread: the stop signals that came meanwhile
+_held: list[int] | None = None
 
 
 class Stopped(KeyboardInterrupt):
@@ -66,7 +68,9 @@ def stop_on_signals(signums: tuple[int, ...] = STOP_SIGNALS) -> Iterator[None]:
             _pass_on(signum, frame, previous[signum])
         elif not first:
             first.append(signum)
-            raise Stopped(signum)
+            if _held is None:
+                raise Stopped(signum)
+            _held.append(signum)  # raised when the stops_held() block ends
         elif signum == first[0]:  # the same request again: the user insists
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
@@ -78,6 +82,26 @@ def stop_on_signals(signums: tuple[int, ...] = STOP_SIGNALS) -> Iterator[None]:
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+
+
+@contextlib.contextmanager
+def stops_held() -> Iterator[None]:
+    """Within the block, a stop signal waits: :class:`Stopped` is raised when the block ends.
+
+    For the few steps that create a file and hand it to the code that removes it again (a temporary
+    file and the name that ``finally`` cleans up): a signal between the two would leave the file
+    behind. Outside the main thread, or nested, the block runs unchanged."""
+    global _held
+    if threading.current_thread() is not threading.main_thread() or _held is not None:
+        yield
+        return
+    _held = []
+    try:
+        yield
+    finally:
+        pending, _held = _held, None
+        if pending:
+            raise Stopped(pending[0])
 
 
 def _pass_on(signum: int, frame, previous) -> None:

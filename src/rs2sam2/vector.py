@@ -40,9 +40,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import struct
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,7 +51,7 @@ from rasterio.features import shapes
 from rasterio.warp import transform_geom
 
 from .extras import require
-from .fsutil import atomic_write, atomic_write_text
+from .fsutil import atomic_write, atomic_write_text, work_folder
 from .geo import MASK_FOREGROUND, to_affine, to_crs
 
 __all__ = ["SHAPEFILE_PARTS", "VECTOR_SUFFIXES", "Polygon", "check_vector_path", "geojson_collection",
@@ -342,8 +340,7 @@ def write_vector(path: str | os.PathLike, polys: Sequence[Polygon], crs: Any = N
         atomic_write_text(dest, json.dumps(fc, ensure_ascii=False, allow_nan=False) + "\n")
         return [dest]
     dest.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
-    try:
+    with work_folder(dest.parent, prefix=f".{dest.name}.", suffix=".tmp") as work:
         _write_ogr(work / f"{dest.stem}{dest.suffix.lower()}", polys, crs, text, driver, fields)
         made = sorted(work.iterdir())
         finals = [dest.with_suffix(f.suffix) for f in made]
@@ -353,8 +350,6 @@ def write_vector(path: str | os.PathLike, polys: Sequence[Polygon], crs: Any = N
             for f, final in zip(made, finals):
                 os.replace(f, stack.enter_context(atomic_write(final)))
         return finals
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
 
 
 @contextlib.contextmanager

@@ -252,6 +252,7 @@ class Trainer:
         self.grounding_warmup: dict[str, Any] | None = None  # what the warm-up did, when this process ran it
         self.log: _RunLog | None = None
         self.run_id: str | None = None  # on the main rank: the id in the run folder's marker
+        self.module: torch.nn.Module | None = None  # the model as trained: wrapped by DDP / FSDP on several ranks
 
     # ------------------------------------------------------------------------------------- setup
     def setup(self) -> None:
@@ -730,5 +731,5 @@ class Trainer:
         GIL, which a worker that is finishing the last collective needs: the rank would hang at exit
         (pytorch/pytorch#56297). Freed through the process group registry, the group is destroyed
         with the GIL released."""
-        self.module = self.core
+        self.module = None
         self.dist.close()
