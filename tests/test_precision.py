@@ -35,3 +35,22 @@ def test_bf16_mask_agreement(bf16_tiny, case):
     agree = ((out.logits > 0.5) == (g("pred_masks") > 0.5)).float().mean().item()
     print(f"{case}: bf16 masks agree with fp32 on {agree:.4%} of pixels")
     assert agree >= 0.995
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_bf16_cpu_attention_matches_float32_and_its_blocks(masked, monkeypatch):
+    """bf16 attention on the CPU (two bf16 products, keys centred) stays close to float32 SDPA on the
+    same inputs, also when every key shares a large offset; computed in blocks of queries it is the same."""
+    from rs2sam2.models import common
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 40, 16, generator=g) for _ in range(3))
+    k = k + 8 * torch.randn(1, 1, 1, 16, generator=g)  # a shared offset: large raw scores
+    q, k, v = q.bfloat16(), k.bfloat16(), v.bfloat16()
+    mask = (torch.arange(40) < 33).view(1, 1, 1, 40).expand(2, 1, 1, 40) if masked else None
+    reference = torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask)
+    whole = common.attention(q, k, v, mask)
+    assert whole.dtype == torch.bfloat16
+    assert (whole.float() - reference).abs().max().item() < 0.015  # 0.04 with the raw keys
+    monkeypatch.setattr(common, "_SCORE_BLOCK", 7 * 40 * 6)  # 7 queries per block: 6 blocks, the last short
+    assert torch.equal(common.attention(q, k, v, mask), whole)

@@ -14,14 +14,40 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Te
     """``scaled_dot_product_attention(q, k, v, attn_mask=mask)`` for (B, heads, N, head_dim) inputs
     (``mask``: boolean, True where a key may be attended).
 
-    bfloat16 inputs on the CPU (the bf16 inference path) are attended in float32 and the result is
-    rounded back to bfloat16 once: the CPU flash kernel's bf16 variant rounds inside the softmax
-    product, which flips mask pixels near the threshold (see benchmarks/README.md, issue 29), and on
-    CPUs without AMX it runs no faster than its float32 variant. Elsewhere SDPA runs as it is.
+    bfloat16 inputs on the CPU (the bf16 inference path) go through :func:`_bf16_cpu_attention`:
+    the CPU flash kernel's bf16 variant rounds inside the softmax product, which flips mask pixels
+    near the threshold, and on CPUs without AMX it runs no faster than its float32 variant
+    (benchmarks/README.md, issue 29). Elsewhere SDPA runs as it is.
     """
     if q.dtype == torch.bfloat16 and q.device.type == "cpu":
-        return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask).to(q.dtype)
+        return _bf16_cpu_attention(q, k, v, mask)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+#: scores computed at a time by :func:`_bf16_cpu_attention` (elements; 32 MB in bfloat16)
+_SCORE_BLOCK = 1 << 24
+
+
+def _bf16_cpu_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+    """Attention of bfloat16 inputs as two bf16 matrix products (the CPU's bf16 GEMM rate) around a
+    softmax computed in float32 (torch's CPU softmax of bf16).
+
+    The keys are centred first (their mean over the keys subtracted, in float32, then the scale
+    folded in): that moves every score of a query by the same amount, which the softmax cancels,
+    and the scores it leaves are small, so rounding them to bfloat16 costs little. Queries go in
+    blocks so that at most :data:`_SCORE_BLOCK` scores exist at once."""
+    kf = k.float()
+    k = ((kf - kf.mean(dim=-2, keepdim=True)) * q.shape[-1] ** -0.5).to(torch.bfloat16).transpose(-1, -2)
+    if mask is not None:
+        mask = mask.logical_not()
+    rows = max(1, _SCORE_BLOCK // max(1, k.shape[-1] * q.shape[:-2].numel()))
+    outs = []
+    for start in range(0, q.shape[-2], rows):
+        scores = torch.matmul(q[..., start:start + rows, :], k)
+        if mask is not None:
+            scores.masked_fill_(mask if mask.shape[-2] == 1 else mask[..., start:start + rows, :], float("-inf"))
+        outs.append(torch.matmul(torch.softmax(scores, dim=-1), v))
+    return outs[0] if len(outs) == 1 else torch.cat(outs, dim=-2)
 
 
 class Attention(nn.Module):
