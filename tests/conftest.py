@@ -25,7 +25,7 @@ def auto_precision_is_fp32():
     from rs2sam2 import runtime
 
     before = runtime._cpu_bf16
-    runtime._cpu_bf16 = False  # the probe's cached answer
+    runtime._cpu_bf16 = (False, "the tests run auto as fp32 (tests/conftest.py)")  # the probe's cached answer
     try:
         yield
     finally:

@@ -115,3 +115,29 @@ def test_benchmark_reports_the_precision_used(cpu, capsys):
     r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert r["precision"] == "fp32"  # auto, resolved on a CPU without bf16 units
     assert r["linear_tflop_per_forward"] > 0 and r["ratio_to_linear_floor"] >= r["ratio_to_floor"] > 0
+
+
+def test_the_choice_is_explained(cpu):
+    cpu({"avx2", "avx512_bf16"})
+    precision, why = runtime.precision_choice("auto", "cpu")
+    assert precision == "bf16" and why.startswith("auto: this CPU lists bf16 units (avx512_bf16); int8 only when asked")
+    cpu({"avx2"})
+    assert runtime.precision_choice("auto", "cpu")[1].startswith("auto: this CPU lists no bf16 units")
+    cpu(None, speedup=2.5)
+    assert runtime.precision_choice("auto", "cpu") == (
+        "bf16", "auto: a bf16 matrix multiply ran 2.5x as fast as fp32 here; int8 only when asked for: it was not "
+        "faster than bf16 on the CPUs measured (benchmarks/README.md)")
+    assert runtime.precision_choice("int8", "cpu") == ("int8", "as asked")
+
+
+def test_predict_verbose_says_which_precision_and_why(cpu, tmp_path, capsys):
+    ckpt = h.build_checkpoint(tmp_path / "nano")
+    h.write_geotiff(tmp_path / "scene.tif", height=64, width=64)
+    cpu({"avx2"})
+    argv = ["predict", "--checkpoint", str(ckpt), "--image", str(tmp_path / "scene.tif"), "--text", "the red building",
+            "--out", str(tmp_path / "mask.tif"), "--quiet"]
+    assert cli_main([*argv, "--verbose"]) == 0
+    err = capsys.readouterr().err
+    assert "rs2sam2 predict: device cpu, precision fp32 (auto: this CPU lists no bf16 units" in err
+    assert cli_main(argv) == 0
+    assert "precision" not in capsys.readouterr().err

@@ -237,7 +237,7 @@ def dist_info() -> tuple[int, int]:
 
 PRECISIONS = ("auto", "fp32", "bf16", "int8")
 _BF16_CPU_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
-_cpu_bf16: bool | None = None
+_cpu_bf16: tuple[bool, str] | None = None
 _bf16_warned = False
 _SLOW_BF16 = 1.5  # an explicit bf16 warns where its matrix multiplies take this many times the fp32 time
 
@@ -270,32 +270,51 @@ def resolve_precision(precision: str, device="cpu") -> str:
     slower than float32, not faster. ``int8`` (int8
     MLP layers in the image encoder, see ``RS2SAM2.set_precision``) is never chosen automatically
     and runs on the CPU only: asking for it on another device raises ``ValueError``."""
+    return precision_choice(precision, device)[0]
+
+
+def precision_choice(precision: str, device="cpu") -> tuple[str, str]:
+    """:func:`resolve_precision`'s answer and, in words, why (what ``predict --verbose`` prints)."""
     if precision not in PRECISIONS:
         raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
     device = torch.device(device)
     if precision == "int8" and device.type != "cpu":
         raise ValueError(f"precision int8 runs on the CPU only, not on {device}")
+    if precision != "auto":
+        if precision == "bf16" and device.type == "cpu" and not cpu_has_bf16_units():
+            _warn_slow_cpu_bf16()
+        return precision, "as asked"
     if device.type == "cuda":
         fast = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        why = "this GPU computes bf16" if fast else "this GPU has no bf16"
     elif device.type == "cpu":
-        fast = cpu_has_bf16_units()
+        fast, why = _cpu_bf16_units()
     else:
-        fast = False
-    if precision == "auto":
-        return "bf16" if fast else "fp32"
-    if precision == "bf16" and device.type == "cpu" and not fast:
-        _warn_slow_cpu_bf16()
-    return precision
+        fast, why = False, f"no bf16 path on {device.type}"
+    if device.type == "cpu":
+        why += "; int8 only when asked for: it was not faster than bf16 on the CPUs measured (benchmarks/README.md)"
+    return ("bf16" if fast else "fp32"), f"auto: {why}"
 
 
 def cpu_has_bf16_units() -> bool:
     """Whether this CPU has bfloat16 matrix units (AMX-BF16 or AVX512-BF16): read from the CPU flags
     of /proc/cpuinfo, or where there is none, decided by timing a bf16 against an fp32 matrix
     multiply. Cached for the process."""
+    return _cpu_bf16_units()[0]
+
+
+def _cpu_bf16_units() -> tuple[bool, str]:
+    """:func:`cpu_has_bf16_units` and the evidence, in words (cached)."""
     global _cpu_bf16
     if _cpu_bf16 is None:
         flags = _cpu_flags()
-        _cpu_bf16 = bool(flags & _BF16_CPU_FLAGS) if flags is not None else _bf16_matmul_speedup() > 1.0
+        if flags is not None:
+            units = sorted(flags & _BF16_CPU_FLAGS)
+            _cpu_bf16 = (bool(units), f"this CPU lists bf16 units ({', '.join(units)})" if units
+                         else "this CPU lists no bf16 units (amx_bf16, avx512_bf16)")
+        else:
+            speedup = _bf16_matmul_speedup()
+            _cpu_bf16 = (speedup > 1.0, f"a bf16 matrix multiply ran {speedup:.2g}x as fast as fp32 here")
     return _cpu_bf16
 
 

@@ -36,7 +36,7 @@ from ..results import (
     preview_shape,
     write_prediction,
 )
-from ..runtime import PRECISIONS, resolve_device, resolve_precision
+from ..runtime import PRECISIONS, precision_choice, resolve_device
 from ..scene import Decision, iter_scene
 from ..text import TextTruncatedWarning, load_tokenizer
 from ..tiles import Answer, Plan, iter_pieces
@@ -121,7 +121,8 @@ class Predictor:
             a CPU with AMX / AVX512-BF16; fp32 elsewhere), ``"fp32"`` or ``"bf16"``
             (``RS2SAM2.set_precision``: the heavy linear layers hold bfloat16 weights, cast once;
             outputs are float32) or ``"int8"`` (CPU only: the image encoder's MLP layers run as
-            dynamically quantized int8 layers). ``.precision`` is the one chosen.
+            dynamically quantized int8 layers). ``.precision`` is the one chosen, ``.precision_reason``
+            why, in words.
         threshold: default logit threshold of the masks (0.5 = the published rule).
         max_len: token limit per expression, BOS/EOS included (default: the model's position table).
         mask_rule: the tokenizer's attention-mask rule (``"published"``: unknown tokens are hidden
@@ -147,7 +148,7 @@ class Predictor:
                 f"only {cfg.beit3.vocab_size}: use the tokenizer the model was trained with")
         self.device = resolve_device(device)
         try:
-            self.precision = resolve_precision(precision, self.device)
+            self.precision, self.precision_reason = precision_choice(precision, self.device)
         except ValueError as exc:  # int8 on a GPU
             raise InputError(str(exc)) from None
         self.threshold = check_threshold(threshold)

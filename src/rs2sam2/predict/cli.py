@@ -171,6 +171,8 @@ def _option_arguments(g) -> None:
                         "(events start, progress, job, end) for programs; none")
     g.add_argument("--quiet", "-q", action="store_true",
                    help="no progress bar or per-job lines (warnings are still shown)")
+    g.add_argument("--verbose", "-v", action="store_true",
+                   help="say on stderr which device and precision run the model, and why")
 
 
 # --------------------------------------------------------------------------------------------
@@ -310,6 +312,9 @@ def _prepare(args) -> Work:
                                           revision=args.revision, presence_threshold=args.presence_threshold,
                                           tile_batch=args.tile_batch)
     check_areas(jobs, infos, area, predictor.config.image_size)
+    if args.verbose:
+        print(f"rs2sam2 predict: device {predictor.device}, precision {predictor.precision} "
+              f"({predictor.precision_reason})", file=sys.stderr)
     return Work(jobs, infos, unreadable, predictor, area, bands)
 
 
