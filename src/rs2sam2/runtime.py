@@ -289,10 +289,9 @@ def precision_choice(precision: str, device="cpu") -> tuple[str, str]:
         why = "this GPU computes bf16" if fast else "this GPU has no bf16"
     elif device.type == "cpu":
         fast, why = _cpu_bf16_units()
+        why += "; int8 only when asked for: it was not faster than bf16 on the CPUs measured (benchmarks/README.md)"
     else:
         fast, why = False, f"no bf16 path on {device.type}"
-    if device.type == "cpu":
-        why += "; int8 only when asked for: it was not faster than bf16 on the CPUs measured (benchmarks/README.md)"
     return ("bf16" if fast else "fp32"), f"auto: {why}"
 
 
