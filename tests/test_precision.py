@@ -37,7 +37,7 @@ def test_bf16_mask_agreement(bf16_tiny, case):
     assert agree >= 0.995
 
 
-@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("masked", [None, "keys", "queries and keys"])
 def test_bf16_cpu_attention_matches_float32_and_its_blocks(masked, monkeypatch):
     """bf16 attention on the CPU (two bf16 products, keys centred) stays close to float32 SDPA on the
     same inputs, also when every key shares a large offset; computed in blocks of queries it is the same."""
@@ -47,7 +47,11 @@ def test_bf16_cpu_attention_matches_float32_and_its_blocks(masked, monkeypatch):
     q, k, v = (torch.randn(2, 3, 40, 16, generator=g) for _ in range(3))
     k = k + 8 * torch.randn(1, 1, 1, 16, generator=g)  # a shared offset: large raw scores
     q, k, v = q.bfloat16(), k.bfloat16(), v.bfloat16()
-    mask = (torch.arange(40) < 33).view(1, 1, 1, 40).expand(2, 1, 1, 40) if masked else None
+    mask = None
+    if masked == "keys":
+        mask = (torch.arange(40) < 33).view(1, 1, 1, 40).expand(2, 1, 1, 40)
+    elif masked == "queries and keys":  # query i attends keys 0..i
+        mask = torch.ones(40, 40, dtype=torch.bool).tril().expand(2, 3, 40, 40)
     reference = torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask)
     whole = common.attention(q, k, v, mask)
     assert whole.dtype == torch.bfloat16

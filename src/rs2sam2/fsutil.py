@@ -108,7 +108,7 @@ def work_folder(parent: str | os.PathLike[str], prefix: str, suffix: str = "") -
         yield work
     finally:
         if work is not None:
-            shutil.rmtree(work, ignore_errors=True)
+            _remove_quietly(work)
 
 
 def _remove_quietly(p: Path) -> None:
