@@ -41,6 +41,14 @@ def _detector(texts: list[str]):
     return segment
 
 
+def _shape_detector(rgb: np.ndarray, texts: list[str]) -> list[Answer]:
+    """A segment function blind to colour words: per text, logits +8 on every pixel that is not the
+    grey ground (whatever its colour), -8 elsewhere."""
+    mask = np.abs(rgb.astype(int) - 90).sum(-1) > 60
+    logits = torch.from_numpy(np.where(mask, 8.0, -8.0).astype(np.float32))
+    return [Answer(logits=logits, iou_score=0.9, object_score=1.0) for _ in texts]
+
+
 def _scene(width: int, height: int, boxes: list[tuple[int, int, int, int]]) -> np.ndarray:
     rgb = np.full((height, width, 3), 90, np.uint8)
     for c, r, w, hh in boxes:
@@ -48,16 +56,16 @@ def _scene(width: int, height: int, boxes: list[tuple[int, int, int, int]]) -> n
     return rgb
 
 
-def _answer(rgb: np.ndarray, texts: list[str], presence_head: bool = False):
+def _answer(rgb: np.ndarray, texts: list[str], presence_head: bool = False, segment=None, colour_check: bool = True):
     height, width = rgb.shape[:2]
     plan = plan_region(width, height, MODEL, scene=True)
     assert plan.mode == "scene"
     decisions: list[Decision] = []
     with Raster(rgb) as raster:
         region = (0, 0, width, height)
-        pieces = iter_scene(raster, region, plan, _detector(texts), texts=texts, threshold=0.0,
+        pieces = iter_scene(raster, region, plan, segment or _detector(texts), texts=texts, threshold=0.0,
                             presence_threshold=0.5, presence_head=presence_head, model_size=MODEL,
-                            decisions=decisions)
+                            colour_check=colour_check, decisions=decisions)
         preds = assemble(pieces, texts, RasterInfo(height=height, width=width), 0.0)
     return preds, decisions
 
@@ -122,6 +130,23 @@ def test_an_absent_sentence_writes_nothing():
     assert not decision.present and decision.box is None
 
 
+def test_a_colour_word_is_checked_against_the_pixels():
+    """A model blind to colour words paints a red and a white square alike, in different looks: the
+    colour the sentence names picks one, a colour that no object shows leaves the answer empty, and
+    without the check the strongest square is kept whatever its colour."""
+    rgb = _scene(512, 160, [(40, 60, 24, 24)])
+    rgb[60:84, 440:464] = (235, 235, 230)
+    (red, white, green), decisions = _answer(rgb, ["the red square", "the white square", "the green square"],
+                                             segment=_shape_detector)
+    assert red.mask[60:84, 40:64].all() and red.mask.sum() == 24 * 24
+    assert white.mask[60:84, 440:464].all() and white.mask.sum() == 24 * 24
+    assert not green.mask.any() and not decisions[2].present
+    assert decisions[0].as_dict()["colour"] == "red" and decisions[0].colour_share == 1.0
+    assert decisions[1].colour == "white" and decisions[1].box == (440, 60, 24, 24)
+    (unchecked,), (d,) = _answer(rgb, ["the green square"], segment=_shape_detector, colour_check=False)
+    assert unchecked.mask.sum() == 24 * 24 and d.present and d.colour is None
+
+
 def test_the_presence_head_decides_when_the_checkpoint_has_one():
     """The detector's object-score logit is 1.0 (presence 0.73): kept with the head, whatever the score."""
     rgb = _scene(400, 300, [(40, 60, 24, 24)])
@@ -149,11 +174,13 @@ def test_cli_scene_answer_is_the_default_for_large_areas(ckpt, tmp_path, capsys)
 
     image = h.write_geotiff(tmp_path / "wide.tif", height=400, width=1100)
     jobs = tmp_path / "jobs.csv"
-    jobs.write_text(f"image,text,out,vector\n{image},the red building on the left,m.tif,m.geojson\n")
+    jobs.write_text(f"image,text,out,vector\n{image},the building on the left,m.tif,m.geojson\n"
+                    f"{image},the red building on the left,red.tif,\n")
     assert cli_main(["predict", "--checkpoint", str(ckpt), "--batch", str(jobs), "--threshold", "0", "-q"]) == 0
     summary = json.loads((tmp_path / "jobs.summary.json").read_text())
-    [job] = summary["jobs"]
+    job, red = summary["jobs"]
     assert job["mode"] == "scene" and job["decision"]["global_look"] and job["decision"]["looks"]
+    assert job["decision"]["colour"] is None and red["decision"]["colour"] == "red"
     assert all(len(w) == 4 for w in job["decision"]["looks"])
     with rasterio.open(tmp_path / "m.tif") as m:
         written = m.read(1) == 255

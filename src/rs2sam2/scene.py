@@ -40,10 +40,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .colours import colour_share, colour_word
 from .scene_words import SceneWords, read_scene_words
 from .tiles import BLOCK, DECIMATE_ABOVE, Answer, Piece, Plan, Window, upsample_window
 
-__all__ = ["BAND_MARGIN", "MAX_LOOKS", "PER_SCAN_LOOK", "SUPPRESSED", "Decision", "grow_into", "iter_scene", "label"]
+__all__ = ["BAND_MARGIN", "COLOUR_SHARE", "MAX_LOOKS", "PER_SCAN_LOOK", "SUPPRESSED", "Decision", "grow_into", "iter_scene", "label"]
 
 #: native looks per candidate (covering its box, then following the object across window edges)
 MAX_LOOKS = 8
@@ -53,6 +54,8 @@ SCAN_PER_SIDE = 6
 PER_SCAN_LOOK = 2
 #: how far past a third's border an object still counts as in that third (a share of the side)
 BAND_MARGIN = 0.025
+#: the least share of a candidate's pixels that must show the colour the sentence names
+COLOUR_SHARE = 0.3
 #: the logit written where the scene answer is not (probability ~2e-9)
 SUPPRESSED = -20.0
 
@@ -72,11 +75,14 @@ class Decision:
     presence_source: str = "candidate score"  # or "presence head"
     box: Window | None = None  # the answer's bounding box (region pixels), when present
     words: SceneWords | None = None  # how the sentence was read: the object, and the words about the scene
+    colour: str | None = None  # the colour checked against the candidates' pixels (None: none named, or unchecked)
+    colour_share: float = float("nan")  # the share of the chosen candidate's pixels showing it
 
     def as_dict(self) -> dict:
         words = None if self.words is None else {"object": self.words.object_text, "rows": self.words.v,
                                                  "columns": self.words.h, "pick": self.words.pick}
         return {"global_look": True, "scene_words": words, "looks": [list(w) for w in self.looks],
+                "colour": self.colour, "colour_share": _finite(self.colour_share),
                 "candidates": self.candidates, "chosen": self.chosen, "score": _finite(self.score),
                 "presence": _finite(self.presence), "presence_source": self.presence_source,
                 "present": self.present, "box": None if self.box is None else list(self.box)}
@@ -146,6 +152,7 @@ class _Candidate:
     kept: list[tuple[Window, np.ndarray]] = field(default_factory=list)  # (window, logits, SUPPRESSED elsewhere)
     looks: list[Window] = field(default_factory=list)
     iou: float = float("nan")
+    colour: float = float("nan")  # the share of its pixels showing the colour the sentence names (nan: none named)
 
     @property
     def centre(self) -> tuple[float, float]:
@@ -154,7 +161,10 @@ class _Candidate:
 
     def evidence(self, presence_head: bool) -> float:
         """How sure the scan look is that this is the object named: the presence head where the
-        checkpoint has one, else the mean probability of the part."""
+        checkpoint has one, else the mean probability of the part; 0 where the sentence names a
+        colour that too few of its pixels show (:data:`COLOUR_SHARE`)."""
+        if self.colour < COLOUR_SHARE:
+            return 0.0
         return self.presence if presence_head else self.mean
 
     def rank(self, presence_head: bool) -> float:
@@ -367,9 +377,9 @@ class _Looker:
         return on
 
 
-def _decide(cands: list[_Candidate], chosen: _Candidate | None, words: SceneWords, presence_head: bool,
-            presence_threshold: float) -> Decision:
-    d = Decision(candidates=len(cands), words=words)
+def _decide(cands: list[_Candidate], chosen: _Candidate | None, words: SceneWords, colour: str | None,
+            presence_head: bool, presence_threshold: float) -> Decision:
+    d = Decision(candidates=len(cands), words=words, colour=colour)
     d.presence_source = "presence head" if presence_head else "candidate score"
     if chosen is None:
         best = max(cands, key=lambda c: c.evidence(presence_head), default=None)
@@ -377,6 +387,7 @@ def _decide(cands: list[_Candidate], chosen: _Candidate | None, words: SceneWord
         return d
     d.looks, d.chosen = chosen.looks, next(i for i, c in enumerate(cands) if c is chosen)
     d.score = d.presence = chosen.evidence(presence_head)
+    d.colour_share = chosen.colour
     d.present = bool(chosen.kept) and d.presence >= presence_threshold
     if d.present:
         d.box = _box(chosen.kept)
@@ -394,7 +405,7 @@ def _box(kept: list[tuple[Window, np.ndarray]]) -> Window:
 
 
 def iter_scene(raster, region: Window, plan: Plan, segment: Segment, *, texts: Sequence[str], threshold: float,
-               presence_threshold: float, presence_head: bool, model_size: int,
+               presence_threshold: float, presence_head: bool, model_size: int, colour_check: bool = True,
                progress: Callable[[int, int], None] | None = None,
                decisions: list[Decision] | None = None) -> Iterator[Piece]:
     """Run a ``"scene"`` plan on ``region`` of ``raster`` for ``texts`` (see the module docstring)
@@ -413,8 +424,9 @@ def iter_scene(raster, region: Window, plan: Plan, segment: Segment, *, texts: S
     global_answers = list(segment(rgb, list(texts)))
     del rgb
     report()
+    colours = [colour_word(w.object_text) if colour_check else None for w in words]
     found = _scan(raster, region, plan, segment, [w.object_text for w in words], threshold, model_size, report,
-                  presence_head)
+                  presence_head, colours)
     chosen: list[_Candidate | None] = []
     for k, answer in enumerate(global_answers):
         g = upsample_window(answer.logits, *plan.read_shape)
@@ -424,7 +436,7 @@ def iter_scene(raster, region: Window, plan: Plan, segment: Segment, *, texts: S
         best = _resolve(cands, words[k], plan.width, plan.height, presence_head, presence_threshold)
         if best is not None:
             _Looker(raster, region, plan, segment, words[k].object_text, threshold, model_size, report).look(best)
-        d = _decide(cands, best, words[k], presence_head, presence_threshold)
+        d = _decide(cands, best, words[k], colours[k], presence_head, presence_threshold)
         if decisions is not None:
             decisions.append(d)
         chosen.append(best if d.present else None)
@@ -432,11 +444,13 @@ def iter_scene(raster, region: Window, plan: Plan, segment: Segment, *, texts: S
 
 
 def _scan(raster, region: Window, plan: Plan, segment: Segment, queries: list[str], threshold: float,
-          model_size: int, report: Callable[[], None], presence_head: bool) -> list[list[_Candidate]]:
+          model_size: int, report: Callable[[], None], presence_head: bool,
+          colours: list[str | None]) -> list[list[_Candidate]]:
     """The scan looks: windows of :data:`~rs2sam2.tiles.DECIMATE_ABOVE` model inputs, the largest area
     one input reads without losing detail, over the whole region, each answering the object a text
     names (its scene words left out); per text, the strongest parts of each look's answer
-    (:data:`PER_SCAN_LOOK`) are candidates."""
+    (:data:`PER_SCAN_LOOK`) are candidates, with the share of their pixels that show the text's
+    colour (``colours``: a basic colour name per text, or None)."""
     side = max(DECIMATE_ABOVE * model_size, -(-max(plan.width, plan.height) // SCAN_PER_SIDE))
     distinct = list(dict.fromkeys(queries))
     found: list[list[_Candidate]] = [[] for _ in queries]
@@ -450,8 +464,11 @@ def _scan(raster, region: Window, plan: Plan, segment: Segment, queries: list[st
         for k, query in enumerate(queries):
             answer = answers[query]
             presence = float(_sigmoid(answer.object_score)) if presence_head else float("nan")
-            found[k] += _candidates(upsample_window(answer.logits, *shape), threshold, window, PER_SCAN_LOOK,
-                                    presence)
+            cands = _candidates(upsample_window(answer.logits, *shape), threshold, window, PER_SCAN_LOOK, presence)
+            if colours[k] is not None:
+                for cand in cands:
+                    cand.colour = colour_share(rgb, cand.part, colours[k])
+            found[k] += cands
     return found
 
 

@@ -128,6 +128,9 @@ class Predictor:
         mask_rule: the tokenizer's attention-mask rule (``"published"``: unknown tokens are hidden
             like padding, as in the published code; ``"clean"``).
         presence_threshold: a scene answer whose presence is below it is empty (see :mod:`rs2sam2.scene`).
+        colour_check: a scene answer checks a colour word of the sentence ("the white tank") against
+            the pixels of each candidate (:mod:`rs2sam2.colours`); False for imagery whose colours
+            are not natural ones (false-colour composites, single bands).
         tile_batch: tiles of ``--mode tiles`` answered together, in one forward pass per batch of
             expressions (memory grows with it; BHFM conditions the image encoder on the text, so only
             tiles with the same sentence share a pass).
@@ -136,7 +139,7 @@ class Predictor:
     def __init__(self, model: torch.nn.Module, tokenizer, *, device: str | torch.device | None = "cpu",
                  precision: str = "auto", threshold: float = PUBLISHED_THRESHOLD, max_len: int | None = None,
                  mask_rule: str = "published", presence_threshold: float = PRESENCE_THRESHOLD,
-                 tile_batch: int = 1) -> None:
+                 colour_check: bool = True, tile_batch: int = 1) -> None:
         if precision not in PRECISIONS:
             raise InputError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
         if isinstance(tokenizer, (str, os.PathLike)):
@@ -155,6 +158,7 @@ class Predictor:
         if not 0.0 <= presence_threshold <= 1.0:
             raise InputError(f"presence_threshold {presence_threshold}: expected a number in [0, 1]")
         self.presence_threshold = float(presence_threshold)
+        self.colour_check = bool(colour_check)
         if int(tile_batch) < 1:
             raise InputError(f"tile_batch must be >= 1, got {tile_batch}")
         self.tile_batch = int(tile_batch)
@@ -267,7 +271,8 @@ class Predictor:
             setup.decisions.clear()
             return iter_scene(raster, setup.region, setup.plan, answer_some, texts=texts, threshold=threshold,
                               presence_threshold=self.presence_threshold, presence_head=self.presence_head,
-                              model_size=self.config.image_size, progress=progress if callable(progress) else None,
+                              model_size=self.config.image_size, colour_check=self.colour_check,
+                              progress=progress if callable(progress) else None,
                               decisions=setup.decisions)
 
         def segment(rgb):

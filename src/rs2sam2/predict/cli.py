@@ -140,6 +140,9 @@ def _area_arguments(g) -> None:
                    metavar="P", help=f"a scene answer whose presence is below P writes an empty mask (default "
                                      f"{PRESENCE_THRESHOLD}; presence: the trained presence head where the "
                                      "checkpoint has one, else the chosen candidate's score)")
+    g.add_argument("--no-colour-check", dest="colour_check", action="store_false",
+                   help="a scene answer does not check a colour word of the sentence ('the white tank') against "
+                        "the candidates' pixels (for false-colour composites or single bands)")
     g.add_argument("--overlap", type=number(int, low=0), metavar="PX",
                    help="overlap of neighbouring tiles in pixels (default: SIZE // 8); each output pixel comes "
                         "from the tile whose centre is nearest")
@@ -310,7 +313,7 @@ def _prepare(args) -> Work:
                                           tokenizer=args.tokenizer, threshold=args.threshold,
                                           image_size=args.image_size, subfolder=args.subfolder,
                                           revision=args.revision, presence_threshold=args.presence_threshold,
-                                          tile_batch=args.tile_batch)
+                                          colour_check=args.colour_check, tile_batch=args.tile_batch)
     check_areas(jobs, infos, area, predictor.config.image_size)
     if args.verbose:
         print(f"rs2sam2 predict: device {predictor.device}, precision {predictor.precision} "
