@@ -242,7 +242,7 @@ def qgis_run(tmp_path_factory):
     cases = {
         "sentence": {"alg": "rs2sam2:segment_by_sentence", "params": {
             "INPUT": str(image), "SENTENCE": SENTENCE, **model, "MODE": 2, "THRESHOLD": -1000.0,
-            "OUTPUT": str(out / "mask.tif"),
+            "COLOUR_CHECK": False, "OUTPUT": str(out / "mask.tif"),
             "VECTOR": str(out / "mask.gpkg")}},
         "many": {"alg": "rs2sam2:segment_many", "params": {
             "ROWS": [str(image), "the red building on the left", "vrt layer", SENTENCE,
@@ -343,7 +343,7 @@ def test_segment_by_sentence_gives_a_mask_on_the_layer_grid_and_polygons_with_pr
     progress = case["log"]["progress"]
     assert progress and progress == sorted(progress) and progress[-1] == pytest.approx(100.0)
     assert case["log"]["command"] and "--mode whole" in case["log"]["command"][0]
-    assert "--progress json" in case["log"]["command"][0]
+    assert "--progress json" in case["log"]["command"][0] and "--no-colour-check" in case["log"]["command"][0]
     assert case["pid_alive_after"] is False
 
 

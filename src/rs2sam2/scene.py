@@ -16,7 +16,10 @@ side exceeds :data:`~rs2sam2.tiles.DECIMATE_ABOVE` x the model input) runs in fi
    allows, each answering the object. The strongest parts of each answer (:data:`PER_SCAN_LOOK`)
    are candidates, with their *evidence*: the look's presence (the sigmoid of its object-score
    logit) where the checkpoint's presence head was trained (``config.presence_head``), else the
-   part's mean probability. Candidates whose boxes meet or touch are one object, cut by a border.
+   part's mean probability; 0 where the object's words name a colour that under
+   :data:`COLOUR_SHARE` of the part's pixels show (:mod:`rs2sam2.colours`: a model answers with
+   its best guess in every window, the pixels tell a white tank from the red one asked for).
+   Candidates whose boxes meet or touch are one object, cut by a border.
 4. **Resolved in the scene's frame.** The candidates whose evidence reaches
    ``presence_threshold`` are the objects the sentence names; of those, the ones in the sentence's
    third(s) of the region (give or take :data:`BAND_MARGIN`); of those, the one its pick word

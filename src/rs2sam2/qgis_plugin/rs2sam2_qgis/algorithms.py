@@ -21,6 +21,7 @@ from qgis.core import (
     QgsProcessingContext,
     QgsProcessingException,
     QgsProcessingOutputMultipleLayers,
+    QgsProcessingParameterBoolean,
     QgsProcessingParameterEnum,
     QgsProcessingParameterExtent,
     QgsProcessingParameterFolderDestination,
@@ -71,6 +72,9 @@ class _PredictAlgorithm(QgsProcessingAlgorithm):
         self.addParameter(QgsProcessingParameterNumber(
             "THRESHOLD", "Threshold on the mask logit (0.5: the published rule; 0: probability 0.5)",
             QgsProcessingParameterNumber.Double, defaultValue=0.5))
+        self.addParameter(QgsProcessingParameterBoolean(
+            "COLOUR_CHECK", "Check a colour word of the sentence against the pixels (mode scene; off for "
+            "false-colour or single-band layers)", defaultValue=True))
         self.addParameter(QgsProcessingParameterString("DEVICE", "Device (auto, cpu, cuda, cuda:N)",
                                                        defaultValue="auto"))
         self.addParameter(QgsProcessingParameterEnum("PRECISION", "Precision", options=list(PRECISIONS),
@@ -82,6 +86,8 @@ class _PredictAlgorithm(QgsProcessingAlgorithm):
                 "--threshold", repr(self.parameterAsDouble(parameters, "THRESHOLD", context)),
                 "--device", self.parameterAsString(parameters, "DEVICE", context).strip() or "auto",
                 "--precision", PRECISIONS[self.parameterAsEnum(parameters, "PRECISION", context)]]
+        if not self.parameterAsBool(parameters, "COLOUR_CHECK", context):
+            args.append("--no-colour-check")
         if mode == "tiles" and parameters.get("TILE") not in (None, ""):
             args += ["--tile", str(self.parameterAsInt(parameters, "TILE", context))]
         return args
