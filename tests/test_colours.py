@@ -11,7 +11,9 @@ from rs2sam2.data.synth import make_mosaic
 
 @pytest.mark.parametrize("text, expected", [
     ("the largest white tank at the top right", "white"), ("The grey building", "gray"),
-    ("a dark red ship", "red"), ("the tank next to the road", None), ("the whiteboard", None)])
+    ("a dark red ship", "red"), ("the tank next to the road", None), ("the whiteboard", None),
+    ("the tank next to the red building", None), ("the white car on the left of the blue house", "white"),
+    ("the storage tank which is white", None)])
 def test_colour_word(text, expected):
     assert colour_word(text) == expected
 

@@ -34,9 +34,20 @@ _BLACK_VALUE = 0.25
 _BROWN_VALUE = 0.6  # orange darker than this is brown
 
 
+# words that end the object's own noun phrase: what follows describes something else ("the tank next
+# to the red building": the building is red, not the tank)
+_PHRASE_ENDS = frozenset("next near nearest closest close beside besides by behind between on in at of with to from "
+                         "along above below under over around across beyond opposite adjacent surrounded facing "
+                         "and or that which who whose than".split())
+
+
 def colour_word(text: str) -> str | None:
-    """The pixel name of the first colour word of ``text`` (``"grey"`` -> ``"gray"``), or None."""
+    """The pixel name of the colour word of the object ``text`` names (``"grey"`` -> ``"gray"``), or
+    None. Only words before the object's noun phrase ends count: in "the tank next to the red
+    building" red is the building's colour, and nothing is said of the tank's."""
     for word in re.findall(r"[a-z]+", text.lower()):
+        if word in _PHRASE_ENDS:
+            return None
         if word in COLOUR_WORDS and word != "dark":
             return COLOUR_WORDS[word]
     return None
