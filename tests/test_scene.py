@@ -182,6 +182,9 @@ def test_cli_scene_answer_is_the_default_for_large_areas(ckpt, tmp_path, capsys)
     assert job["mode"] == "scene" and job["decision"]["global_look"] and job["decision"]["looks"]
     assert job["decision"]["colour"] is None and red["decision"]["colour"] == "red"
     assert all(len(w) == 4 for w in job["decision"]["looks"])
+    # the scan windows cover the whole area (1100 x 400, windows of 2 x 256 px)
+    scans = job["decision"]["scan_looks"]
+    assert len(scans) == 3 * 1 and {w[2] for w in scans} == {512} and max(w[0] + w[2] for w in scans) == 1100
     with rasterio.open(tmp_path / "m.tif") as m:
         written = m.read(1) == 255
     assert written.any() == job["decision"]["present"] and int(written.sum()) == job["foreground_px"]

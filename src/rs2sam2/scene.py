@@ -70,6 +70,7 @@ class Decision:
     """What the scene answer decided for one text: where it looked and what it kept."""
 
     looks: list[Window] = field(default_factory=list)  # native windows inspected (region pixels)
+    scan_looks: list[Window] = field(default_factory=list)  # the scan windows, read decimated (region pixels)
     candidates: int = 0
     chosen: int | None = None  # the chosen candidate's rank among them (0 = the strongest evidence)
     score: float = float("nan")  # the chosen candidate's score
@@ -84,7 +85,8 @@ class Decision:
     def as_dict(self) -> dict:
         words = None if self.words is None else {"object": self.words.object_text, "rows": self.words.v,
                                                  "columns": self.words.h, "pick": self.words.pick}
-        return {"global_look": True, "scene_words": words, "looks": [list(w) for w in self.looks],
+        return {"global_look": True, "scene_words": words, "scan_looks": [list(w) for w in self.scan_looks],
+                "looks": [list(w) for w in self.looks],
                 "colour": self.colour, "colour_share": _finite(self.colour_share),
                 "candidates": self.candidates, "chosen": self.chosen, "score": _finite(self.score),
                 "presence": _finite(self.presence), "presence_source": self.presence_source,
@@ -381,8 +383,8 @@ class _Looker:
 
 
 def _decide(cands: list[_Candidate], chosen: _Candidate | None, words: SceneWords, colour: str | None,
-            presence_head: bool, presence_threshold: float) -> Decision:
-    d = Decision(candidates=len(cands), words=words, colour=colour)
+            scans: list[Window], presence_head: bool, presence_threshold: float) -> Decision:
+    d = Decision(candidates=len(cands), words=words, colour=colour, scan_looks=scans)
     d.presence_source = "presence head" if presence_head else "candidate score"
     if chosen is None:
         best = max(cands, key=lambda c: c.evidence(presence_head), default=None)
@@ -428,7 +430,8 @@ def iter_scene(raster, region: Window, plan: Plan, segment: Segment, *, texts: S
     del rgb
     report()
     colours = [colour_word(w.object_text) if colour_check else None for w in words]
-    found = _scan(raster, region, plan, segment, [w.object_text for w in words], threshold, model_size, report,
+    scans = _scan_windows(plan.width, plan.height, _scan_side(plan, model_size))
+    found = _scan(raster, region, scans, segment, [w.object_text for w in words], threshold, model_size, report,
                   presence_head, colours)
     chosen: list[_Candidate | None] = []
     for k, answer in enumerate(global_answers):
@@ -439,25 +442,29 @@ def iter_scene(raster, region: Window, plan: Plan, segment: Segment, *, texts: S
         best = _resolve(cands, words[k], plan.width, plan.height, presence_head, presence_threshold)
         if best is not None:
             _Looker(raster, region, plan, segment, words[k].object_text, threshold, model_size, report).look(best)
-        d = _decide(cands, best, words[k], colours[k], presence_head, presence_threshold)
+        d = _decide(cands, best, words[k], colours[k], scans, presence_head, presence_threshold)
         if decisions is not None:
             decisions.append(d)
         chosen.append(best if d.present else None)
     yield from _pieces(raster, region, plan, chosen, global_answers)
 
 
-def _scan(raster, region: Window, plan: Plan, segment: Segment, queries: list[str], threshold: float,
+def _scan_side(plan: Plan, model_size: int) -> int:
+    """The side of the scan windows: :data:`~rs2sam2.tiles.DECIMATE_ABOVE` model inputs, or larger
+    when more than :data:`SCAN_PER_SIDE` of them would be needed per side."""
+    return max(DECIMATE_ABOVE * model_size, -(-max(plan.width, plan.height) // SCAN_PER_SIDE))
+
+
+def _scan(raster, region: Window, windows: list[Window], segment: Segment, queries: list[str], threshold: float,
           model_size: int, report: Callable[[], None], presence_head: bool,
           colours: list[str | None]) -> list[list[_Candidate]]:
-    """The scan looks: windows of :data:`~rs2sam2.tiles.DECIMATE_ABOVE` model inputs, the largest area
-    one input reads without losing detail, over the whole region, each answering the object a text
-    names (its scene words left out); per text, the strongest parts of each look's answer
+    """The scan looks: ``windows`` (:func:`_scan_side` px, over the whole region), each read as one
+    model input and answering the object a text names (its scene words left out); per text, the strongest parts of each look's answer
     (:data:`PER_SCAN_LOOK`) are candidates, with the share of their pixels that show the text's
     colour (``colours``: a basic colour name per text, or None)."""
-    side = max(DECIMATE_ABOVE * model_size, -(-max(plan.width, plan.height) // SCAN_PER_SIDE))
     distinct = list(dict.fromkeys(queries))
     found: list[list[_Candidate]] = [[] for _ in queries]
-    for window in _scan_windows(plan.width, plan.height, side):
+    for window in windows:
         _, _, w, h = window
         scale = max(1.0, max(w, h) / model_size)
         shape = (max(1, round(h / scale)), max(1, round(w / scale)))
