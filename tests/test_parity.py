@@ -8,6 +8,7 @@ import torch
 import rs2sam2
 from conftest import DEVICE
 from parity_weights import FIXTURES, manifest_state_dict
+from rs2sam2.models.common import PackedLinear
 
 # golden field -> how to read ours off the output object
 STAGES = {
@@ -67,3 +68,28 @@ def test_paper_parity():
     report = rs2sam2.load_official_state_dict(model, manifest_state_dict("paper"))
     assert not report.newly_initialised
     check_case(model.to(DEVICE), np.load(FIXTURES / "paper_golden.npz"), "case0")
+
+
+@pytest.mark.skipif(DEVICE != "cpu", reason="packed linear weights are a CPU inference path")
+def test_tiny_parity_with_packed_linear_weights(tiny_published_state_dict):
+    """The Predictor's CPU path (linear weights in oneDNN's packed layout) meets the same goldens;
+    set_precision gives the plain layers back, with the same state dict."""
+    model = rs2sam2.build_model("tiny-parity").eval()
+    rs2sam2.load_official_state_dict(model, tiny_published_state_dict)
+    plain = {k: v.clone() for k, v in model.state_dict().items()}
+    packed = model.pack_linear_weights()
+    if packed == 0:
+        pytest.skip("this PyTorch has no oneDNN")
+    assert packed == sum(1 for m in model.modules() if isinstance(m, PackedLinear))
+    golden = np.load(FIXTURES / "tiny_golden.npz")
+    for case in ("case0", "case1"):
+        check_case(model, golden, case)
+    assert all(torch.equal(v, plain[k]) for k, v in model.state_dict().items())
+    with pytest.raises(RuntimeError, match="unpack them first"):
+        next(m for m in model.modules() if isinstance(m, PackedLinear)).to(torch.bfloat16)
+    model.to("cpu")  # a move or a cast gives the plain layers back, with the same weights
+    assert not any(isinstance(m, PackedLinear) for m in model.modules())
+    assert all(torch.equal(v, plain[k]) for k, v in model.state_dict().items())
+    model.pack_linear_weights()
+    model.set_precision("fp32")
+    assert not any(isinstance(m, PackedLinear) for m in model.modules())

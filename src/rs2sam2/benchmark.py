@@ -23,7 +23,8 @@ from .config import PRESET_NAMES, get_config
 from .errors import ConfigError
 from .losses import RS2SAM2Loss
 from .models import RS2SAM2
-from .runtime import PRECISIONS, autocast, resolve_device, resolve_precision, tune_cpu_allocator
+from .models.common import PackedLinear, packed_linear_available
+from .runtime import PRECISIONS, autocast, heap_releaser, resolve_device, resolve_precision, tune_cpu_allocator
 from .train.policy import freeze_published, param_groups, per_sample_loss
 
 #: bounds of the arguments: far above a useful measurement, low enough to refuse a typo before any work
@@ -70,24 +71,39 @@ def build_random_model(preset: str, precision: str, device: str) -> RS2SAM2:
     with torch.no_grad():
         for p in list(model.parameters()) + list(model.buffers()):
             p.copy_((torch.randn(p.shape, generator=gen) * 0.02).to(p.dtype))
-    return model.set_precision(precision) if precision == "int8" else model
+    if precision == "int8":
+        model.set_precision(precision)
+    if model.device.type == "cpu":
+        model.pack_linear_weights(heap_releaser())  # as the Predictor runs it
+    return model
 
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
 def matmul_gflops(dtype: torch.dtype, device: str, n: int = 2048, reps: int = 8, clock=time.perf_counter) -> float:
-    """The best rate of an ``n x n`` matrix multiply in ``dtype`` on ``device``, in billions of operations per second (the floor's denominator)."""
+    """The best rate of an ``n x n`` matrix multiply in ``dtype`` on ``device``, in billions of
+    operations per second (the floor's denominator). On the CPU the better of ``torch.matmul`` and
+    oneDNN's product on a packed weight (what :class:`~rs2sam2.models.common.PackedLinear` runs):
+    the two libraries behind them differ by CPU (on an AMD EPYC with AVX-512, MKL's float32
+    product runs at about 0.8x oneDNN's), and a floor must be the fastest product available."""
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
+    products = [lambda: a @ b]
+    if torch.device(device).type == "cpu" and dtype == torch.float32 and packed_linear_available():
+        layer = torch.nn.Linear(n, n, bias=False)
+        layer.weight = torch.nn.Parameter(b.t().contiguous(), requires_grad=False)  # a @ b as a linear layer
+        packed = PackedLinear(layer)
+        products.append(lambda: packed(a))
     best = float("inf")
-    for _ in range(3):
-        _sync(device)
-        t = clock()
-        for _ in range(reps):
-            a @ b
-        _sync(device)
-        best = min(best, (clock() - t) / reps)
+    for product in products:
+        for _ in range(3):
+            _sync(device)
+            t = clock()
+            for _ in range(reps):
+                product()
+            _sync(device)
+            best = min(best, (clock() - t) / reps)
     return 2 * n**3 / best / 1e9
 
 

@@ -12,6 +12,7 @@ import signal
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NoReturn
 
@@ -45,6 +46,24 @@ def tune_cpu_allocator() -> bool:
     _tuned = mallopt is not None and bool(mallopt(_M_MMAP_THRESHOLD, 1 << 30)) and bool(
         mallopt(_M_TRIM_THRESHOLD, (1 << 31) - 1))
     return _tuned
+
+
+def heap_releaser(every: int = 64 << 20) -> Callable[[int], None]:
+    """A function to call with the bytes a long run of frees has freed so far (each call: the bytes
+    of one free): where :func:`tune_cpu_allocator` keeps freed memory in the heap, it returns the
+    heap's free pages to the OS (glibc ``malloc_trim``) every ``every`` bytes, so that replacing
+    gigabytes of weights one layer at a time (``RS2SAM2.pack_linear_weights``) never holds both
+    copies; elsewhere glibc returns them by itself and the function does nothing."""
+    trim = _linux_libc_function("malloc_trim") if _tuned else None
+    pending = [0]
+
+    def freed(nbytes: int) -> None:
+        pending[0] += nbytes
+        if trim is not None and pending[0] >= every:
+            trim(0)
+            pending[0] = 0
+
+    return freed
 
 
 def exit_with_parent() -> bool:

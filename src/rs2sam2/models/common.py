@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -144,6 +145,98 @@ def quantize_linear_layers_int8(module: nn.Module) -> None:
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", FutureWarning)
         quantize_dynamic(module, {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8, inplace=True)
+
+
+class PackedLinear(nn.Module):
+    """An ``nn.Linear`` whose float32 weight is held in oneDNN's packed layout, for inference on the CPU.
+
+    PyTorch's own CPU linear layer reads its weight in the plain layout at every call; oneDNN's
+    product on a weight packed once for it runs the float32 linear layers of the paper preset
+    markedly faster on x86 CPUs (benchmarks/README.md, issue 29). The packed tensor replaces the
+    plain one (no second copy of the weights); the state dict still holds the plain ``weight``, and
+    :func:`unpack_linear_layers` gives the ``nn.Linear`` back. Inference only: no gradient reaches
+    the weight, and the layer stays a float32 CPU layer (moving or casting it is refused;
+    ``RS2SAM2`` unpacks its layers before any move or cast).
+    """
+
+    def __init__(self, layer: nn.Linear):
+        super().__init__()
+        self.in_features, self.out_features = layer.in_features, layer.out_features
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(layer.weight.detach(), None)
+        self.bias = layer.bias
+
+    @property
+    def weight(self) -> Tensor:
+        """The packed weight (its ``dtype`` and ``shape`` are the plain weight's)."""
+        return self.packed
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+
+    def unpacked(self) -> nn.Linear:
+        """The plain ``nn.Linear`` with the same weights."""
+        layer = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device="meta")
+        layer.weight = nn.Parameter(self.packed.to_dense(), requires_grad=False)
+        layer.bias = self.bias
+        return layer
+
+    def _apply(self, fn, recurse=True):
+        probe = fn(torch.empty(0))
+        if probe.device.type != "cpu" or probe.dtype != torch.float32:
+            raise RuntimeError("packed linear layers are float32 CPU layers: unpack them first "
+                               "(RS2SAM2.set_precision does) before moving or casting the model")
+        return super()._apply(fn, recurse)
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        destination[prefix + "weight"] = self.packed.to_dense()
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        key = prefix + "weight"
+        if key in state_dict:
+            self.packed = torch.ops.mkldnn._reorder_linear_weight(state_dict[key].detach().float(), None)
+        elif strict:
+            missing_keys.append(key)
+        rest = {k: v for k, v in state_dict.items() if k != key}
+        super()._load_from_state_dict(rest, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, packed"
+
+
+def packed_linear_available() -> bool:
+    """Whether this PyTorch has oneDNN's packed linear product (x86 and ARM builds with oneDNN)."""
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+def pack_linear_layers(module: nn.Module, freed: Callable[[int], object] | None = None) -> int:
+    """Replace every float32 CPU ``nn.Linear`` inside ``module`` by a :class:`PackedLinear`, in
+    place; returns how many (none where PyTorch was built without oneDNN). ``freed(nbytes)`` is
+    called after each layer with the bytes of the plain weight it let go."""
+    if not packed_linear_available():
+        return 0
+    count = 0
+    for name, child in list(module.named_children()):
+        if type(child) is nn.Linear and child.weight.dtype == torch.float32 and child.weight.device.type == "cpu":
+            nbytes = child.weight.numel() * child.weight.element_size()
+            setattr(module, name, PackedLinear(child))
+            del child
+            count += 1
+            if freed is not None:
+                freed(nbytes)
+        else:
+            count += pack_linear_layers(child, freed)
+    return count
+
+
+def unpack_linear_layers(module: nn.Module) -> None:
+    """Undo :func:`pack_linear_layers`: every :class:`PackedLinear` inside ``module`` becomes an ``nn.Linear`` again."""
+    for name, child in list(module.named_children()):
+        if isinstance(child, PackedLinear):
+            setattr(module, name, child.unpacked())
+        else:
+            unpack_linear_layers(child)
 
 
 class LayerNorm2d(nn.LayerNorm):

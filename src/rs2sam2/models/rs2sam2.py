@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 
 import torch
@@ -10,7 +11,7 @@ from torch import Tensor, nn
 
 from ..config import ModelConfig, get_config
 from .beit3 import Beit3Encoder
-from .common import valid_text_mask
+from .common import pack_linear_layers, unpack_linear_layers, valid_text_mask
 from .hiera import ImageEncoder
 from .mpg import MaskPromptGenerator
 from .sam_heads import MaskDecoder, PromptEncoder
@@ -99,6 +100,19 @@ class RS2SAM2(nn.Module):
             self.image_encoder.quantize_mlps_int8()
             self._int8 = True
         return self
+
+    def pack_linear_weights(self, freed: Callable[[int], object] | None = None) -> int:
+        """CPU inference: the float32 linear layers hold their weights in oneDNN's packed layout
+        (:class:`~rs2sam2.models.common.PackedLinear`; the same products, markedly faster on x86
+        CPUs). Call it once the model is on the CPU in its precision; :meth:`set_precision` and any
+        move or cast (``.to()``, ``.float()``...) give the plain layers back first. ``freed(nbytes)``
+        hears of each plain weight let go (``rs2sam2.runtime.heap_releaser``). Returns the number
+        of layers packed."""
+        return pack_linear_layers(self, freed)
+
+    def _apply(self, fn, recurse=True):
+        unpack_linear_layers(self)  # a move or cast works on plain layers
+        return super()._apply(fn, recurse)
 
     def set_grad_checkpointing(self, enable: bool = True) -> int:
         """Activation checkpointing of every Hiera block and BEiT-3 layer (see their

@@ -36,7 +36,7 @@ from ..results import (
     preview_shape,
     write_prediction,
 )
-from ..runtime import PRECISIONS, precision_choice, resolve_device
+from ..runtime import PRECISIONS, heap_releaser, precision_choice, resolve_device
 from ..scene import Decision, iter_scene
 from ..text import TextTruncatedWarning, load_tokenizer
 from ..tiles import Answer, Plan, iter_pieces
@@ -171,6 +171,8 @@ class Predictor:
         if self.precision == "int8":
             model.to(self.device)  # quantized on the CPU, where it runs
         model.set_precision(self.precision).to(self.device)
+        if self.device.type == "cpu":
+            model.pack_linear_weights(heap_releaser())
         self.model = model
 
     @classmethod
