@@ -85,8 +85,8 @@ def matmul_gflops(dtype: torch.dtype, device: str, n: int = 2048, reps: int = 8,
     """The best rate of an ``n x n`` matrix multiply in ``dtype`` on ``device``, in billions of
     operations per second (the floor's denominator). On the CPU the better of ``torch.matmul`` and
     oneDNN's product on a packed weight (what :class:`~rs2sam2.models.common.PackedLinear` runs):
-    the two libraries behind them differ by CPU (on an AMD EPYC with AVX-512, MKL's float32
-    product runs at about 0.8x oneDNN's), and a floor must be the fastest product available."""
+    which of the two libraries behind them is faster depends on the CPU (benchmarks/README.md), and
+    a floor must be the fastest product available."""
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
     products = [lambda: a @ b]
