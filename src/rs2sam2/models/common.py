@@ -152,7 +152,7 @@ class PackedLinear(nn.Module):
 
     PyTorch's own CPU linear layer reads its weight in the plain layout at every call; oneDNN's
     product on a weight packed once for it runs the float32 linear layers of the paper preset
-    markedly faster on x86 CPUs (benchmarks/README.md, issue 29). The packed tensor replaces the
+    faster on the x86 CPU measured (benchmarks/README.md, issue 29). The packed tensor replaces the
     plain one (no second copy of the weights); the state dict still holds the plain ``weight``, and
     :func:`unpack_linear_layers` gives the ``nn.Linear`` back. Inference only: no gradient reaches
     the weight, and the layer stays a float32 CPU layer (moving or casting it is refused;

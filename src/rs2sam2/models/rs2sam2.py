@@ -103,8 +103,8 @@ class RS2SAM2(nn.Module):
 
     def pack_linear_weights(self, freed: Callable[[int], object] | None = None) -> int:
         """CPU inference: the float32 linear layers hold their weights in oneDNN's packed layout
-        (:class:`~rs2sam2.models.common.PackedLinear`; the same products, markedly faster on x86
-        CPUs). Call it once the model is on the CPU in its precision; :meth:`set_precision` and any
+        (:class:`~rs2sam2.models.common.PackedLinear`; the same products, faster on the x86 CPU
+        measured). Call it once the model is on the CPU in its precision; :meth:`set_precision` and any
         move or cast (``.to()``, ``.float()``...) give the plain layers back first. ``freed(nbytes)``
         hears of each plain weight let go (``rs2sam2.runtime.heap_releaser``). Returns the number
         of layers packed."""
