@@ -74,7 +74,7 @@ from .metrics import (
     report_metrics,
     resize_target_nearest,
 )
-from .runtime import autocast, dist_info, init_distributed, resolve_device
+from .runtime import autocast, dist_info, heap_releaser, init_distributed, resolve_device
 from .text import load_tokenizer
 
 __all__ = [
@@ -480,6 +480,8 @@ def _run(args: argparse.Namespace) -> int:
         model = load_pretrained(ckpt, image_size=args.image_size)
         device = resolve_device(args.device)
         model.to(device)
+        if device.type == "cpu":  # evaluation on the CPU computes in float32 (autocast is CUDA's)
+            model.pack_linear_weights(heap_releaser())
         report = evaluate_model(
             model, dataset, tokenizer, threshold=args.threshold, batch_size=args.batch_size, device=device,
             mask_rule=args.mask_rule, limit=args.limit, num_workers=args.num_workers,
