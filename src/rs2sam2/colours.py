@@ -22,7 +22,7 @@ import numpy as np
 __all__ = ["COLOUR_WORDS", "colour_names", "colour_share", "colour_word"]
 
 #: the colour words read from a sentence, and the pixel name each stands for
-COLOUR_WORDS = {"white": "white", "gray": "gray", "grey": "gray", "silver": "gray", "black": "black", "dark": "black",
+COLOUR_WORDS = {"white": "white", "gray": "gray", "grey": "gray", "silver": "gray", "black": "black",
                 "red": "red", "orange": "orange", "brown": "brown", "yellow": "yellow", "green": "green",
                 "blue": "blue", "purple": "purple", "pink": "red"}
 _NAMES = ("", "white", "gray", "black", "red", "orange", "brown", "yellow", "green", "blue", "purple")
@@ -48,7 +48,7 @@ def colour_word(text: str) -> str | None:
     for word in re.findall(r"[a-z]+", text.lower()):
         if word in _PHRASE_ENDS:
             return None
-        if word in COLOUR_WORDS and word != "dark":
+        if word in COLOUR_WORDS:
             return COLOUR_WORDS[word]
     return None
 
