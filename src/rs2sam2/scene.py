@@ -459,9 +459,9 @@ def _scan(raster, region: Window, windows: list[Window], segment: Segment, queri
           model_size: int, report: Callable[[], None], presence_head: bool,
           colours: list[str | None]) -> list[list[_Candidate]]:
     """The scan looks: ``windows`` (:func:`_scan_side` px, over the whole region), each read as one
-    model input and answering the object a text names (its scene words left out); per text, the strongest parts of each look's answer
-    (:data:`PER_SCAN_LOOK`) are candidates, with the share of their pixels that show the text's
-    colour (``colours``: a basic colour name per text, or None)."""
+    model input and answering the object a text names (its scene words left out); per text, the
+    strongest parts of each look's answer (:data:`PER_SCAN_LOOK`) are candidates, with the share of
+    their pixels that show the text's colour (``colours``: a basic colour name per text, or None)."""
     distinct = list(dict.fromkeys(queries))
     found: list[list[_Candidate]] = [[] for _ in queries]
     for window in windows:

@@ -153,8 +153,9 @@ class PackedLinear(nn.Module):
     PyTorch's own CPU linear layer reads its weight in the plain layout at every call; oneDNN's
     product on a weight packed once for it runs the float32 linear layers of the paper preset
     faster on the x86 CPU measured (benchmarks/README.md, issue 29). The packed tensor replaces the
-    plain one (no second copy of the weights); the state dict still holds the plain ``weight``, and
-    :func:`unpack_linear_layers` gives the ``nn.Linear`` back. Inference only: no gradient reaches
+    plain one (no second copy of the weights); the state dict it writes still holds the plain
+    ``weight`` (weights are loaded into plain layers), and :func:`unpack_linear_layers` gives the
+    ``nn.Linear`` back. Inference only: no gradient reaches
     the weight, and the layer stays a float32 CPU layer (moving or casting it is refused;
     ``RS2SAM2`` unpacks its layers before any move or cast).
     """
@@ -190,16 +191,6 @@ class PackedLinear(nn.Module):
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         destination[prefix + "weight"] = self.packed.to_dense()
         super()._save_to_state_dict(destination, prefix, keep_vars)
-
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                              error_msgs):
-        key = prefix + "weight"
-        if key in state_dict:
-            self.packed = torch.ops.mkldnn._reorder_linear_weight(state_dict[key].detach().float(), None)
-        elif strict:
-            missing_keys.append(key)
-        rest = {k: v for k, v in state_dict.items() if k != key}
-        super()._load_from_state_dict(rest, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, packed"
