@@ -7,6 +7,7 @@ import torch
 import rs2sam2
 from conftest import DEVICE
 from parity_weights import FIXTURES
+from rs2sam2.models.common import packed_linear_available
 
 
 @pytest.fixture(scope="module")
@@ -24,8 +25,22 @@ def test_bf16_weights_are_cast_once(bf16_tiny):
     assert bf16_tiny.mask_decoder.transformer.layers[0].self_attn.q_proj.weight.dtype == torch.float32
 
 
+@pytest.fixture(scope="module")
+def bf16_tiny_packed(tiny_published_state_dict):
+    """The Predictor's CPU path: bf16, linear weights in oneDNN's packed layout."""
+    model = rs2sam2.build_model("tiny-parity").eval()
+    rs2sam2.load_official_state_dict(model, tiny_published_state_dict)
+    model.set_precision("bf16")
+    if DEVICE != "cpu" or not packed_linear_available(torch.bfloat16):
+        pytest.skip("packed bf16 linear weights are a CPU path of oneDNN on CPUs that compute bf16")
+    model.pack_linear_weights()
+    return model
+
+
 @pytest.mark.parametrize("case", ["case0", "case1"])
-def test_bf16_mask_agreement(bf16_tiny, case):
+@pytest.mark.parametrize("packed", [False, True], ids=["plain", "packed"])
+def test_bf16_mask_agreement(request, packed, case):
+    bf16_tiny = request.getfixturevalue("bf16_tiny_packed" if packed else "bf16_tiny")
     golden = np.load(FIXTURES / "tiny_golden.npz")
     g = lambda k: torch.from_numpy(golden[f"{case}_{k}"]).to(DEVICE)  # noqa: E731
     ids = g("input_ids")

@@ -90,7 +90,7 @@ def matmul_gflops(dtype: torch.dtype, device: str, n: int = 2048, reps: int = 8,
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
     products = [lambda: a @ b]
-    if torch.device(device).type == "cpu" and dtype == torch.float32 and packed_linear_available():
+    if torch.device(device).type == "cpu" and packed_linear_available(dtype):
         layer = torch.nn.Linear(n, n, bias=False)
         layer.weight = torch.nn.Parameter(b.t().contiguous(), requires_grad=False)  # a @ b as a linear layer
         packed = PackedLinear(layer)

@@ -35,16 +35,19 @@ def _bf16_cpu_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) ->
 
     The keys are centred first (their mean over the keys subtracted, in float32, then the scale
     folded in): that moves every score of a query by the same amount, which the softmax cancels,
-    and the scores it leaves are small, so rounding them to bfloat16 costs little. Queries go in
-    blocks so that at most :data:`_SCORE_BLOCK` scores exist at once."""
+    and the scores it leaves are small, so rounding them to bfloat16 costs little. The centred keys
+    are written contiguous, so the product reads their transpose without another copy. Queries go
+    in blocks so that at most :data:`_SCORE_BLOCK` scores exist at once."""
     kf = k.float()
-    k = ((kf - kf.mean(dim=-2, keepdim=True)) * q.shape[-1] ** -0.5).to(torch.bfloat16).transpose(-1, -2)
+    centred = torch.empty(k.shape, dtype=k.dtype, device=k.device)
+    torch.mul(kf.sub_(kf.mean(dim=-2, keepdim=True)), q.shape[-1] ** -0.5, out=centred)
+    keys = centred.transpose(-1, -2)
     if mask is not None:
         mask = mask.logical_not()
-    rows = max(1, _SCORE_BLOCK // max(1, k.shape[-1] * q.shape[:-2].numel()))
+    rows = max(1, _SCORE_BLOCK // max(1, k.shape[-2] * q.shape[:-2].numel()))
     outs = []
     for start in range(0, q.shape[-2], rows):
-        scores = torch.matmul(q[..., start:start + rows, :], k)
+        scores = torch.matmul(q[..., start:start + rows, :], keys)
         if mask is not None:
             scores.masked_fill_(mask if mask.shape[-2] == 1 else mask[..., start:start + rows, :], float("-inf"))
         outs.append(torch.matmul(torch.softmax(scores, dim=-1), v))
@@ -101,6 +104,11 @@ class MLP(nn.Module):
                 x = self.act(x)
         return x
 
+    def exact_gelu(self) -> bool:
+        """Whether the activation is the exact (erf) GELU, which a packed product can apply as
+        it writes its output (:func:`pack_linear_layers`)."""
+        return type(self.act) is nn.GELU and self.act.approximate == "none"
+
 
 class PointwiseConv(nn.Conv2d):
     """A 1x1 convolution (same parameters and checkpoint keys as ``nn.Conv2d(in, out, 1)``) computed
@@ -148,21 +156,25 @@ def quantize_linear_layers_int8(module: nn.Module) -> None:
 
 
 class PackedLinear(nn.Module):
-    """An ``nn.Linear`` whose float32 weight is held in oneDNN's packed layout, for inference on the CPU.
+    """An ``nn.Linear`` whose weight is held in oneDNN's packed layout, for inference on the CPU.
 
-    PyTorch's own CPU linear layer reads its weight in the plain layout at every call; oneDNN's
-    product on a weight packed once for it runs the float32 linear layers of the paper preset
-    faster on the x86 CPU measured (benchmarks/README.md, issue 29). The packed tensor replaces the
-    plain one (no second copy of the weights); the state dict it writes still holds the plain
-    ``weight`` (weights are loaded into plain layers), and :func:`unpack_linear_layers` gives the
-    ``nn.Linear`` back. Inference only: no gradient reaches
-    the weight, and the layer stays a float32 CPU layer (moving or casting it is refused;
-    ``RS2SAM2`` unpacks its layers before any move or cast).
+    PyTorch's own CPU linear layer reads its weight in the plain layout at every call (and in
+    bfloat16 first copies the bias into the output); oneDNN's product on a weight packed once for
+    it, with the bias (and an exact GELU, ``activation="gelu"``) applied as it writes the output,
+    runs the linear layers of the paper preset faster on the x86 CPU measured, in float32 and in
+    bfloat16 (benchmarks/README.md, issue 29). The packed tensor replaces the plain one (no second
+    copy of the weights); the state dict it writes still holds the plain ``weight`` (weights are
+    loaded into plain layers), and :meth:`unpacked` gives the ``nn.Linear`` back. Inference only:
+    no gradient reaches the weight, and the layer stays a CPU layer in its dtype (moving or
+    casting it is refused; ``RS2SAM2`` unpacks its layers before any move or cast).
     """
 
-    def __init__(self, layer: nn.Linear):
+    def __init__(self, layer: nn.Linear, activation: str = "none"):
         super().__init__()
+        if activation not in ("none", "gelu"):
+            raise ValueError(f"activation must be 'none' or 'gelu', got {activation!r}")
         self.in_features, self.out_features = layer.in_features, layer.out_features
+        self.activation = activation
         self.packed = torch.ops.mkldnn._reorder_linear_weight(layer.weight.detach(), None)
         self.bias = layer.bias
 
@@ -172,19 +184,21 @@ class PackedLinear(nn.Module):
         return self.packed
 
     def forward(self, x: Tensor) -> Tensor:
-        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+        # "none" as the GELU's algorithm: the exact (erf) GELU of nn.GELU()
+        algorithm = "none" if self.activation == "gelu" else ""
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, self.activation, [], algorithm)
 
     def unpacked(self) -> nn.Linear:
-        """The plain ``nn.Linear`` with the same weights."""
+        """The plain ``nn.Linear`` with the same weights (without the activation)."""
         layer = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device="meta")
         layer.weight = nn.Parameter(self.packed.to_dense(), requires_grad=False)
         layer.bias = self.bias
         return layer
 
     def _apply(self, fn, recurse=True):
-        probe = fn(torch.empty(0))
-        if probe.device.type != "cpu" or probe.dtype != torch.float32:
-            raise RuntimeError("packed linear layers are float32 CPU layers: unpack them first "
+        probe = fn(torch.empty(0, dtype=self.packed.dtype))
+        if probe.device.type != "cpu" or probe.dtype != self.packed.dtype:
+            raise RuntimeError("packed linear layers are CPU layers in their dtype: unpack them first "
                                "(RS2SAM2.set_precision does) before moving or casting the model")
         return super()._apply(fn, recurse)
 
@@ -193,37 +207,92 @@ class PackedLinear(nn.Module):
         super()._save_to_state_dict(destination, prefix, keep_vars)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, packed"
+        act = f", activation={self.activation}" if self.activation != "none" else ""
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}{act}, packed"
 
 
-def packed_linear_available() -> bool:
-    """Whether this PyTorch has oneDNN's packed linear product (x86 and ARM builds with oneDNN)."""
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+def packed_linear_available(dtype: torch.dtype = torch.float32) -> bool:
+    """Whether this PyTorch has oneDNN's packed linear product in ``dtype`` (float32: x86 and ARM
+    builds with oneDNN; bfloat16: where oneDNN computes it on this CPU, which it refuses on CPUs
+    without AVX-512 or bf16 instructions; no other dtype). Checked once per dtype with a small product."""
+    if dtype not in _packing:
+        _packing[dtype] = _try_packed_product(dtype)
+    return _packing[dtype]
+
+
+_packing: dict[torch.dtype, bool] = {}
+
+
+def _try_packed_product(dtype: torch.dtype) -> bool:
+    if dtype not in (torch.float32, torch.bfloat16):
+        return False
+    if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")):
+        return False
+    if dtype == torch.float32:
+        return True
+    try:
+        layer = PackedLinear(nn.Linear(16, 16, dtype=dtype))
+        with torch.no_grad():
+            layer(torch.zeros(2, 16, dtype=dtype))
+    except RuntimeError:  # oneDNN: "... bf16 path needs the cpu support avx512bw, avx512vl and avx512dq"
+        return False
+    return True
 
 
 def pack_linear_layers(module: nn.Module, freed: Callable[[int], object] | None = None) -> int:
-    """Replace every float32 CPU ``nn.Linear`` inside ``module`` by a :class:`PackedLinear`, in
-    place; returns how many (none where PyTorch was built without oneDNN). ``freed(nbytes)`` is
-    called after each layer with the bytes of the plain weight it let go."""
-    if not packed_linear_available():
-        return 0
+    """Replace every float32 or bfloat16 CPU ``nn.Linear`` inside ``module`` by a
+    :class:`PackedLinear`, in place (each dtype where :func:`packed_linear_available`); the hidden
+    layers of an :class:`MLP` with an exact GELU take the GELU into their product. Returns how
+    many layers were packed. ``freed(nbytes)`` is called after each layer with the bytes of the
+    plain weight it let go."""
+    if isinstance(module, MLP):
+        return _pack_mlp(module, freed)
     count = 0
-    for name, child in list(module.named_children()):
-        if type(child) is nn.Linear and child.weight.dtype == torch.float32 and child.weight.device.type == "cpu":
-            nbytes = child.weight.numel() * child.weight.element_size()
-            setattr(module, name, PackedLinear(child))
-            del child
+    for name in [name for name, _ in module.named_children()]:
+        if _packable(getattr(module, name)):
+            _pack_into(module, name, "none", freed)
             count += 1
-            if freed is not None:
-                freed(nbytes)
         else:
-            count += pack_linear_layers(child, freed)
+            count += pack_linear_layers(getattr(module, name), freed)
     return count
 
 
+def _packable(layer: nn.Module) -> bool:
+    return type(layer) is nn.Linear and layer.weight.device.type == "cpu" and packed_linear_available(layer.weight.dtype)
+
+
+def _pack_mlp(mlp: MLP, freed: Callable[[int], object] | None) -> int:
+    # the GELU moves into the hidden layers' products only if every one of them is packed
+    last = len(mlp.layers) - 1
+    fuse = mlp.exact_gelu() and all(_packable(layer) for layer in list(mlp.layers)[:last])
+    count = 0
+    for i in range(len(mlp.layers)):
+        if _packable(mlp.layers[i]):
+            _pack_into(mlp.layers, str(i), "gelu" if fuse and i < last else "none", freed)
+            count += 1
+        else:
+            count += pack_linear_layers(mlp.layers[i], freed)
+    if fuse and last > 0:
+        mlp.act = nn.Identity()  # the hidden layers apply it
+    return count
+
+
+def _pack_into(parent: nn.Module, name: str, activation: str, freed: Callable[[int], object] | None) -> None:
+    layer = getattr(parent, name)
+    nbytes = layer.weight.numel() * layer.weight.element_size()
+    setattr(parent, name, PackedLinear(layer, activation))
+    del layer  # the plain weight's last reference
+    if freed is not None:
+        freed(nbytes)
+
+
 def unpack_linear_layers(module: nn.Module) -> None:
-    """Undo :func:`pack_linear_layers`: every :class:`PackedLinear` inside ``module`` becomes an ``nn.Linear`` again."""
-    for name, child in list(module.named_children()):
+    """Undo :func:`pack_linear_layers`: every :class:`PackedLinear` inside ``module`` becomes an
+    ``nn.Linear`` again, and an MLP whose layers applied the GELU applies it again itself."""
+    if isinstance(module, MLP) and any(getattr(layer, "activation", "none") == "gelu" for layer in module.layers):
+        module.act = nn.GELU()
+    for name in [name for name, _ in module.named_children()]:
+        child = getattr(module, name)
         if isinstance(child, PackedLinear):
             setattr(module, name, child.unpacked())
         else:
