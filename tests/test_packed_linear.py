@@ -68,3 +68,21 @@ def test_packed_layers_refuse_a_cast_or_move():
         bf16.to("cpu")
         with pytest.raises(RuntimeError, match="unpack them first"):
             bf16.float()
+
+
+def test_training_mode_gives_the_plain_layers_back():
+    """Packed weights get no gradient: a model put back into training mode trains plain layers
+    (the training-step benchmark builds its model the way inference does)."""
+    import rs2sam2
+    from rs2sam2.benchmark import build_random_model
+
+    model = build_random_model("nano", "fp32", "cpu")
+    assert any(isinstance(m, PackedLinear) for m in model.modules())
+    model.eval()  # staying in inference keeps them
+    assert any(isinstance(m, PackedLinear) for m in model.modules())
+    model.train()
+    assert not any(isinstance(m, PackedLinear) for m in model.modules())
+    assert isinstance(model, rs2sam2.RS2SAM2)
+    layer = model.image_encoder.trunk.blocks[0].mlp.layers[0]
+    assert type(layer) is nn.Linear and layer.weight.requires_grad
+    assert type(model.image_encoder.trunk.blocks[0].mlp.act) is nn.GELU

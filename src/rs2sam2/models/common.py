@@ -176,6 +176,7 @@ class PackedLinear(nn.Module):
         self.in_features, self.out_features = layer.in_features, layer.out_features
         self.activation = activation
         self.packed = torch.ops.mkldnn._reorder_linear_weight(layer.weight.detach(), None)
+        self.weight_requires_grad = layer.weight.requires_grad  # for the plain layer given back
         self.bias = layer.bias
 
     @property
@@ -191,7 +192,7 @@ class PackedLinear(nn.Module):
     def unpacked(self) -> nn.Linear:
         """The plain ``nn.Linear`` with the same weights (without the activation)."""
         layer = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device="meta")
-        layer.weight = nn.Parameter(self.packed.to_dense(), requires_grad=False)
+        layer.weight = nn.Parameter(self.packed.to_dense(), requires_grad=self.weight_requires_grad)
         layer.bias = self.bias
         return layer
 

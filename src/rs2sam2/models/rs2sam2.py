@@ -102,17 +102,22 @@ class RS2SAM2(nn.Module):
         return self
 
     def pack_linear_weights(self, freed: Callable[[int], object] | None = None) -> int:
-        """CPU inference: the float32 linear layers hold their weights in oneDNN's packed layout
-        (:class:`~rs2sam2.models.common.PackedLinear`; the same products, faster on the x86 CPU
-        measured). Call it once the model is on the CPU in its precision; :meth:`set_precision` and any
-        move or cast (``.to()``, ``.float()``...) give the plain layers back first. ``freed(nbytes)``
-        hears of each plain weight let go (``rs2sam2.runtime.heap_releaser``). Returns the number
-        of layers packed."""
+        """CPU inference: the float32 and bfloat16 linear layers hold their weights in oneDNN's
+        packed layout (:class:`~rs2sam2.models.common.PackedLinear`; the same products, faster on
+        the x86 CPU measured). Call it once the model is on the CPU in its precision;
+        :meth:`set_precision`, any move or cast (``.to()``, ``.float()``...) and ``.train()`` give
+        the plain layers back first. ``freed(nbytes)`` hears of each plain weight let go
+        (``rs2sam2.runtime.heap_releaser``). Returns the number of layers packed."""
         return pack_linear_layers(self, freed)
 
     def _apply(self, fn, recurse=True):
         unpack_linear_layers(self)  # a move or cast works on plain layers
         return super()._apply(fn, recurse)
+
+    def train(self, mode: bool = True) -> RS2SAM2:
+        if mode:
+            unpack_linear_layers(self)  # packed weights are for inference: no gradient reaches them
+        return super().train(mode)
 
     def set_grad_checkpointing(self, enable: bool = True) -> int:
         """Activation checkpointing of every Hiera block and BEiT-3 layer (see their
