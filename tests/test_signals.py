@@ -183,3 +183,30 @@ def test_sigterm_during_evaluate_and_check_data(checkpoint, dataset, tmp_path):
         assert err.strip().splitlines()[-1] == f"rs2sam2 {argv[0]}: stopped by SIGTERM"
         assert "Traceback" not in err
         assert list(tmp_path.iterdir()) == []
+
+
+def test_a_stop_while_a_progress_bar_is_built_waits_until_it_is_whole(monkeypatch):
+    """A SIGTERM inside tqdm's constructor left a half-built bar whose destructor failed ("'tqdm'
+    object has no attribute 'pos'" after the stop message); the bar is now built with stops held."""
+    import gc
+
+    import tqdm.std
+
+    from rs2sam2.evaluate import _progress
+
+    real_ema = tqdm.std.EMA
+    sent = []
+
+    def ema(*args):  # called between the bar's `disable` and its `pos` being set
+        if not sent:
+            sent.append(True)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_ema(*args)
+
+    unraisable = []
+    monkeypatch.setattr(tqdm.std, "EMA", ema)
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    with pytest.raises(Stopped), stop_on_signals():
+        _progress(range(3), 3, "evaluate", True)
+    gc.collect()
+    assert sent and not unraisable, [str(u.exc_value) for u in unraisable]

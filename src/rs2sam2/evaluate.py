@@ -75,6 +75,7 @@ from .metrics import (
     resize_target_nearest,
 )
 from .runtime import autocast, dist_info, heap_releaser, init_distributed, resolve_device
+from .signals import stops_held
 from .text import load_tokenizer
 
 __all__ = [
@@ -183,7 +184,8 @@ def write_per_expression_csv(path: str | os.PathLike, acc_model: ReferringMetric
 def _progress(iterable: Iterable, total: int, desc: str, enabled: bool):
     if not enabled:
         return iterable
-    return tqdm(iterable, total=total, desc=desc, dynamic_ncols=True, leave=False)
+    with stops_held():  # a stop signal inside tqdm's constructor would fail its destructor
+        return tqdm(iterable, total=total, desc=desc, dynamic_ncols=True, leave=False)
 
 
 # --- model evaluation ------------------------------------------------------------------------------
