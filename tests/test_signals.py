@@ -187,7 +187,7 @@ def test_sigterm_during_evaluate_and_check_data(checkpoint, dataset, tmp_path):
 
 def test_a_stop_while_a_progress_bar_is_built_waits_until_it_is_whole(monkeypatch):
     """A SIGTERM inside tqdm's constructor left a half-built bar whose destructor failed ("'tqdm'
-    object has no attribute 'pos'" after the stop message); the bar is now built with stops held."""
+    object has no attribute 'pos'" after the stop message); rs2sam2.progress builds bars with stops held."""
     import gc
 
     import tqdm.std

@@ -52,7 +52,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from .checkpoints import CHECKPOINT_HELP, TOKENIZER_HELP, add_hub_arguments, load_pretrained, locate
 from .cliargs import number
@@ -74,8 +73,8 @@ from .metrics import (
     report_metrics,
     resize_target_nearest,
 )
+from .progress import progress_bar
 from .runtime import autocast, dist_info, heap_releaser, init_distributed, resolve_device
-from .signals import stops_held
 from .text import load_tokenizer
 
 __all__ = [
@@ -184,8 +183,7 @@ def write_per_expression_csv(path: str | os.PathLike, acc_model: ReferringMetric
 def _progress(iterable: Iterable, total: int, desc: str, enabled: bool):
     if not enabled:
         return iterable
-    with stops_held():  # a stop signal inside tqdm's constructor would fail its destructor
-        return tqdm(iterable, total=total, desc=desc, dynamic_ncols=True, leave=False)
+    return progress_bar(iterable, total=total, desc=desc, dynamic_ncols=True, leave=False)
 
 
 # --- model evaluation ------------------------------------------------------------------------------

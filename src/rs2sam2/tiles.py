@@ -45,9 +45,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
-from .signals import stops_held
+from .progress import progress_bar
 
 __all__ = ["DECIMATE_ABOVE", "Answer", "Piece", "Plan", "Tile", "iter_pieces", "plan_region", "tile_grid",
            "upsample_window"]
@@ -232,10 +231,9 @@ def iter_pieces(raster, region: Window, plan: Plan, segment: Callable[[np.ndarra
             yield _piece(answers, height, width, block, block, valid)
     elif plan.mode == "tiled":
         step = tile_batch if segment_tiles is not None else 1
-        with stops_held():  # a stop signal inside tqdm's constructor would fail its destructor
-            bar = tqdm(total=len(plan.tiles), desc=desc, unit="tile", disable=progress is not True,
-                       file=sys.stderr, dynamic_ncols=True)
-        with bar:  # closed with the generator, when its consumer stops early too
+        # the bar is closed with the generator, when its consumer stops early too
+        with progress_bar(total=len(plan.tiles), desc=desc, unit="tile", disable=progress is not True,
+                          file=sys.stderr, dynamic_ncols=True) as bar:
             for start in range(0, len(plan.tiles), step):
                 group = plan.tiles[start:start + step]
                 rgbs, valids = zip(*(raster.read(_offset(t.window, region)) for t in group))

@@ -48,9 +48,9 @@ from ..fsutil import atomic_write_text, check_writable
 from ..geo import AreaError
 from ..imageio import DEFAULT_MAX_PIXELS, MAX_PIXELS_ENV, ImageReadError, RasterInfo, set_max_pixels
 from ..metrics import PUBLISHED_THRESHOLD
+from ..progress import progress_bar
 from ..results import OVERLAY_MAX_SIDE, Outputs, SceneResult
 from ..runtime import PRECISIONS, init_distributed, launch_ranks
-from ..signals import stops_held
 from ..text import text_preview
 from .api import PRESENCE_THRESHOLD, Predictor
 from .inputs import MODES, Area, InputError, check_texts, open_image, parse_bands, plan_area
@@ -204,9 +204,8 @@ class Reporter:
         self.total = steps
         if self.json:
             self._emit(event="start", jobs=jobs)
-        with stops_held():  # a stop signal inside tqdm's constructor would fail its destructor
-            self._bar = tqdm(total=jobs, desc=f"{self.who}predict", unit="expr", file=sys.stderr,
-                             dynamic_ncols=True, disable=not (self.bars and self.batch_mode))
+        self._bar = progress_bar(total=jobs, desc=f"{self.who}predict", unit="expr", file=sys.stderr,
+                                 dynamic_ncols=True, disable=not (self.bars and self.batch_mode))
 
     def stepper(self, weight: int):
         """The ``progress`` of one image's model inputs; each counts ``weight`` steps."""
