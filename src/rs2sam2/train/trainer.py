@@ -26,7 +26,6 @@ from torch import nn
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 from torch.nn.parallel import DistributedDataParallel as DDP
-from tqdm.auto import tqdm
 
 from ..checkpoints import CardInfo, Located, load_beit3_checkpoint, load_pretrained, load_sam2_checkpoint, locate
 from ..data import DatasetError, build_dataset
@@ -39,6 +38,7 @@ from ..losses import LossOutput, grounding_loss, presence_loss
 from ..models import RS2SAM2
 from ..models.beit3 import Beit3Layer
 from ..models.hiera import HieraBlock
+from ..progress import progress_bar
 from ..runtime import Dist, autocast, autocast_enabled, init_distributed
 from ..signals import Stopped
 from ..text import load_tokenizer, train_tokenizer
@@ -592,8 +592,8 @@ class Trainer:
         self.sampler.set_epoch(p.epoch, skip=p.micro_done * cfg.batch_size)
         bar = None
         if cfg.progress and self.dist.is_main:
-            bar = tqdm(total=self.steps_per_epoch, initial=p.micro_done // cfg.grad_accum_steps,
-                       desc=f"epoch {p.epoch}", dynamic_ncols=True, leave=False)
+            bar = progress_bar(total=self.steps_per_epoch, initial=p.micro_done // cfg.grad_accum_steps,
+                               desc=f"epoch {p.epoch}", dynamic_ncols=True, leave=False)
         batches = iter(self.loader)
         try:
             while p.micro_done < self.micro_per_epoch and not self._done():
