@@ -86,3 +86,10 @@ def test_training_mode_gives_the_plain_layers_back():
     layer = model.image_encoder.trunk.blocks[0].mlp.layers[0]
     assert type(layer) is nn.Linear and layer.weight.requires_grad
     assert type(model.image_encoder.trunk.blocks[0].mlp.act) is nn.GELU
+
+
+def test_layers_off_the_cpu_stay_plain():
+    with torch.device("meta"):
+        mlp = MLP(24, 96, 16, 3, act=nn.GELU)
+    assert pack_linear_layers(mlp) == 0
+    assert all(type(layer) is nn.Linear for layer in mlp.layers) and type(mlp.act) is nn.GELU

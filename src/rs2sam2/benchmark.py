@@ -73,8 +73,7 @@ def build_random_model(preset: str, precision: str, device: str) -> RS2SAM2:
             p.copy_((torch.randn(p.shape, generator=gen) * 0.02).to(p.dtype))
     if precision == "int8":
         model.set_precision(precision)
-    if model.device.type == "cpu":
-        model.pack_linear_weights(heap_releaser())  # as the Predictor runs it
+    model.pack_linear_weights(heap_releaser())  # on the CPU, as the Predictor runs it
     return model
 
 

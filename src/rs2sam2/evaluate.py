@@ -480,8 +480,7 @@ def _run(args: argparse.Namespace) -> int:
         model = load_pretrained(ckpt, image_size=args.image_size)
         device = resolve_device(args.device)
         model.to(device)
-        if device.type == "cpu":  # evaluation on the CPU computes in float32 (autocast is CUDA's)
-            model.pack_linear_weights(heap_releaser())
+        model.pack_linear_weights(heap_releaser())  # on the CPU, where evaluation computes in float32
         report = evaluate_model(
             model, dataset, tokenizer, threshold=args.threshold, batch_size=args.batch_size, device=device,
             mask_rule=args.mask_rule, limit=args.limit, num_workers=args.num_workers,

@@ -102,9 +102,10 @@ class RS2SAM2(nn.Module):
         return self
 
     def pack_linear_weights(self, freed: Callable[[int], object] | None = None) -> int:
-        """CPU inference: the float32 and bfloat16 linear layers hold their weights in oneDNN's
-        packed layout (:class:`~rs2sam2.models.common.PackedLinear`; the same products, faster on
-        the x86 CPU measured). Call it once the model is on the CPU in its precision;
+        """CPU inference: the float32 and bfloat16 linear layers on the CPU hold their weights in
+        oneDNN's packed layout (:class:`~rs2sam2.models.common.PackedLinear`; the same products,
+        faster on the x86 CPU measured); layers on another device stay as they are (returns 0
+        there). Call it once the model is on its device in its precision;
         :meth:`set_precision`, any move or cast (``.to()``, ``.float()``...) and ``.train()`` give
         the plain layers back first. ``freed(nbytes)`` hears of each plain weight let go
         (``rs2sam2.runtime.heap_releaser``). Returns the number of layers packed."""

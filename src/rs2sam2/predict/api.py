@@ -171,8 +171,7 @@ class Predictor:
         if self.precision == "int8":
             model.to(self.device)  # quantized on the CPU, where it runs
         model.set_precision(self.precision).to(self.device)
-        if self.device.type == "cpu":
-            model.pack_linear_weights(heap_releaser())
+        model.pack_linear_weights(heap_releaser())  # on the CPU; elsewhere nothing to pack
         self.model = model
 
     @classmethod
